@@ -1,0 +1,5 @@
+"""streamsrv: exec, attach and port-forward into containers for kubectl, CRI daemons and browsers."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
