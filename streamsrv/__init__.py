@@ -1,4 +1,4 @@
-"""streamsrv: exec, attach and port-forward into containers for kubectl, CRI daemons and browsers."""
+"""streamsrv: exec, attach and port-forward into containers, for kubectl, CRI and browsers."""
 
 from __future__ import annotations
 

@@ -1,0 +1,188 @@
+"""The gateway's own CA and serving certificate, and the kubeconfig that trusts them.
+
+kubectl sends no bearer token to a plain-http server (protocol.md appendix G.12), so the gateway
+serves https by default. The CA is generated once and kept in the state directory across
+restarts; the serving certificate is re-issued when the names it must cover change or it nears
+expiry. Private keys are written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+import secrets
+import ssl
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+_CA_DAYS = 3650
+_CERT_DAYS = 365
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _san(names: list[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            out.append(x509.DNSName(n))
+    return out
+
+
+class CertificateAuthority:
+    """A CA under ``state_dir`` (``ca.crt``, ``ca.key``), created on first use."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.cert_path = state_dir / "ca.crt"
+        self.key_path = state_dir / "ca.key"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.cert_path.exists() and self.key_path.exists():
+            self.cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
+            key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            self.key = key
+        else:
+            self._create()
+
+    def _create(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamsrv CA")])
+        now = _now()
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=_CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        _write_private(self.key_path, _key_pem(self.key))
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def serving_cert(self, names: list[str]) -> tuple[Path, Path]:
+        """Paths of a server certificate for ``names``, issued now if the kept one won't do."""
+        cert_path, key_path = self.dir / "server.crt", self.dir / "server.key"
+        wanted = set(_san(names))
+        if cert_path.exists() and key_path.exists():
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            try:
+                san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                have = set(san.value)
+            except x509.ExtensionNotFound:
+                have = set()
+            fresh = cert.not_valid_after_utc - _now() > dt.timedelta(days=7)
+            if wanted <= have and fresh and cert.issuer == self.cert.subject:
+                return cert_path, key_path
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamsrv")]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=_CERT_DAYS))
+            .add_extension(x509.SubjectAlternativeName(list(wanted)), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        _write_private(key_path, _key_pem(key))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert_path, key_path
+
+
+def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    # Upgrades (SPDY, WebSocket) need HTTP/1.1; never offer h2.
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def write_kubeconfig(path: Path, server: str, token: str, ca_pem: bytes | None) -> None:
+    """A kubeconfig with one cluster, user and context named ``streamsrv``."""
+    cluster: dict[str, object] = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "streamsrv", "cluster": cluster}],
+        "users": [{"name": "streamsrv", "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "streamsrv",
+                "context": {"cluster": "streamsrv", "user": "streamsrv", "namespace": "default"},
+            }
+        ],
+        "current-context": "streamsrv",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def read_kubeconfig(path: Path) -> tuple[str, str | None, bytes | None, str]:
+    """(server URL, bearer token, CA PEM, namespace) of the current context."""
+    doc = yaml.safe_load(path.read_text())
+    current = doc.get("current-context")
+    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
+    cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
+    user = next(u["user"] for u in doc["users"] if u["name"] == ctx["user"])
+    ca_data = cluster.get("certificate-authority-data")
+    ca = base64.b64decode(ca_data) if ca_data else None
+    return cluster["server"], user.get("token"), ca, ctx.get("namespace") or "default"

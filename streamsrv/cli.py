@@ -1,0 +1,295 @@
+"""Command line: ``streamsrv serve`` and ``streamsrv pod run|ls|rm``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+from . import __version__
+from .certs import (
+    CertificateAuthority,
+    new_token,
+    read_kubeconfig,
+    server_ssl_context,
+    write_kubeconfig,
+)
+from .gateway import make_app
+from .pods import PodManager
+from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
+
+log = logging.getLogger("streamsrv")
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("STREAMSRV_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "streamsrv"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class UsageError(Exception):
+    pass
+
+
+async def pick_runtime(kind: str, pause_image: str) -> DockerRuntime:
+    if kind == "process":
+        raise UsageError(
+            "the process runtime is not yet available; use --runtime docker with a Docker engine"
+        )
+    runtime = DockerRuntime(pause_image=pause_image)
+    try:
+        await runtime.ping()
+    except Exception as exc:
+        await runtime.close()
+        where = os.environ.get("DOCKER_HOST", "the default socket")
+        if kind == "docker":
+            raise UsageError(f"no Docker engine answered at {where}: {exc}") from exc
+        raise UsageError(
+            f"--runtime auto: no Docker engine answered at {where} ({exc}), and the "
+            "process runtime is not yet available"
+        ) from exc
+    return runtime
+
+
+async def serve(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir
+    host, port = args.listen
+    try:
+        runtime = await pick_runtime(args.runtime, args.pause_image)
+    except UsageError as exc:
+        print(f"streamsrv: {exc}", file=sys.stderr)
+        return 2
+    log.info("runtime: docker %s (%s)", await runtime.version(), os.environ.get("DOCKER_HOST", ""))
+
+    ssl_ctx: ssl.SSLContext | None = None
+    ca_pem: bytes | None = None
+    if args.insecure_http:
+        log.warning("serving plain http: kubectl will not send its bearer token over it")
+    elif args.tls_cert and args.tls_key:
+        ssl_ctx = server_ssl_context(args.tls_cert, args.tls_key)
+    else:
+        ca = CertificateAuthority(state_dir)
+        names = sorted({"localhost", "127.0.0.1", "::1", host} - {"", "0.0.0.0", "::"})
+        ssl_ctx = server_ssl_context(*ca.serving_cert(names))
+        ca_pem = ca.pem
+
+    token = new_token()
+    app = make_app(PodManager(runtime), token)
+
+    async def close_runtime(_: web.Application) -> None:
+        await runtime.close()
+
+    app.on_cleanup.append(close_runtime)
+    runner = web.AppRunner(app, handle_signals=False, access_log=log if args.verbose else None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
+    await site.start()
+    actual_port = int(runner.addresses[0][1]) if runner.addresses else port
+    scheme = "https" if ssl_ctx else "http"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+    if ":" in shown and not shown.startswith("["):
+        shown = f"[{shown}]"
+    url = f"{scheme}://{shown}:{actual_port}"
+    kubeconfig: Path = args.kubeconfig or state_dir / "kubeconfig"
+    write_kubeconfig(kubeconfig, url, token, ca_pem)
+    print(f"streamsrv {__version__} listening on {url} (runtime: docker)", flush=True)
+    print(f"kubeconfig written to {kubeconfig}; try:", flush=True)
+    print(f"  kubectl --kubeconfig {kubeconfig} get pods", flush=True)
+    print(f"  streamsrv pod run -f pod.yaml --kubeconfig {kubeconfig}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    return 0
+
+
+# ------------------------------------------------------------------------------- pod client
+
+
+class Client:
+    """A tiny client of the gateway, configured from a kubeconfig."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        if not kubeconfig.exists():
+            raise UsageError(f"no kubeconfig at {kubeconfig}: is `streamsrv serve` running?")
+        self.server, token, ca, self.namespace = read_kubeconfig(kubeconfig)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ssl: ssl.SSLContext | bool = True
+        if ca:
+            self.ssl = ssl.create_default_context(cadata=ca.decode())
+
+    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        async with (
+            aiohttp.ClientSession(headers=self.headers) as session,
+            session.request(method, self.server + path, json=body, ssl=self.ssl) as resp,
+        ):
+            data = await resp.json(content_type=None)
+            return resp.status, data
+
+
+def _print_status(data: Any) -> None:
+    if isinstance(data, dict) and data.get("kind") == "Status":
+        print(f"Error from server ({data.get('reason')}): {data.get('message')}", file=sys.stderr)
+    else:
+        print(f"Error from server: {data}", file=sys.stderr)
+
+
+async def pod_command(args: argparse.Namespace) -> int:
+    client = Client(args.kubeconfig or args.state_dir / "kubeconfig")
+    ns = getattr(args, "namespace", None) or client.namespace
+    if args.pod_command == "run":
+        try:
+            manifest = yaml.safe_load(args.manifest_text)
+        except yaml.YAMLError as exc:
+            print(f"streamsrv: {args.file} is not valid YAML: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(manifest, dict):
+            ns = (manifest.get("metadata") or {}).get("namespace") or ns
+        status, data = await client.request("POST", f"/api/v1/namespaces/{ns}/pods", manifest)
+        if status != 201:
+            _print_status(data)
+            return 1
+        print(f"pod/{data['metadata']['name']} created")
+        return 0
+    if args.pod_command == "ls":
+        path = "/api/v1/pods" if args.all_namespaces else f"/api/v1/namespaces/{ns}/pods"
+        status, data = await client.request("GET", path)
+        if status != 200:
+            _print_status(data)
+            return 1
+        if args.output == "json":
+            print(json.dumps(data, indent=2))
+            return 0
+        rows = [("NAMESPACE", "NAME", "READY", "STATUS", "CONTAINERS")]
+        for item in data["items"]:
+            statuses = item["status"].get("containerStatuses", [])
+            ready = sum(1 for s in statuses if s.get("ready"))
+            names = ",".join(c["name"] for c in item["spec"]["containers"])
+            rows.append(
+                (
+                    item["metadata"]["namespace"],
+                    item["metadata"]["name"],
+                    f"{ready}/{len(statuses)}",
+                    item["status"]["phase"],
+                    names,
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        return 0
+    if args.pod_command == "rm":
+        code = 0
+        for name in args.names:
+            status, data = await client.request("DELETE", f"/api/v1/namespaces/{ns}/pods/{name}")
+            if status != 200:
+                _print_status(data)
+                code = 1
+            else:
+                print(f'pod "{name}" deleted')
+        return code
+    raise AssertionError(args.pod_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamsrv", description=__doc__)
+    p.add_argument("--version", action="version", version=f"streamsrv {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="CA, certificates and the kubeconfig (default: %(default)s)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
+    s.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("127.0.0.1", 6443),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:6443; port 0 picks one)",
+    )
+    s.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig")
+    s.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
+    s.add_argument("--tls-cert", type=Path, help="serve this certificate instead of our own CA's")
+    s.add_argument("--tls-key", type=Path)
+    s.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="plain http (kubectl then sends no bearer token, so only non-kubectl clients work)",
+    )
+
+    pod = sub.add_parser("pod", help="manage pods through a running server")
+    pod.add_argument("--kubeconfig", type=Path)
+    psub = pod.add_subparsers(dest="pod_command", required=True)
+    run = psub.add_parser("run", help="create a pod from a v1 Pod manifest")
+    run.add_argument("-f", "--file", required=True, help="manifest file, or - for stdin")
+    run.add_argument("-n", "--namespace")
+    ls = psub.add_parser("ls", help="list pods")
+    ls.add_argument("-n", "--namespace")
+    ls.add_argument("-A", "--all-namespaces", action="store_true")
+    ls.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    rm = psub.add_parser("rm", help="delete pods")
+    rm.add_argument("names", nargs="+", metavar="NAME")
+    rm.add_argument("-n", "--namespace")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
+        print("streamsrv: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+        if getattr(args, "pod_command", None) == "run":
+            args.manifest_text = (
+                sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+            )
+        if args.command == "serve":
+            return asyncio.run(serve(args))
+        return asyncio.run(pod_command(args))
+    except UsageError as exc:
+        print(f"streamsrv: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"streamsrv: {exc}", file=sys.stderr)
+        return 1
+    except aiohttp.ClientError as exc:
+        print(f"streamsrv: cannot reach the server: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,437 @@
+"""An apiserver-compatible front for kubectl and the Python client: pods by name.
+
+It serves the discovery documents kubectl reads (``/api``, ``/apis``, ``/api/v1``), pod list,
+get, create and delete in Kubernetes JSON (and the ``Table`` form ``kubectl get`` asks for), and
+every error as a ``metav1.Status``. Every ``/api`` route needs the bearer token written into
+the kubeconfig; the gateway is the only place that knows pods by name.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from .pods import InvalidPod, Pod, PodExists, PodManager, parse_pod
+from .runtime.base import BackendError, ImageNotFound
+
+log = logging.getLogger(__name__)
+
+MANAGER = web.AppKey("manager", PodManager)
+TOKEN = web.AppKey("token", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "AlreadyExists",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    500: "InternalError",
+}
+
+
+def api_status(
+    code: int, message: str, *, reason: str | None = None, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A ``metav1.Status`` failure body, keys in the apiserver's order."""
+    body: dict[str, Any] = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason or _REASONS.get(code, "Unknown"),
+    }
+    if details is not None:
+        body["details"] = details
+    body["code"] = code
+    return body
+
+
+class StatusError(Exception):
+    """Raised by a handler; the middleware answers with the Status body."""
+
+    def __init__(self, code: int, message: str, **kwargs: Any) -> None:
+        super().__init__(message)
+        self.body = api_status(code, message, **kwargs)
+        self.code = code
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+def not_found(name: str) -> StatusError:
+    return StatusError(404, f'pods "{name}" not found', details={"name": name, "kind": "pods"})
+
+
+@web.middleware
+async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer token for ``/api*``; handler errors become Status bodies."""
+    if request.path.startswith(("/api", "/openapi")):
+        expected = request.app[TOKEN]
+        got = request.headers.get("Authorization", "")
+        scheme, _, token = got.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), expected.encode()
+        ):
+            return _json(api_status(401, "Unauthorized"), 401)
+    try:
+        return await handler(request)
+    except StatusError as exc:
+        return _json(exc.body, exc.code)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not request.path.startswith("/api"):
+            raise
+        return _json(api_status(exc.status, exc.reason), exc.status)
+
+
+# ------------------------------------------------------------------------------- discovery
+
+POD_RESOURCES: list[dict[str, Any]] = [
+    {
+        "name": "pods",
+        "singularName": "pod",
+        "namespaced": True,
+        "kind": "Pod",
+        "verbs": ["create", "delete", "get", "list"],
+        "shortNames": ["po"],
+        "categories": ["all"],
+    },
+    {
+        "name": "pods/attach",
+        "singularName": "",
+        "namespaced": True,
+        "kind": "PodAttachOptions",
+        "verbs": ["create", "get"],
+    },
+    {
+        "name": "pods/exec",
+        "singularName": "",
+        "namespaced": True,
+        "kind": "PodExecOptions",
+        "verbs": ["create", "get"],
+    },
+    {
+        "name": "pods/portforward",
+        "singularName": "",
+        "namespaced": True,
+        "kind": "PodPortForwardOptions",
+        "verbs": ["create", "get"],
+    },
+]
+
+
+async def api_versions(request: web.Request) -> web.Response:
+    return _json(
+        {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}
+            ],
+        }
+    )
+
+
+async def api_groups(request: web.Request) -> web.Response:
+    return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+
+
+async def api_v1(request: web.Request) -> web.Response:
+    return _json({"kind": "APIResourceList", "groupVersion": "v1", "resources": POD_RESOURCES})
+
+
+async def version(request: web.Request) -> web.Response:
+    from . import __version__
+
+    return _json(
+        {
+            "major": "1",
+            "minor": "33",
+            "gitVersion": f"v1.33.0-streamsrv.{__version__}",
+            "platform": "linux/amd64",
+        }
+    )
+
+
+# OpenAPI v3, only as much as kubectl reads: before `create`/`apply` its query-parameter
+# verifier looks for an operation on Pod (x-kubernetes-group-version-kind) that takes the
+# `fieldValidation` query parameter; finding it, kubectl leaves validation to the server
+# (which parse_pod does) instead of downloading a full schema to validate on its side.
+_POD_GVK = {"group": "", "version": "v1", "kind": "Pod"}
+_FIELD_VALIDATION = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
+OPENAPI_V1: dict[str, Any] = {
+    "openapi": "3.0.0",
+    "info": {"title": "streamsrv", "version": "v1"},
+    "paths": {
+        "/api/v1/namespaces/{namespace}/pods": {
+            "post": {
+                "operationId": "createCoreV1NamespacedPod",
+                "parameters": [_FIELD_VALIDATION],
+                "x-kubernetes-action": "post",
+                "x-kubernetes-group-version-kind": _POD_GVK,
+            },
+        },
+        "/api/v1/namespaces/{namespace}/pods/{name}": {
+            # kubectl's verifier inspects the PATCH operation; streamsrv answers PATCH with 405.
+            "patch": {
+                "operationId": "patchCoreV1NamespacedPod",
+                "parameters": [_FIELD_VALIDATION],
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": _POD_GVK,
+            },
+        },
+    },
+}
+
+
+async def openapi_v3_root(request: web.Request) -> web.Response:
+    return _json({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"}}})
+
+
+async def openapi_v3_core(request: web.Request) -> web.Response:
+    return _json(OPENAPI_V1)
+
+
+# ------------------------------------------------------------------------------- pods
+
+
+def _matches_fields(pod: dict[str, Any], selector: str) -> bool:
+    """``fieldSelector`` on the fields kubectl uses (metadata.name, .namespace, status.phase)."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        negate = "!=" in term
+        key, _, value = term.partition("!=" if negate else "==" if "==" in term else "=")
+        section, _, attr = key.strip().partition(".")
+        actual = pod.get(section, {}).get(attr)
+        if actual is None:
+            raise StatusError(400, f'field label not supported: "{key.strip()}"')
+        if (actual == value.strip()) == negate:
+            return False
+    return True
+
+
+def _matches_labels(labels: dict[str, str], selector: str) -> bool:
+    """``labelSelector`` equality forms: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            k, _, v = term.partition("!=")
+            if labels.get(k.strip()) == v.strip():
+                return False
+        elif "=" in term:
+            k, _, v = term.replace("==", "=").partition("=")
+            if labels.get(k.strip()) != v.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:].strip() in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _age(since: str | None) -> str:
+    if not since:
+        return "<unknown>"
+    seconds = int(
+        (
+            datetime.now(UTC) - datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        ).total_seconds()
+    )
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _wants_table(request: web.Request) -> bool:
+    return "as=Table" in request.headers.get("Accept", "")
+
+
+def _table(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    columns = [
+        ("Name", "string", "name", 0),
+        ("Ready", "string", "", 0),
+        ("Status", "string", "", 0),
+        ("Restarts", "string", "", 0),
+        ("Age", "string", "", 0),
+        ("IP", "string", "", 1),
+        ("Node", "string", "", 1),
+    ]
+    rows = []
+    for obj in objs:
+        statuses = obj["status"].get("containerStatuses", [])
+        ready = sum(1 for s in statuses if s.get("ready"))
+        rows.append(
+            {
+                "cells": [
+                    obj["metadata"]["name"],
+                    f"{ready}/{len(obj['spec'].get('containers', []))}",
+                    obj["status"]["phase"],
+                    "0",
+                    _age(obj["metadata"].get("creationTimestamp")),
+                    obj["status"].get("podIP", "<none>"),
+                    obj["spec"].get("nodeName", "<none>"),
+                ],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": obj["metadata"],
+                },
+            }
+        )
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {"resourceVersion": ""},
+        "columnDefinitions": [
+            {"name": n, "type": t, "format": f, "description": n, "priority": p}
+            for n, t, f, p in columns
+        ],
+        "rows": rows,
+    }
+
+
+async def list_pods(request: web.Request) -> web.Response:
+    if request.query.get("watch") in ("true", "1"):
+        raise StatusError(405, "watch is not supported by streamsrv")
+    namespace = request.match_info.get("namespace")
+    pods = [p.render() for p in await request.app[MANAGER].list(namespace)]
+    fields = request.query.get("fieldSelector", "")
+    labels = request.query.get("labelSelector", "")
+    pods = [
+        p
+        for p in pods
+        if _matches_fields(p, fields) and _matches_labels(p["metadata"].get("labels", {}), labels)
+    ]
+    if _wants_table(request):
+        return _json(_table(pods))
+    return _json(
+        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": ""}, "items": pods}
+    )
+
+
+async def _get_pod(request: web.Request) -> Pod:
+    ns, name = request.match_info["namespace"], request.match_info["name"]
+    pod = await request.app[MANAGER].get(ns, name)
+    if pod is None:
+        raise not_found(name)
+    return pod
+
+
+async def get_pod(request: web.Request) -> web.Response:
+    obj = (await _get_pod(request)).render()
+    return _json(_table([obj]) if _wants_table(request) else obj)
+
+
+async def create_pod(request: web.Request) -> web.Response:
+    namespace = request.match_info["namespace"]
+    raw = await request.read()
+    ctype = request.content_type
+    try:
+        if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
+            manifest = yaml.safe_load(raw)
+        elif ctype in ("application/json", "application/octet-stream", ""):
+            manifest = json.loads(raw)
+        else:
+            raise StatusError(415, f'the body of the request was in an unknown format: "{ctype}"')
+    except (ValueError, yaml.YAMLError) as exc:
+        raise StatusError(400, f"the body of the request could not be decoded: {exc}") from exc
+    try:
+        spec = parse_pod(manifest, namespace=namespace)
+    except InvalidPod as exc:
+        raise StatusError(
+            422,
+            str(exc),
+            details={
+                "name": exc.name,
+                "kind": "Pod",
+                "causes": [
+                    {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in exc.causes
+                ],
+            },
+        ) from exc
+    try:
+        pod = await request.app[MANAGER].create(spec)
+    except PodExists as exc:
+        raise StatusError(409, str(exc), details={"name": spec.name, "kind": "pods"}) from exc
+    except ImageNotFound as exc:
+        raise StatusError(
+            422,
+            f'Pod "{spec.name}" is invalid: {exc}',
+            details={"name": spec.name, "kind": "Pod"},
+        ) from exc
+    except BackendError as exc:
+        log.warning("creating pod %s/%s failed: %s", namespace, spec.name, exc)
+        raise StatusError(500, f'creating pod "{spec.name}" failed: {exc}') from exc
+    log.info("created pod %s/%s (uid %s)", namespace, spec.name, spec.uid)
+    return _json(pod.render(), 201)
+
+
+async def delete_pod(request: web.Request) -> web.Response:
+    ns, name = request.match_info["namespace"], request.match_info["name"]
+    grace: float | None = None
+    if "gracePeriodSeconds" in request.query:
+        try:
+            grace = float(request.query["gracePeriodSeconds"])
+        except ValueError as exc:
+            raise StatusError(400, "gracePeriodSeconds must be a number") from exc
+    if request.can_read_body:
+        try:
+            body = json.loads(await request.read() or b"{}")
+        except ValueError:
+            body = {}
+        if isinstance(body, dict) and isinstance(body.get("gracePeriodSeconds"), int):
+            grace = float(body["gracePeriodSeconds"])
+    try:
+        pod = await request.app[MANAGER].delete(ns, name, grace)
+    except BackendError as exc:
+        raise StatusError(500, f'deleting pod "{name}" failed: {exc}') from exc
+    if pod is None:
+        raise not_found(name)
+    log.info("deleted pod %s/%s", ns, name)
+    return _json(pod.render())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def add_routes(app: web.Application, manager: PodManager, token: str) -> None:
+    """Mount the gateway on ``app`` (which must use :func:`auth_and_errors`)."""
+    app[MANAGER] = manager
+    app[TOKEN] = token
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/version", version)
+    r.add_get("/api", api_versions)
+    r.add_get("/apis", api_groups)
+    r.add_get("/api/v1", api_v1)
+    r.add_get("/openapi/v3", openapi_v3_root)
+    r.add_get("/openapi/v3/api/v1", openapi_v3_core)
+    r.add_get("/api/v1/pods", list_pods)
+    r.add_get("/api/v1/namespaces/{namespace}/pods", list_pods)
+    r.add_post("/api/v1/namespaces/{namespace}/pods", create_pod)
+    r.add_get("/api/v1/namespaces/{namespace}/pods/{name}", get_pod)
+    r.add_delete("/api/v1/namespaces/{namespace}/pods/{name}", delete_pod)
+
+
+def make_app(manager: PodManager, token: str) -> web.Application:
+    app = web.Application(middlewares=[auth_and_errors], client_max_size=8 * 1024**2)
+    add_routes(app, manager, token)
+    return app

@@ -1,0 +1,531 @@
+"""The pod model shared by every runtime: manifest parsing, validation, labels and status.
+
+A pod is an infra ("pause") sandbox that owns the network, IPC and PID namespaces, plus app
+containers that join them. Everything a runtime needs to find a pod again after a restart is
+written into the engine as labels (``io.kubernetes.*`` as the kubelet's dockershim did, and the
+manifest itself under :data:`LABEL_MANIFEST`), so no state file can be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runtime.base import Runtime
+
+LABEL_POD_NAME = "io.kubernetes.pod.name"
+LABEL_POD_NAMESPACE = "io.kubernetes.pod.namespace"
+LABEL_POD_UID = "io.kubernetes.pod.uid"
+LABEL_CONTAINER_NAME = "io.kubernetes.container.name"
+LABEL_TYPE = "io.kubernetes.docker.type"
+TYPE_SANDBOX = "podsandbox"
+TYPE_CONTAINER = "container"
+LABEL_MANIFEST = "io.streamsrv.pod.manifest"
+
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+class InvalidPod(ValueError):
+    """A manifest that is not a valid pod; ``causes`` are (field, message) pairs."""
+
+    def __init__(self, name: str, causes: Sequence[tuple[str, str]]) -> None:
+        self.name = name
+        self.causes = list(causes)
+        listed = ", ".join(f"{f}: {m}" for f, m in self.causes)
+        super().__init__(f'Pod "{name}" is invalid: {listed}')
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerPort:
+    container_port: int
+    name: str | None = None
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    name: str
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    working_dir: str | None = None
+    tty: bool = False
+    stdin: bool = False
+    stdin_once: bool = False
+    ports: tuple[ContainerPort, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PodSpec:
+    name: str
+    namespace: str
+    uid: str
+    containers: tuple[ContainerSpec, ...]
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    host_network: bool = False
+    termination_grace_period: int = 30
+    manifest: Mapping[str, Any] = field(default_factory=dict)
+
+    def container(self, name: str) -> ContainerSpec | None:
+        return next((c for c in self.containers if c.name == name), None)
+
+    def default_container(self) -> ContainerSpec:
+        """The container kubectl picks without ``-c``: the annotated one, else the first."""
+        wanted = self.annotations.get(DEFAULT_CONTAINER_ANNOTATION)
+        return (self.container(wanted) if wanted else None) or self.containers[0]
+
+    def sandbox_labels(self) -> dict[str, str]:
+        return {
+            **self.labels,
+            LABEL_POD_NAME: self.name,
+            LABEL_POD_NAMESPACE: self.namespace,
+            LABEL_POD_UID: self.uid,
+            LABEL_TYPE: TYPE_SANDBOX,
+            LABEL_MANIFEST: json.dumps(self.manifest, separators=(",", ":"), sort_keys=True),
+        }
+
+    def container_labels(self, container: ContainerSpec) -> dict[str, str]:
+        return {
+            LABEL_POD_NAME: self.name,
+            LABEL_POD_NAMESPACE: self.namespace,
+            LABEL_POD_UID: self.uid,
+            LABEL_CONTAINER_NAME: container.name,
+            LABEL_TYPE: TYPE_CONTAINER,
+        }
+
+
+def pod_filter(
+    namespace: str | None = None, name: str | None = None, uid: str | None = None
+) -> dict[str, str]:
+    """Label selector for a runtime's list calls."""
+    labels: dict[str, str] = {}
+    if namespace is not None:
+        labels[LABEL_POD_NAMESPACE] = namespace
+    if name is not None:
+        labels[LABEL_POD_NAME] = name
+    if uid is not None:
+        labels[LABEL_POD_UID] = uid
+    return labels
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest parsing
+
+
+def _str_list(value: Any, where: str, causes: list[tuple[str, str]]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        causes.append((where, "Invalid value: must be a list of strings"))
+        return ()
+    return tuple(value)
+
+
+def _bool(value: Any, where: str, causes: list[tuple[str, str]]) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        causes.append((where, f"Invalid value: {value!r}: must be a boolean"))
+        return False
+    return value
+
+
+def _str_map(value: Any, where: str, causes: list[tuple[str, str]]) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        causes.append((where, "Invalid value: must be a map of strings to strings"))
+        return {}
+    return dict(value)
+
+
+def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> ContainerSpec | None:
+    if not isinstance(raw, dict):
+        causes.append((where, "Invalid value: must be an object"))
+        return None
+    name = raw.get("name")
+    if not name:
+        causes.append((f"{where}.name", "Required value"))
+        name = ""
+    elif not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.match(name):
+        causes.append((f"{where}.name", f"Invalid value: {name!r}: must be a DNS-1123 label"))
+    image = raw.get("image")
+    if not image or not isinstance(image, str):
+        causes.append((f"{where}.image", "Required value"))
+        image = ""
+    env: list[tuple[str, str]] = []
+    raw_env = raw.get("env") or []
+    if not isinstance(raw_env, list):
+        causes.append((f"{where}.env", "Invalid value: must be a list"))
+        raw_env = []
+    for i, item in enumerate(raw_env):
+        ename = item.get("name") if isinstance(item, dict) else None
+        if not isinstance(ename, str) or not _ENV_NAME.match(ename):
+            causes.append((f"{where}.env[{i}].name", f"Invalid value: {ename!r}"))
+            continue
+        value = item.get("value", "")
+        if not isinstance(value, str):
+            causes.append((f"{where}.env[{i}].value", "Invalid value: must be a string"))
+            continue
+        env.append((ename, value))
+    ports: list[ContainerPort] = []
+    raw_ports = raw.get("ports") or []
+    if not isinstance(raw_ports, list):
+        causes.append((f"{where}.ports", "Invalid value: must be a list"))
+        raw_ports = []
+    for i, item in enumerate(raw_ports):
+        port = item.get("containerPort") if isinstance(item, dict) else None
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            causes.append(
+                (f"{where}.ports[{i}].containerPort", f"Invalid value: {port!r}: must be 1-65535")
+            )
+            continue
+        assert isinstance(item, dict)
+        protocol = item.get("protocol", "TCP")
+        if protocol not in ("TCP", "UDP", "SCTP"):
+            causes.append((f"{where}.ports[{i}].protocol", f"Unsupported value: {protocol!r}"))
+            continue
+        pname = item.get("name")
+        ports.append(ContainerPort(port, pname if isinstance(pname, str) else None, protocol))
+    working_dir = raw.get("workingDir")
+    if working_dir is not None and not isinstance(working_dir, str):
+        causes.append((f"{where}.workingDir", "Invalid value: must be a string"))
+        working_dir = None
+    return ContainerSpec(
+        name=name if isinstance(name, str) else "",
+        image=image,
+        command=_str_list(raw.get("command"), f"{where}.command", causes),
+        args=_str_list(raw.get("args"), f"{where}.args", causes),
+        env=tuple(env),
+        working_dir=working_dir or None,
+        tty=_bool(raw.get("tty"), f"{where}.tty", causes),
+        stdin=_bool(raw.get("stdin"), f"{where}.stdin", causes),
+        stdin_once=_bool(raw.get("stdinOnce"), f"{where}.stdinOnce", causes),
+        ports=tuple(ports),
+    )
+
+
+def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = None) -> PodSpec:
+    """Validate a ``v1 Pod`` manifest (as parsed JSON/YAML) and return its spec.
+
+    Args:
+        manifest: the decoded document.
+        namespace: the namespace of the request; a manifest naming another one is refused.
+        uid: keep this uid (a pod read back from the engine); a new one is generated otherwise.
+
+    Raises:
+        InvalidPod: with every problem found, in the apiserver's ``field: message`` wording.
+    """
+    if not isinstance(manifest, dict):
+        raise InvalidPod("", [("", "Invalid value: the document must be an object")])
+    causes: list[tuple[str, str]] = []
+    if manifest.get("apiVersion", "v1") != "v1" or manifest.get("kind", "Pod") != "Pod":
+        causes.append(("kind", "Invalid value: only apiVersion v1, kind Pod is served"))
+    meta = manifest.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
+    name = meta.get("name")
+    if not name:
+        causes.append(("metadata.name", "Required value: name is required"))
+        name = ""
+    elif not isinstance(name, str) or len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+        causes.append(("metadata.name", f"Invalid value: {name!r}: must be a DNS-1123 subdomain"))
+        name = str(name)
+    ns = meta.get("namespace") or namespace or "default"
+    if namespace is not None and ns != namespace:
+        causes.append(
+            (
+                "metadata.namespace",
+                "Invalid value: the namespace of the provided object does not match the "
+                "namespace sent on the request",
+            )
+        )
+    if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
+        causes.append(("metadata.namespace", f"Invalid value: {ns!r}: must be a DNS-1123 label"))
+        ns = str(ns)
+    labels = _str_map(meta.get("labels"), "metadata.labels", causes)
+    annotations = _str_map(meta.get("annotations"), "metadata.annotations", causes)
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict):
+        causes.append(("spec", "Required value"))
+        spec = {}
+    raw_containers = spec.get("containers")
+    containers: list[ContainerSpec] = []
+    if not isinstance(raw_containers, list) or not raw_containers:
+        causes.append(("spec.containers", "Required value"))
+        raw_containers = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_containers):
+        c = _parse_container(raw, f"spec.containers[{i}]", causes)
+        if c is None:
+            continue
+        if c.name and c.name in seen:
+            causes.append((f"spec.containers[{i}].name", f'Duplicate value: "{c.name}"'))
+        seen.add(c.name)
+        containers.append(c)
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    if not isinstance(grace, int) or isinstance(grace, bool) or grace < 0:
+        causes.append(("spec.terminationGracePeriodSeconds", f"Invalid value: {grace!r}"))
+        grace = 30
+    host_network = _bool(spec.get("hostNetwork"), "spec.hostNetwork", causes)
+    if causes:
+        raise InvalidPod(str(name), causes)
+    # Keep only what defines the pod; status and server-set metadata are rebuilt on read.
+    kept_meta = {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}
+    kept_meta["namespace"] = ns
+    stored = {"apiVersion": "v1", "kind": "Pod", "metadata": kept_meta, "spec": spec}
+    return PodSpec(
+        name=name,
+        namespace=ns,
+        uid=uid or str(uuid.uuid4()),
+        containers=tuple(containers),
+        labels=labels,
+        annotations=annotations,
+        host_network=host_network,
+        termination_grace_period=grace,
+        manifest=stored,
+    )
+
+
+def pod_from_labels(labels: Mapping[str, str]) -> PodSpec:
+    """Rebuild a pod's spec from its sandbox's labels (see :meth:`PodSpec.sandbox_labels`)."""
+    manifest = json.loads(labels[LABEL_MANIFEST])
+    return parse_pod(manifest, uid=labels[LABEL_POD_UID])
+
+
+# --------------------------------------------------------------------------------------------
+# Status as the apiserver shows it
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    """What a runtime knows of one app container."""
+
+    id: str
+    name: str
+    image: str
+    image_id: str
+    state: str  # created | running | exited | unknown
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    reason: str | None = None
+    runtime: str = "docker"
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def pod_uid(self) -> str:
+        return self.labels.get(LABEL_POD_UID, "")
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxState:
+    id: str
+    pod: PodSpec
+    ready: bool
+    created_at: datetime
+    ip: str | None = None
+
+
+def _ts(when: datetime | None) -> str | None:
+    if when is None:
+        return None
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_phase(sandbox: SandboxState, containers: Sequence[ContainerState]) -> str:
+    """Kubernetes phase from the states of the sandbox's app containers."""
+    pod = sandbox.pod
+    by_name = {c.name: c for c in containers}
+    states = [by_name.get(c.name) for c in pod.containers]
+    if any(s is None or s.state == "created" for s in states):
+        return "Pending"
+    if all(s is not None and s.state == "running" for s in states) and sandbox.ready:
+        return "Running"
+    if all(s is not None and s.state == "exited" for s in states):
+        failed = any(s is not None and s.exit_code for s in states)
+        return "Failed" if failed else "Succeeded"
+    if any(s is not None and s.state == "running" for s in states):
+        return "Running"
+    return "Unknown"
+
+
+def _container_status(spec: ContainerSpec, state: ContainerState | None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "name": spec.name,
+        "image": spec.image,
+        "imageID": state.image_id if state else "",
+        "ready": bool(state and state.state == "running"),
+        "restartCount": 0,
+        "started": bool(state and state.state == "running"),
+    }
+    if state is None:
+        status["state"] = {"waiting": {"reason": "ContainerCreating"}}
+        return status
+    status["containerID"] = f"{state.runtime}://{state.id}"
+    if state.state == "running":
+        status["state"] = {"running": {"startedAt": _ts(state.started_at)}}
+    elif state.state == "exited":
+        status["state"] = {
+            "terminated": {
+                "exitCode": state.exit_code or 0,
+                "reason": state.reason or ("Completed" if not state.exit_code else "Error"),
+                "startedAt": _ts(state.started_at),
+                "finishedAt": _ts(state.finished_at),
+                "containerID": f"{state.runtime}://{state.id}",
+            }
+        }
+    else:
+        status["state"] = {"waiting": {"reason": state.reason or "ContainerCreating"}}
+    return status
+
+
+def render_pod(sandbox: SandboxState, containers: Sequence[ContainerState]) -> dict[str, Any]:
+    """The ``v1 Pod`` object the gateway returns."""
+    pod = sandbox.pod
+    by_name = {c.name: c for c in containers}
+    manifest = dict(pod.manifest)
+    meta = dict(manifest.get("metadata", {}))
+    meta.update(
+        {
+            "name": pod.name,
+            "namespace": pod.namespace,
+            "uid": pod.uid,
+            "creationTimestamp": _ts(sandbox.created_at),
+            "resourceVersion": str(int(sandbox.created_at.timestamp() * 1000)),
+        }
+    )
+    phase = pod_phase(sandbox, containers)
+    statuses = [_container_status(c, by_name.get(c.name)) for c in pod.containers]
+    all_ready = all(s["ready"] for s in statuses)
+    start = _ts(sandbox.created_at)
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [
+            {"type": "Initialized", "status": "True", "lastTransitionTime": start},
+            {"type": "Ready", "status": str(all_ready), "lastTransitionTime": start},
+            {"type": "ContainersReady", "status": str(all_ready), "lastTransitionTime": start},
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": start},
+        ],
+        "hostIP": "127.0.0.1",
+        "startTime": start,
+        "containerStatuses": statuses,
+        "qosClass": "BestEffort",
+    }
+    if sandbox.ip:
+        status["podIP"] = sandbox.ip
+        status["podIPs"] = [{"ip": sandbox.ip}]
+    spec = dict(manifest.get("spec", {}))
+    spec.setdefault("nodeName", "streamsrv")
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}
+
+
+# --------------------------------------------------------------------------------------------
+# Pods on a runtime
+
+
+class PodExists(Exception):
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(f'pods "{name}" already exists')
+        self.namespace, self.name = namespace, name
+
+
+@dataclass(frozen=True, slots=True)
+class Pod:
+    """A pod as found in the engine: its sandbox and its app containers."""
+
+    sandbox: SandboxState
+    containers: tuple[ContainerState, ...]
+
+    @property
+    def spec(self) -> PodSpec:
+        return self.sandbox.pod
+
+    @property
+    def phase(self) -> str:
+        return pod_phase(self.sandbox, self.containers)
+
+    def container_id(self, name: str) -> str | None:
+        return next((c.id for c in self.containers if c.name == name), None)
+
+    def render(self) -> dict[str, Any]:
+        return render_pod(self.sandbox, self.containers)
+
+
+class PodManager:
+    """Create, list and delete pods on a runtime. The engine holds all state."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._lock = asyncio.Lock()  # one create/delete at a time: names stay unique
+
+    async def list(self, namespace: str | None = None, name: str | None = None) -> list[Pod]:
+        sandboxes, containers = await asyncio.gather(
+            self.runtime.list_pod_sandboxes(pod_filter(namespace, name)),
+            self.runtime.list_containers(pod_filter(namespace, name)),
+        )
+        by_uid: dict[str, list[ContainerState]] = {}
+        for c in containers:
+            by_uid.setdefault(c.pod_uid, []).append(c)
+        return [Pod(s, tuple(by_uid.get(s.pod.uid, ()))) for s in sandboxes]
+
+    async def get(self, namespace: str, name: str) -> Pod | None:
+        found = await self.list(namespace, name)
+        return found[0] if found else None
+
+    async def create(self, spec: PodSpec) -> Pod:
+        """Run the sandbox, then create and start every container; undo all on failure."""
+        async with self._lock:
+            if await self.runtime.list_pod_sandboxes(pod_filter(spec.namespace, spec.name)):
+                raise PodExists(spec.namespace, spec.name)
+            for image in dict.fromkeys(c.image for c in spec.containers):
+                await self.runtime.ensure_image(image)
+            sandbox_id = await self.runtime.run_pod_sandbox(spec)
+            created: list[str] = []
+            try:
+                for c in spec.containers:
+                    created.append(await self.runtime.create_container(sandbox_id, spec, c))
+                for cid in created:
+                    await self.runtime.start_container(cid)
+            except BaseException:
+                await asyncio.shield(self._remove_all(sandbox_id, created))
+                raise
+        pod = await self.get(spec.namespace, spec.name)
+        if pod is None:  # removed by someone else in between
+            raise LookupError(f'pods "{spec.name}" not found')
+        return pod
+
+    async def delete(self, namespace: str, name: str, grace: float | None = None) -> Pod | None:
+        async with self._lock:
+            pod = await self.get(namespace, name)
+            if pod is None:
+                return None
+            timeout = pod.spec.termination_grace_period if grace is None else grace
+            running = [c.id for c in pod.containers if c.state == "running"]
+            await asyncio.gather(*(self.runtime.stop_container(c, timeout) for c in running))
+            await self._remove_all(pod.sandbox.id, [c.id for c in pod.containers])
+            return pod
+
+    async def _remove_all(self, sandbox_id: str, container_ids: Sequence[str]) -> None:
+        await asyncio.gather(*(self.runtime.remove_container(c) for c in container_ids))
+        await self.runtime.remove_pod_sandbox(sandbox_id)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

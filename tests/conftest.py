@@ -1,0 +1,181 @@
+"""Shared fixtures: the real Docker engine, real kubectl binaries, a running streamsrv.
+
+`scripts/test` starts a private dockerd and exports DOCKER_HOST and the test image names.
+Without an engine (or kubectl) the tests that need it skip on a developer's machine, and fail
+under CI (CI=true), where a missing tool is never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from streamsrv.pods import LABEL_TYPE
+from streamsrv.runtime.docker import DockerRuntime
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BUSYBOX = os.environ.get("STREAMSRV_TEST_BUSYBOX_IMAGE", "streamsrv/busybox:local")
+PAUSE = os.environ.get("STREAMSRV_TEST_PAUSE_IMAGE", "streamsrv/pause:local")
+
+
+def missing(what: str) -> None:
+    """Skip for a developer, fail in CI."""
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: a missing tool is a failure)")
+    pytest.skip(what)
+
+
+_docker_checked: str | None = None
+
+
+def require_docker() -> None:
+    global _docker_checked
+    if _docker_checked is None:
+        try:
+            client = docker.from_env(timeout=10)
+            client.ping()
+            client.images.get(BUSYBOX)
+            client.images.get(PAUSE)
+            client.close()
+            _docker_checked = ""
+        except Exception as exc:
+            _docker_checked = f"no Docker engine with the test images ({exc}); run scripts/test"
+    if _docker_checked:
+        missing(_docker_checked)
+
+
+def kubectl_path(version: str) -> str:
+    """`kubectl.<version>` beside the `kubectl` on PATH (following its symlink)."""
+    found = shutil.which("kubectl")
+    if found:
+        candidate = Path(os.path.realpath(found)).parent / f"kubectl.{version}"
+        if candidate.exists():
+            return str(candidate)
+        candidate = Path(found).parent / f"kubectl.{version}"
+        if candidate.exists():
+            return str(candidate)
+    missing(f"kubectl.{version} not found beside kubectl on PATH")
+    raise AssertionError("unreachable")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_everything() -> None:
+    client = docker.from_env(timeout=60)
+    for c in client.containers.list(all=True, filters={"label": LABEL_TYPE}):
+        c.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+def docker_engine() -> Iterator[None]:
+    """A real engine; every pod a test leaves behind is removed afterwards."""
+    require_docker()
+    yield
+    _remove_everything()
+
+
+@pytest.fixture
+async def runtime(docker_engine: None) -> AsyncIterator[DockerRuntime]:
+    rt = DockerRuntime(pause_image=PAUSE)
+    yield rt
+    await rt.close()
+
+
+class Server:
+    """`streamsrv serve` as a subprocess, the way a user runs it."""
+
+    def __init__(self, state_dir: Path, extra: list[str] | None = None) -> None:
+        self.state_dir = state_dir
+        self.kubeconfig = state_dir / "kubeconfig"
+        self.extra = extra or []
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.log = state_dir / "server.log"
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.kubeconfig.exists():
+            self.kubeconfig.unlink()
+        cmd = [sys.executable, "-m", "streamsrv", "--state-dir", str(self.state_dir), "serve",
+               "--listen", "127.0.0.1:0", "--pause-image", PAUSE, *self.extra]  # fmt: skip
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("a") as logf:
+            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited {self.proc.returncode}: {self.log.read_text()}")
+            m = re.search(r"listening on (\S+)", self.log.read_text()[offset:])
+            if m and self.kubeconfig.exists():
+                self.url = m.group(1)
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+
+    @property
+    def token(self) -> str:
+        import yaml
+
+        doc = yaml.safe_load(self.kubeconfig.read_text())
+        return str(doc["users"][0]["user"]["token"])
+
+    @property
+    def ca_file(self) -> Path:
+        return self.state_dir / "ca.crt"
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kubectl(
+        self, version: str, *args: str, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [kubectl_path(version), "--kubeconfig", str(self.kubeconfig),
+               "--cache-dir", str(self.state_dir / f"kcache-{version}"), *args]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "streamsrv", "--state-dir", str(self.state_dir), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, input=input)
+
+
+@pytest.fixture
+def server(docker_engine: None, tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "state")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def pod_manifest(name: str, *containers: Any, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"test": "streamsrv"}},
+        "spec": {"containers": list(containers), **spec},
+    }
+
+
+def sleeper(name: str = "main", seconds: int = 100000) -> dict[str, Any]:
+    return {"name": name, "image": BUSYBOX, "command": ["sleep", str(seconds)]}

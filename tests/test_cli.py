@@ -1,0 +1,83 @@
+"""`streamsrv pod run|ls|rm` through a running server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BUSYBOX, Server, unique
+
+pytestmark = pytest.mark.docker
+
+
+def test_pod_run_ls_rm(server: Server, tmp_path: Path) -> None:
+    name = unique("cli")
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(
+        f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: team}}
+spec:
+  containers:
+  - name: app
+    image: {BUSYBOX}
+    command: [sleep, "100000"]
+    workingDir: /tmp
+    env: [{{name: GREETING, value: hello}}]
+    tty: true
+    stdin: true
+"""
+    )
+    r = server.cli("pod", "run", "-f", str(manifest))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"pod/{name} created"
+
+    r = server.cli("pod", "ls", "-n", "team")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split() == ["NAMESPACE", "NAME", "READY", "STATUS", "CONTAINERS"]
+    assert lines[1].split() == ["team", name, "1/1", "Running", "app"]
+
+    r = server.cli("pod", "ls")  # default namespace: nothing there
+    assert r.stdout.strip().splitlines()[1:] == []
+    r = server.cli("pod", "ls", "-A", "-o", "json")
+    items = json.loads(r.stdout)["items"]
+    assert [(i["metadata"]["namespace"], i["metadata"]["name"]) for i in items] == [("team", name)]
+    spec = items[0]["spec"]["containers"][0]
+    assert spec["env"] == [{"name": "GREETING", "value": "hello"}]
+    assert spec["tty"] is True and spec["stdin"] is True
+
+    r = server.cli("pod", "run", "-f", str(manifest))
+    assert r.returncode == 1
+    assert "already exists" in r.stderr
+
+    r = server.cli("pod", "rm", name, "-n", "team")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f'pod "{name}" deleted'
+    r = server.cli("pod", "rm", name, "-n", "team")
+    assert r.returncode == 1
+    assert f'pods "{name}" not found' in r.stderr
+
+
+def test_pod_run_rejects_bad_yaml(server: Server, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("metadata: [unclosed")
+    r = server.cli("pod", "run", "-f", str(bad))
+    assert r.returncode == 1
+    assert "not valid YAML" in r.stderr
+
+
+def test_pod_commands_without_a_server(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "nothing-here")
+    r = srv.cli("pod", "ls")
+    assert r.returncode == 2
+    assert "no kubeconfig" in r.stderr
+
+
+def test_serve_refuses_the_process_runtime_for_now(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "state")
+    r = srv.cli("serve", "--runtime", "process", "--listen", "127.0.0.1:0")
+    assert r.returncode == 2
+    assert "process runtime is not yet available" in r.stderr
