@@ -28,6 +28,7 @@ from .certs import (
 from .gateway import make_app
 from .pods import PodManager
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
+from .server import Config, StreamServer
 
 log = logging.getLogger("streamsrv")
 
@@ -94,7 +95,8 @@ async def serve(args: argparse.Namespace) -> int:
         ca_pem = ca.pem
 
     token = new_token()
-    app = make_app(PodManager(runtime), token)
+    streams = StreamServer(runtime, Config(ssl=ssl_ctx))
+    app = make_app(PodManager(runtime), token, streams)
 
     async def close_runtime(_: web.Application) -> None:
         await runtime.close()
@@ -110,6 +112,7 @@ async def serve(args: argparse.Namespace) -> int:
     if ":" in shown and not shown.startswith("["):
         shown = f"[{shown}]"
     url = f"{scheme}://{shown}:{actual_port}"
+    streams.base_url = url
     kubeconfig: Path = args.kubeconfig or state_dir / "kubeconfig"
     write_kubeconfig(kubeconfig, url, token, ca_pem)
     print(f"streamsrv {__version__} listening on {url} (runtime: docker)", flush=True)

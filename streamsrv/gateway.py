@@ -18,13 +18,25 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from .pods import InvalidPod, Pod, PodExists, PodManager, parse_pod
+from .pods import (
+    DEFAULT_CONTAINER_ANNOTATION,
+    ContainerSpec,
+    InvalidPod,
+    Pod,
+    PodExists,
+    PodManager,
+    parse_pod,
+)
+from .protocol.status import kube_status
 from .runtime.base import BackendError, ImageNotFound
+from .server import AttachRequest, ExecRequest, InvalidRequest, StreamRequest, StreamServer
+from .tokens import CacheFull
 
 log = logging.getLogger(__name__)
 
 MANAGER = web.AppKey("manager", PodManager)
 TOKEN = web.AppKey("token", str)
+STREAMS = web.AppKey("streams", StreamServer)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,6 +46,7 @@ _REASONS = {
     404: "NotFound",
     405: "MethodNotAllowed",
     409: "AlreadyExists",
+    429: "TooManyRequests",
     415: "UnsupportedMediaType",
     422: "Invalid",
     500: "InternalError",
@@ -43,28 +56,20 @@ _REASONS = {
 def api_status(
     code: int, message: str, *, reason: str | None = None, details: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """A ``metav1.Status`` failure body, keys in the apiserver's order."""
-    body: dict[str, Any] = {
-        "kind": "Status",
-        "apiVersion": "v1",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason or _REASONS.get(code, "Unknown"),
-    }
-    if details is not None:
-        body["details"] = details
-    body["code"] = code
-    return body
+    """A ``metav1.Status`` failure body; the reason defaults to the one for ``code``."""
+    return kube_status(code, reason or _REASONS.get(code, "Unknown"), message, details=details)
 
 
 class StatusError(Exception):
     """Raised by a handler; the middleware answers with the Status body."""
 
-    def __init__(self, code: int, message: str, **kwargs: Any) -> None:
+    def __init__(
+        self, code: int, message: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(message)
         self.body = api_status(code, message, **kwargs)
         self.code = code
+        self.headers = headers or {}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -93,7 +98,9 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except StatusError as exc:
-        return _json(exc.body, exc.code)
+        resp = _json(exc.body, exc.code)
+        resp.headers.update(exc.headers)
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400 or not request.path.startswith("/api"):
             raise
@@ -408,16 +415,111 @@ async def delete_pod(request: web.Request) -> web.Response:
     return _json(pod.render())
 
 
+# ------------------------------------------------------------------------------- streaming
+
+
+def query_bool(request: web.Request, name: str) -> bool:
+    """The apiserver's rule: absent, ``0`` or ``false`` (any case) is false, all else true."""
+    value = request.query.get(name)
+    return value is not None and value.strip().lower() not in ("0", "false")
+
+
+def pick_container(request: web.Request, pod: Pod) -> tuple[ContainerSpec, str]:
+    """The container named by ``container``, else the annotated default, else the only one."""
+    spec = pod.spec
+    name = request.query.get("container", "")
+    if name:
+        chosen = spec.container(name)
+        if chosen is None:
+            raise StatusError(400, f"container {name} is not valid for pod {spec.name}")
+    elif len(spec.containers) == 1 or spec.annotations.get(DEFAULT_CONTAINER_ANNOTATION):
+        chosen = spec.default_container()
+    else:
+        names = " ".join(c.name for c in spec.containers)
+        raise StatusError(
+            400,
+            f"a container name must be specified for pod {spec.name}, choose one of: [{names}]",
+        )
+    cid = pod.container_id(chosen.name)
+    if cid is None:
+        raise StatusError(400, f"container {chosen.name} in pod {spec.name} has not been created")
+    return chosen, cid
+
+
+async def _stream(request: web.Request, kind: str, req: StreamRequest) -> web.StreamResponse:
+    streams = request.app[STREAMS]
+    try:
+        url = await (
+            streams.get_exec(req) if isinstance(req, ExecRequest) else streams.get_attach(req)
+        )
+    except InvalidRequest as exc:
+        raise StatusError(400, str(exc)) from exc
+    except CacheFull as exc:
+        raise StatusError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    token = url.rsplit("/", 1)[1]
+    return await streams.serve(request, "exec" if isinstance(req, ExecRequest) else "attach", token)
+
+
+async def pod_exec(request: web.Request) -> web.StreamResponse:
+    pod = await _get_pod(request)
+    if pod.phase in ("Succeeded", "Failed"):
+        raise StatusError(
+            400, f"cannot exec into a container in a completed pod; current phase is {pod.phase}"
+        )
+    _, cid = pick_container(request, pod)
+    tty = query_bool(request, "tty")
+    req = ExecRequest(
+        cid,
+        tuple(request.query.getall("command", [])),
+        stdin=query_bool(request, "stdin"),
+        stdout=query_bool(request, "stdout"),
+        stderr=query_bool(request, "stderr") and not tty,  # the kubelet drops stderr for a tty
+        tty=tty,
+    )
+    return await _stream(request, "exec", req)
+
+
+async def pod_attach(request: web.Request) -> web.StreamResponse:
+    pod = await _get_pod(request)
+    if pod.phase in ("Succeeded", "Failed"):
+        raise StatusError(
+            400, f"cannot attach a container in a completed pod; current phase is {pod.phase}"
+        )
+    spec, cid = pick_container(request, pod)
+    tty = query_bool(request, "tty") and spec.tty
+    req = AttachRequest(
+        cid,
+        stdin=query_bool(request, "stdin") and spec.stdin,
+        stdout=query_bool(request, "stdout"),
+        stderr=query_bool(request, "stderr") and not tty,
+        tty=tty,
+    )
+    return await _stream(request, "attach", req)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[STREAMS].metrics.render(), content_type="text/plain")
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def add_routes(app: web.Application, manager: PodManager, token: str) -> None:
+def add_routes(
+    app: web.Application, manager: PodManager, token: str, streams: StreamServer
+) -> None:
     """Mount the gateway on ``app`` (which must use :func:`auth_and_errors`)."""
     app[MANAGER] = manager
     app[TOKEN] = token
+    app[STREAMS] = streams
+    streams.add_routes(app)
     r = app.router
     r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics)
+    for sub, handler in (("exec", pod_exec), ("attach", pod_attach)):
+        path = f"/api/v1/namespaces/{{namespace}}/pods/{{name}}/{sub}"
+        r.add_route("GET", path, handler)
+        r.add_route("POST", path, handler)
     r.add_get("/version", version)
     r.add_get("/api", api_versions)
     r.add_get("/apis", api_groups)
@@ -431,7 +533,7 @@ def add_routes(app: web.Application, manager: PodManager, token: str) -> None:
     r.add_delete("/api/v1/namespaces/{namespace}/pods/{name}", delete_pod)
 
 
-def make_app(manager: PodManager, token: str) -> web.Application:
+def make_app(manager: PodManager, token: str, streams: StreamServer) -> web.Application:
     app = web.Application(middlewares=[auth_and_errors], client_max_size=8 * 1024**2)
-    add_routes(app, manager, token)
+    add_routes(app, manager, token, streams)
     return app

@@ -45,10 +45,12 @@ def require_docker() -> None:
     if _docker_checked is None:
         try:
             client = docker.from_env(timeout=10)
-            client.ping()
-            client.images.get(BUSYBOX)
-            client.images.get(PAUSE)
-            client.close()
+            try:
+                client.ping()
+                client.images.get(BUSYBOX)
+                client.images.get(PAUSE)
+            finally:
+                client.close()
             _docker_checked = ""
         except Exception as exc:
             _docker_checked = f"no Docker engine with the test images ({exc}); run scripts/test"

@@ -6,10 +6,14 @@ resolves names through :mod:`streamsrv.pods` and the label filters below.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..pods import ContainerSpec, ContainerState, PodSpec, SandboxState
+from ..protocol.resize import TerminalSize
 
 
 class BackendError(Exception):
@@ -62,3 +66,110 @@ class Runtime(Protocol):
     ) -> list[ContainerState]: ...
 
     async def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Streams between a transport (WebSocket, SPDY) and a backend
+
+
+class ByteSink(Protocol):
+    """Where a backend writes a process's output (stdout or stderr of one session)."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class Pipe:
+    """A bounded async byte pipe from a transport to a backend (a session's stdin).
+
+    ``feed`` waits while more than ``limit`` bytes are buffered, so a client cannot make the
+    server hold more than that for a process that does not read; ``close`` is end-of-file.
+    """
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._limit = limit
+        self._closed = False
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def feed(self, data: bytes) -> None:
+        if self._closed or not data:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        self._readable.set()
+        if self._size > self._limit:
+            self._writable.clear()
+            await self._writable.wait()
+
+    def close(self) -> None:
+        self._closed = True
+        self._readable.set()
+        self._writable.set()
+
+    async def read(self) -> bytes:
+        """The next chunk, or ``b""`` once closed and drained."""
+        while not self._chunks:
+            if self._closed:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data = self._chunks.popleft()
+        self._size -= len(data)
+        if self._size <= self._limit:
+            self._writable.set()
+        return data
+
+
+class Resizes:
+    """Terminal sizes from the client, newest last; a backend iterates them."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[TerminalSize | None] = asyncio.Queue()
+        self.latest: TerminalSize | None = None
+
+    def put(self, size: TerminalSize) -> None:
+        self.latest = size
+        self._queue.put_nowait(size)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    def __aiter__(self) -> Resizes:
+        return self
+
+    async def __anext__(self) -> TerminalSize:
+        size = await self._queue.get()
+        if size is None:
+            self._queue.put_nowait(None)
+            raise StopAsyncIteration
+        return size
+
+
+@dataclass(slots=True)
+class StdIO:
+    """A session's streams, as the client asked for them (``None`` = not requested)."""
+
+    stdin: Pipe | None = None
+    stdout: ByteSink | None = None
+    stderr: ByteSink | None = None
+    resize: Resizes | None = None
+
+
+class StreamingRuntime(Runtime, Protocol):
+    """A runtime that can also exec, attach and port-forward."""
+
+    async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
+        """Run ``cmd`` in the container wired to ``io``; return its exit code (0-255).
+
+        Cancellation (the client went away) must stop the process and free everything.
+        """
+        ...
+
+    async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None: ...

@@ -7,9 +7,14 @@ the event loop never waits on the engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import json
 import logging
-from collections.abc import Callable, Mapping
+import os
+import signal
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -28,7 +33,8 @@ from ..pods import (
     SandboxState,
     pod_from_labels,
 )
-from .base import BackendError, ContainerNotFound, ImageNotFound
+from ..protocol.dockermux import STDERR, STDOUT, Demuxer
+from .base import BackendError, ContainerNotFound, ImageNotFound, StdIO
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +72,8 @@ class DockerRuntime:
         if base_url:
             kwargs["base_url"] = base_url
         self.api = docker.APIClient(timeout=timeout, **kwargs)
+        self._endpoint = str(kwargs.get("base_url") or "unix:///var/run/docker.sock")
+        self._local = self._endpoint.startswith("unix://")
         self.pause_image = pause_image
         self._pause_resolved: str | None = None
 
@@ -266,3 +274,195 @@ class DockerRuntime:
                 )
             )
         return out
+
+    # ----------------------------------------------------------------------------- streaming
+
+    async def _hijack(
+        self, path: str, body: dict[str, Any] | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """POST ``path`` with ``Upgrade: tcp`` and return the raw connection after the 101.
+
+        Done on our own asyncio connection rather than the SDK's ``socket=True``: the SDK
+        reads the response headers through a buffered reader, and output that arrives with
+        them (``echo hello`` does) would be lost when it hands over the raw socket.
+        """
+        url = urllib.parse.urlsplit(self._endpoint)
+        if url.scheme in ("unix", "http+unix"):
+            reader, writer = await asyncio.open_unix_connection(url.path, limit=1 << 20)
+        elif url.scheme in ("tcp", "http"):
+            reader, writer = await asyncio.open_connection(
+                url.hostname, url.port or 2375, limit=1 << 20
+            )
+        else:
+            raise BackendError(f"streaming over {url.scheme}:// Docker endpoints is not supported")
+        payload = json.dumps(body or {}).encode()
+        head = (
+            f"POST /v{self.api.api_version}{path} HTTP/1.1\r\n"
+            "Host: docker\r\nContent-Type: application/json\r\n"
+            "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        try:
+            writer.write(head.encode() + payload)
+            raw = await reader.readuntil(b"\r\n\r\n")
+            status = int(raw.split(b" ", 2)[1])
+            if status not in (101, 200):
+                rest = await asyncio.wait_for(reader.read(65536), 5)
+                message = rest.decode(errors="replace").strip()
+                with contextlib.suppress(ValueError):
+                    message = json.loads(message.splitlines()[-1]).get("message", message)
+                if status == 404:
+                    raise ContainerNotFound(message)
+                raise BackendError(f"docker answered {status}: {message}")
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+    async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
+        created = await self._call(
+            self.api.exec_create,
+            container_id,
+            list(cmd),
+            stdin=io.stdin is not None,
+            stdout=io.stdout is not None,
+            stderr=io.stderr is not None,
+            tty=tty,
+        )
+        exec_id: str = created["Id"]
+        reader, writer = await self._hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
+        try:
+            await self._pump(
+                reader, writer, io, tty, lambda h, w: self.api.exec_resize(exec_id, h, w), eof=True
+            )
+            return await self._exit_code(exec_id)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._kill_exec(exec_id))
+            raise
+        finally:
+            writer.close()
+
+    async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
+        query = urllib.parse.urlencode(
+            {
+                "stream": 1,
+                "stdin": int(io.stdin is not None),
+                "stdout": int(io.stdout is not None),
+                "stderr": int(io.stderr is not None),
+            }
+        )
+        reader, writer = await self._hijack(f"/containers/{container_id}/attach?{query}")
+        try:
+            # stdin EOF is not passed on: it would end the container's main process for all.
+            await self._pump(
+                reader, writer, io, tty, lambda h, w: self.api.resize(container_id, h, w), eof=False
+            )
+        finally:
+            writer.close()
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        io: StdIO,
+        tty: bool,
+        resize: Callable[[int, int], object],
+        *,
+        eof: bool,
+    ) -> None:
+        """Copy stdin in, output out, resizes through, until the engine ends the output."""
+
+        async def stdin() -> None:
+            assert io.stdin is not None
+            while data := await io.stdin.read():
+                writer.write(data)
+                await writer.drain()
+            if not eof:
+                return
+            if tty:
+                writer.write(b"\x04")  # a terminal has no half-close: EOT at a line start
+                await writer.drain()
+            elif writer.can_write_eof():
+                writer.write_eof()
+
+        async def resizes() -> None:
+            assert io.resize is not None
+            async for size in io.resize:
+                if size.width and size.height:
+                    with contextlib.suppress(BackendError, ContainerNotFound):
+                        await self._call(resize, size.height, size.width)
+
+        helpers: list[asyncio.Task[None]] = []
+        if io.stdin is not None:
+            helpers.append(asyncio.create_task(stdin()))
+        if io.resize is not None and tty:
+            helpers.append(asyncio.create_task(resizes()))
+        try:
+            demux = None if tty else Demuxer()
+            sinks = {STDOUT: io.stdout, STDERR: io.stderr}
+            while data := await reader.read(1 << 16):
+                if demux is None:
+                    if io.stdout is not None:
+                        await io.stdout.write(data)
+                    continue
+                for stream, piece in demux.feed(data):
+                    sink = sinks.get(stream)
+                    if sink is not None and piece:
+                        await sink.write(piece)
+        finally:
+            for t in helpers:
+                t.cancel()
+            for t in helpers:
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+                    await t
+
+    async def _exit_code(self, exec_id: str) -> int:
+        """The exit code once the process has really exited (never 0 for 'still running')."""
+        delay = 0.002
+        while True:
+            info = await self._call(self.api.exec_inspect, exec_id)
+            if not info.get("Running") and info.get("ExitCode") is not None:
+                return int(info["ExitCode"])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    async def _kill_exec(self, exec_id: str) -> None:
+        """Stop an exec whose client went away: Docker has no API for it, so signal its pid.
+
+        The pid from ``exec_inspect`` is the host's; the process and everything it started are
+        killed. Only possible where the engine runs on this host (a unix socket).
+        """
+        try:
+            info = await self._call(self.api.exec_inspect, exec_id)
+        except BackendError:
+            return
+        pid = int(info.get("Pid") or 0)
+        if not info.get("Running") or pid <= 0:
+            return
+        if not self._local:
+            log.warning("exec %s (pid %d) left running: the engine is not local", exec_id, pid)
+            return
+        await asyncio.to_thread(_kill_tree, pid)
+        log.info("killed exec %s (pid %d): its client went away", exec_id[:12], pid)
+
+
+def _kill_tree(pid: int) -> None:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    todo, victims = [pid], []
+    while todo:
+        p = todo.pop()
+        victims.append(p)
+        todo.extend(children.get(p, ()))
+    for p in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)

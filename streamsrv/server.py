@@ -1,0 +1,209 @@
+"""``StreamServer``: the library a CRI daemon embeds, and the one-time stream URLs it serves.
+
+``get_exec`` / ``get_attach`` validate a request as the kubelet's streaming library does, keep
+it behind a signed single-use token (:mod:`streamsrv.tokens`) and return the URL to hand to the
+client. ``GET|POST /exec/{token}`` and ``/attach/{token}`` consume the token and upgrade the
+connection (protocol.md §1).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+from . import remotecommand
+from .runtime.base import StreamingRuntime
+from .tokens import CacheFull, RequestCache, TokenError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["exec", "attach"]
+
+
+class InvalidRequest(ValueError):
+    """A request the kubelet would refuse with gRPC ``InvalidArgument``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecRequest:
+    container_id: str
+    cmd: tuple[str, ...]
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = False
+    tty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AttachRequest:
+    container_id: str
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = False
+    tty: bool = False
+
+
+StreamRequest = ExecRequest | AttachRequest
+
+
+@dataclass(slots=True)
+class Config:
+    """Defaults as in the kubelet's ``DefaultConfig`` (protocol.md §1.5)."""
+
+    listen: str = "127.0.0.1:0"
+    base_url: str | None = None
+    ssl: ssl.SSLContext | None = None
+    token_ttl: float = 60.0
+    max_in_flight: int = 1000
+    idle_timeout: float = 4 * 3600.0
+    stream_creation_timeout: float = 30.0
+    token_secret: bytes | None = None
+
+
+def validate(req: StreamRequest) -> None:
+    """The kubelet's checks in ``GetExec``/``GetAttach`` (protocol.md §1.2)."""
+    if not req.container_id:
+        raise InvalidRequest("missing required container_id")
+    if req.tty and req.stderr:
+        raise InvalidRequest("tty and stderr cannot both be true")
+    if not (req.stdin or req.stdout or req.stderr):
+        joiner = "or" if isinstance(req, ExecRequest) else "and"
+        raise InvalidRequest(f"one of stdin, stdout, {joiner} stderr must be set")
+    if isinstance(req, ExecRequest) and not req.cmd:
+        raise InvalidRequest("missing required cmd")
+
+
+@dataclass(slots=True)
+class Metrics:
+    sessions: Counter[tuple[str, str]] = field(default_factory=Counter)
+    refused: Counter[str] = field(default_factory=Counter)
+
+    def render(self) -> str:
+        lines = [
+            "# HELP streamsrv_sessions_total Stream sessions by kind and transport.",
+            "# TYPE streamsrv_sessions_total counter",
+        ]
+        for (kind, transport), n in sorted(self.sessions.items()):
+            lines.append(f'streamsrv_sessions_total{{kind="{kind}",transport="{transport}"}} {n}')
+        lines += [
+            "# HELP streamsrv_refused_total Upgrades refused, by reason.",
+            "# TYPE streamsrv_refused_total counter",
+        ]
+        for reason, n in sorted(self.refused.items()):
+            lines.append(f'streamsrv_refused_total{{reason="{reason}"}} {n}')
+        return "\n".join(lines) + "\n"
+
+
+def _text(status: int, text: str, **headers: str) -> web.Response:
+    return web.Response(status=status, text=text, headers=headers)
+
+
+class StreamServer:
+    """Serve exec and attach sessions for a runtime behind one-time URLs.
+
+    Use it standalone (``async with StreamServer(runtime, Config(...))`` listens on
+    ``config.listen``) or mount its routes on an existing aiohttp app with :meth:`add_routes`.
+    """
+
+    def __init__(
+        self,
+        runtime: StreamingRuntime,
+        config: Config | None = None,
+        *,
+        cache: RequestCache[StreamRequest] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.config = config or Config()
+        if cache is None:
+            cache = RequestCache(
+                self.config.token_secret,
+                ttl=self.config.token_ttl,
+                max_in_flight=self.config.max_in_flight,
+            )
+        self.cache: RequestCache[StreamRequest] = cache
+        self.base_url = self.config.base_url or ""
+        self.metrics = Metrics()
+        self._runner: web.AppRunner | None = None
+
+    # ------------------------------------------------------------------ library API
+
+    def _insert(self, kind: Kind, req: StreamRequest) -> str:
+        validate(req)
+        token = self.cache.insert(kind, req)
+        return f"{self.base_url}/{kind}/{token}"
+
+    async def get_exec(self, req: ExecRequest) -> str:
+        """Validate ``req`` and return the URL that serves it once.
+
+        Raises:
+            InvalidRequest: the request breaks the kubelet's rules.
+            CacheFull: too many requests in flight (HTTP 429 for a gateway).
+        """
+        return self._insert("exec", req)
+
+    async def get_attach(self, req: AttachRequest) -> str:
+        return self._insert("attach", req)
+
+    # ------------------------------------------------------------------ HTTP side
+
+    def add_routes(self, app: web.Application) -> None:
+        for kind in ("exec", "attach"):
+            app.router.add_route("GET", f"/{kind}/{{token}}", self._handler(kind))
+            app.router.add_route("POST", f"/{kind}/{{token}}", self._handler(kind))
+
+    def _handler(self, kind: Kind) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            return await self.serve(request, kind, request.match_info["token"])
+
+        return handle
+
+    async def serve(self, request: web.Request, kind: Kind, token: str) -> web.StreamResponse:
+        """Consume ``token`` and run the session it names on this request's connection."""
+        try:
+            req = self.cache.consume(kind, token)
+        except TokenError:
+            self.metrics.refused["token"] += 1
+            return _text(404, "404 page not found\n", **{"X-Content-Type-Options": "nosniff"})
+        if remotecommand.is_websocket(request):
+            return await remotecommand.serve_websocket(request, self, kind, req)
+        self.metrics.refused["spdy-unsupported"] += 1
+        return _text(
+            400,
+            "unable to upgrade: only WebSocket upgrades are served (SPDY/3.1 is not yet)\n",
+        )
+
+    async def __aenter__(self) -> StreamServer:
+        app = web.Application()
+        self.add_routes(app)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        host, _, port = self.config.listen.rpartition(":")
+        site = web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=self.config.ssl)
+        await site.start()
+        if not self.config.base_url:
+            addr = self._runner.addresses[0]
+            shown = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
+            scheme = "https" if self.config.ssl else "http"
+            self.base_url = f"{scheme}://{shown}:{addr[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+__all__ = [
+    "AttachRequest",
+    "CacheFull",
+    "Config",
+    "ExecRequest",
+    "InvalidRequest",
+    "StreamRequest",
+    "StreamServer",
+]

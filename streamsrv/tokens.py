@@ -1,0 +1,215 @@
+"""Signed, single-use, short-lived tokens for stream URLs (protocol.md §1.3).
+
+The kubelet's streaming library keeps each validated exec/attach/port-forward request in a
+``requestCache`` (``pkg/kubelet/cri/streaming/request_cache.go``) under a random 8-character
+token and hands the client ``<base>/exec/<token>``. :class:`RequestCache` keeps that contract --
+60 s TTL, at most 1000 requests in flight, expired entries collected oldest-first on every
+insert, and a consume that always removes the entry -- and adds an HMAC: a token is an
+:mod:`itsdangerous` ``TimestampSigner`` signature over a random nonce, salted with the request
+*kind*, so its kind and issue time are bound into it. A forged token, a token past its TTL, and
+an exec token presented on ``/attach`` are refused before the cache is even looked at.
+
+Token shape: ``<nonce>.<timestamp>.<signature>``, about 47 URL-safe characters
+(``A-Z a-z 0-9 - _ .``): 12 characters of nonce (``secrets.token_urlsafe(9)``), the issue time
+in base64 and an HMAC-SHA1 in base64.
+
+Differences from Go, on purpose:
+
+* A token of the wrong kind fails its signature check, so the request it names stays in the
+  cache and still works on its own route (Go's ``Consume`` deletes it, then the handler
+  answers 404 for the type mismatch).
+* The signature's timestamp has 1 s resolution (and comes from the wall clock), so the
+  signature check is a coarse guard; the cache's own expiry, taken from the monotonic clock,
+  decides to the TTL exactly. A wall clock stepped backwards makes outstanding tokens fail
+  until it catches up (they live 60 s at most).
+
+HTTP mapping, in one place as Go's ``errors.go`` does it: every :class:`TokenError` has an
+``http_status``: :class:`TokenNotFound` 404 (Go's ``http.NotFound``), :class:`CacheFull` 429 with
+``Retry-After: <retry_after>`` (Go: ``ResourceExhausted`` with ``Retry-After: 60``).
+
+Not thread-safe: use a cache from one event loop (nothing in it blocks or awaits).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+from itsdangerous import BadData, TimestampSigner
+
+T = TypeVar("T")
+
+#: Go's ``cacheTTL``.
+DEFAULT_TTL = 60.0
+#: Go's ``maxInFlight``.
+DEFAULT_MAX_IN_FLIGHT = 1000
+# A real token is about 47 characters; anything much longer is not worth an HMAC.
+_MAX_TOKEN_LENGTH = 256
+_NONCE_BYTES = 9
+_SALT_PREFIX = "streamsrv.tokens."
+
+
+class TokenError(Exception):
+    """A token could not be issued or used.
+
+    Attributes:
+        http_status: the HTTP status to answer with (500 for an unexpected subclass, as Go's
+            ``WriteError`` maps unknown errors).
+    """
+
+    http_status: ClassVar[int] = 500
+
+
+class TokenNotFound(TokenError):
+    """Unknown, forged, expired, already used, or issued for another kind: HTTP 404."""
+
+    http_status: ClassVar[int] = 404
+
+    def __init__(self, message: str = "token not found") -> None:
+        super().__init__(message)
+
+
+class CacheFull(TokenError):
+    """Too many requests waiting for their client: HTTP 429 with ``Retry-After``.
+
+    Attributes:
+        retry_after: seconds after which a slot is sure to have freed up (the TTL, rounded up).
+    """
+
+    http_status: ClassVar[int] = 429
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("maximum number of in-flight requests exceeded")
+        self.retry_after = retry_after
+
+
+class _Signer(TimestampSigner):
+    """A ``TimestampSigner`` whose clock is injected (itsdangerous reads ``time.time``)."""
+
+    def __init__(self, secret: bytes, salt: str, clock: Callable[[], float]) -> None:
+        super().__init__(secret, salt=salt, key_derivation="hmac")
+        self._clock = clock
+
+    def get_timestamp(self) -> int:
+        return int(self._clock())
+
+
+@dataclass(slots=True)
+class _Entry(Generic[T]):
+    request: T
+    kind: str
+    expires: float
+
+
+class RequestCache(Generic[T]):
+    """Requests waiting for their one stream connection, keyed by signed tokens.
+
+    Args:
+        secret: the HMAC key; ``None`` (or empty) draws 32 random bytes, so tokens die with
+            the process, as Go's in-memory cache does. Share one secret between processes only
+            if they share the cache too.
+        ttl: seconds a token stays usable (Go: 1 minute).
+        max_in_flight: unexpired requests held at most (Go: 1000).
+        clock: monotonic seconds for the cache's expiry (injectable for tests).
+        wall_clock: Unix seconds for the signature's timestamp (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        secret: bytes | None = None,
+        *,
+        ttl: float = DEFAULT_TTL,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError(f"ttl must be positive, not {ttl}")
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, not {max_in_flight}")
+        self.ttl = ttl
+        self.max_in_flight = max_in_flight
+        self._secret = secret or secrets.token_bytes(32)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # The signature's age is checked in whole seconds.
+        self._max_age = math.ceil(ttl)
+        self._signers: dict[str, _Signer] = {}
+        # Insertion order is expiry order: the TTL is fixed and the clock monotonic.
+        self._entries: OrderedDict[bytes, _Entry[T]] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Requests held, including expired ones not yet collected."""
+        return len(self._entries)
+
+    def _signer(self, kind: str) -> _Signer:
+        signer = self._signers.get(kind)
+        if signer is None:
+            signer = self._signers[kind] = _Signer(
+                self._secret, _SALT_PREFIX + kind, self._wall_clock
+            )
+        return signer
+
+    def _collect(self, now: float) -> None:
+        """Drop expired entries, oldest first (Go ``requestCache.gc``)."""
+        entries = self._entries
+        while entries:
+            nonce, entry = next(iter(entries.items()))
+            if now < entry.expires:
+                return
+            del entries[nonce]
+
+    def insert(self, kind: str, request: T) -> str:
+        """Keep ``request`` and return the token that fetches it once.
+
+        Args:
+            kind: what the token is for (``exec``, ``attach``, ``portforward``); a token only
+                works with the same kind.
+            request: the validated request.
+
+        Returns:
+            A URL-safe token (``A-Z a-z 0-9 - _ .``), unique among the tokens in flight.
+
+        Raises:
+            CacheFull: ``max_in_flight`` unexpired requests are waiting already (HTTP 429).
+        """
+        now = self._clock()
+        self._collect(now)
+        if len(self._entries) >= self.max_in_flight:
+            raise CacheFull(math.ceil(self.ttl))
+        nonce = secrets.token_urlsafe(_NONCE_BYTES).encode("ascii")
+        while nonce in self._entries:  # 72 random bits: practically never taken
+            nonce = secrets.token_urlsafe(_NONCE_BYTES).encode("ascii")
+        self._entries[nonce] = _Entry(request, kind, now + self.ttl)
+        return self._signer(kind).sign(nonce).decode("ascii")
+
+    def consume(self, kind: str, token: str) -> T:
+        """Return the request behind ``token`` and forget it (single use).
+
+        The signature is checked first, with ``kind`` and the TTL: a forged, stale or
+        other-kind token is refused without touching the cache. Otherwise the entry is
+        removed whatever happens next, and an entry past its expiry is reported as not found
+        (Go ``requestCache.Consume``).
+
+        Args:
+            kind: the route's kind; must be the one the token was issued for.
+            token: the token from the URL.
+
+        Raises:
+            TokenNotFound: forged, stale, of another kind, already used, or unknown (HTTP 404).
+        """
+        if len(token) > _MAX_TOKEN_LENGTH:
+            raise TokenNotFound()
+        try:
+            nonce = self._signer(kind).unsign(token, max_age=self._max_age)
+        except BadData:
+            raise TokenNotFound() from None
+        entry = self._entries.pop(nonce, None)
+        if entry is None or entry.kind != kind or self._clock() > entry.expires:
+            raise TokenNotFound()
+        return entry.request
