@@ -287,3 +287,123 @@ async def test_client_gone_cancels_the_process(setup) -> None:  # type: ignore[n
             break
         await asyncio.sleep(0.01)
     assert runtime.cancelled == 1
+
+
+# --------------------------------------------------------------------------- through the gateway
+
+
+class FakePods(FakeRuntime):
+    """Just enough of the pod model for the gateway to resolve one pod with one container."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from streamsrv.pods import parse_pod
+
+        self.pod = parse_pod(
+            {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}
+        )
+
+    async def list_pod_sandboxes(self, labels=None):  # type: ignore[no-untyped-def]
+        from datetime import UTC, datetime
+
+        from streamsrv.pods import SandboxState
+
+        return [SandboxState("sandbox", self.pod, True, datetime.now(UTC))]
+
+    async def list_containers(self, labels=None):  # type: ignore[no-untyped-def]
+        from streamsrv.pods import LABEL_POD_UID, ContainerState
+
+        return [
+            ContainerState("cid", "c", "i", "", "running", labels={LABEL_POD_UID: self.pod.uid})
+        ]
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], StreamServer]]:
+    from streamsrv.gateway import make_app
+    from streamsrv.pods import PodManager
+
+    runtime = FakePods()
+    streams = StreamServer(runtime, Config())  # type: ignore[arg-type]
+    app = make_app(PodManager(runtime), "secret", streams)  # type: ignore[arg-type]
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    streams.base_url = str(client.make_url("")).rstrip("/")
+    yield client, streams
+    await client.close()
+
+
+AUTH = {"Authorization": "Bearer secret"}
+
+
+async def test_gateway_exec_goes_through_a_token(gateway) -> None:  # type: ignore[no-untyped-def]
+    client, streams = gateway
+    async with client.ws_connect(
+        "/api/v1/namespaces/default/pods/p/exec?command=echo&command=via&stdout=true",
+        protocols=["v5.channel.k8s.io"],
+        headers=AUTH,
+    ) as ws:
+        frames = await collect(ws)
+    assert (1, b"via\n") in frames
+    assert len(streams.cache) == 0  # consumed
+    assert streams.metrics.sessions[("exec", "websocket")] == 1
+
+
+async def test_gateway_answers_429_when_1000_tokens_wait(gateway) -> None:  # type: ignore[no-untyped-def]
+    client, streams = gateway
+    for _ in range(1000):
+        await streams.get_exec(ExecRequest("cid", ("true",)))
+    resp = await client.get(
+        "/api/v1/namespaces/default/pods/p/exec?command=true&stdout=true", headers=AUTH
+    )
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "60"
+    body = await resp.json()
+    assert body["reason"] == "TooManyRequests"
+
+
+async def test_gateway_refuses_unknown_subprotocols_and_missing_tokens(gateway) -> None:  # type: ignore[no-untyped-def]
+    client, _ = gateway
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(
+            "/api/v1/namespaces/default/pods/p/exec?command=true&stdout=true",
+            protocols=["v9.channel.k8s.io"],
+            headers=AUTH,
+        )
+    assert info.value.status == 403
+    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+        await client.ws_connect(
+            "/api/v1/namespaces/default/pods/p/exec?command=true&stdout=true",
+            protocols=["v5.channel.k8s.io"],
+        )
+    assert info.value.status == 401
+
+
+async def test_raw_garbage_after_the_upgrade_ends_only_that_session(setup) -> None:  # type: ignore[no-untyped-def]
+    server, client, runtime, _ = setup
+    url = await server.get_exec(ExecRequest("c1", ("sleep",), stdin=True))
+    host, port = client.server.host, client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        (
+            f"GET {path(url)} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            "Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+        ).encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    await runtime.started.wait()
+    writer.write(b"\x0f\xff" + b"\x00" * 64)  # a reserved opcode: not a WebSocket frame
+    rest = await asyncio.wait_for(reader.read(), 10)  # the server ends this connection:
+    writer.close()
+    assert rest[:3] == b"\x82\x01\x01"  # the readiness frame, sent before the garbage
+    assert rest[3:4] in (b"", b"\x88")  # then at most a close frame, then EOF
+    for _ in range(200):
+        if runtime.cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert runtime.cancelled == 1
+    url = await server.get_exec(ExecRequest("c1", ("echo", "still-serving")))
+    async with client.ws_connect(path(url), protocols=["v5.channel.k8s.io"]) as ws:
+        assert (1, b"still-serving\n") in await collect(ws)
