@@ -446,7 +446,7 @@ def pick_container(request: web.Request, pod: Pod) -> tuple[ContainerSpec, str]:
     return chosen, cid
 
 
-async def _stream(request: web.Request, kind: str, req: StreamRequest) -> web.StreamResponse:
+async def _stream(request: web.Request, req: StreamRequest) -> web.StreamResponse:
     streams = request.app[STREAMS]
     try:
         url = await (
@@ -460,12 +460,18 @@ async def _stream(request: web.Request, kind: str, req: StreamRequest) -> web.St
     return await streams.serve(request, "exec" if isinstance(req, ExecRequest) else "attach", token)
 
 
-async def pod_exec(request: web.Request) -> web.StreamResponse:
+async def _live_pod(request: web.Request, doing: str) -> Pod:
+    """The pod, unless it has completed (kubectl's own wording for the refusal)."""
     pod = await _get_pod(request)
     if pod.phase in ("Succeeded", "Failed"):
         raise StatusError(
-            400, f"cannot exec into a container in a completed pod; current phase is {pod.phase}"
+            400, f"cannot {doing} a container in a completed pod; current phase is {pod.phase}"
         )
+    return pod
+
+
+async def pod_exec(request: web.Request) -> web.StreamResponse:
+    pod = await _live_pod(request, "exec into")
     _, cid = pick_container(request, pod)
     tty = query_bool(request, "tty")
     req = ExecRequest(
@@ -476,15 +482,11 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
         stderr=query_bool(request, "stderr") and not tty,  # the kubelet drops stderr for a tty
         tty=tty,
     )
-    return await _stream(request, "exec", req)
+    return await _stream(request, req)
 
 
 async def pod_attach(request: web.Request) -> web.StreamResponse:
-    pod = await _get_pod(request)
-    if pod.phase in ("Succeeded", "Failed"):
-        raise StatusError(
-            400, f"cannot attach a container in a completed pod; current phase is {pod.phase}"
-        )
+    pod = await _live_pod(request, "attach")
     spec, cid = pick_container(request, pod)
     tty = query_bool(request, "tty") and spec.tty
     req = AttachRequest(
@@ -494,7 +496,7 @@ async def pod_attach(request: web.Request) -> web.StreamResponse:
         stderr=query_bool(request, "stderr") and not tty,
         tty=tty,
     )
-    return await _stream(request, "attach", req)
+    return await _stream(request, req)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -97,7 +97,7 @@ async def serve_websocket(
     first = channels.STDOUT if req.stdout else channels.STDERR if req.stderr else channels.ERROR
     await _send(ws, codec.encode(first, b""))
 
-    run = asyncio.create_task(_run(server, kind, req, io))
+    run = asyncio.create_task(run_request(server, kind, req, io))
     reader = asyncio.create_task(_read(ws, codec, io))
     try:
         await asyncio.wait({run, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -134,7 +134,7 @@ def _v1_text(body: bytes) -> bytes:
     return status.v1_error_text(body)
 
 
-async def _run(server: StreamServer, kind: str, req: StreamRequest, io: StdIO) -> bytes:
+async def run_request(server: StreamServer, kind: str, req: StreamRequest, io: StdIO) -> bytes:
     """Run the exec or attach; the v4 Status body that ends the session."""
     from .server import ExecRequest
 

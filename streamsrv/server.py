@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from . import remotecommand
+from . import remotecommand, spdy_remotecommand
 from .runtime.base import StreamingRuntime
 from .tokens import CacheFull, RequestCache, TokenError
 
@@ -171,11 +171,7 @@ class StreamServer:
             return _text(404, "404 page not found\n", **{"X-Content-Type-Options": "nosniff"})
         if remotecommand.is_websocket(request):
             return await remotecommand.serve_websocket(request, self, kind, req)
-        self.metrics.refused["spdy-unsupported"] += 1
-        return _text(
-            400,
-            "unable to upgrade: only WebSocket upgrades are served (SPDY/3.1 is not yet)\n",
-        )
+        return await spdy_remotecommand.serve_spdy(request, self, kind, req)
 
     async def __aenter__(self) -> StreamServer:
         app = web.Application()

@@ -99,14 +99,23 @@ class Pipe:
         return self._closed
 
     async def feed(self, data: bytes) -> None:
+        if not self.feed_nowait(data):
+            await self._writable.wait()
+
+    def feed_nowait(self, data: bytes) -> bool:
+        """Queue ``data`` without waiting; False once over the limit (pause the source)."""
         if self._closed or not data:
-            return
+            return True
         self._chunks.append(data)
         self._size += len(data)
         self._readable.set()
         if self._size > self._limit:
             self._writable.clear()
-            await self._writable.wait()
+            return False
+        return True
+
+    async def wait_writable(self) -> None:
+        await self._writable.wait()
 
     def close(self) -> None:
         self._closed = True

@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 LOCAL_PAUSE_IMAGE = "streamsrv/pause:local"
+FIRST_SIZE_WAIT = 1.0  # seconds a tty session's input waits for the client's first size
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -372,8 +373,16 @@ class DockerRuntime:
     ) -> None:
         """Copy stdin in, output out, resizes through, until the engine ends the output."""
 
+        sized = asyncio.Event()  # the terminal has its first size (or never will get one)
+        if not (tty and io.resize is not None):
+            sized.set()
+
         async def stdin() -> None:
             assert io.stdin is not None
+            # Hold input until the first size is applied: a shell that reads `stty size`
+            # before it would see a 0x0 terminal (kubectl sends the size right after connecting).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
             while data := await io.stdin.read():
                 writer.write(data)
                 await writer.drain()
@@ -387,10 +396,14 @@ class DockerRuntime:
 
         async def resizes() -> None:
             assert io.resize is not None
-            async for size in io.resize:
-                if size.width and size.height:
-                    with contextlib.suppress(BackendError, ContainerNotFound):
-                        await self._call(resize, size.height, size.width)
+            try:
+                async for size in io.resize:
+                    if size.width and size.height:
+                        with contextlib.suppress(BackendError, ContainerNotFound):
+                            await self._call(resize, size.height, size.width)
+                    sized.set()
+            finally:
+                sized.set()
 
         helpers: list[asyncio.Task[None]] = []
         if io.stdin is not None:

@@ -12,7 +12,7 @@ from kubernetes import client, config
 from kubernetes.stream import stream
 
 from tests.conftest import BUSYBOX, Server, _remove_everything, require_docker
-from tests.interop.test_exec_websocket import sessions
+from tests.interop.test_exec_kubectl import sessions
 
 pytestmark = pytest.mark.docker
 POD = "pyexec"

@@ -1,8 +1,9 @@
-"""exec and attach over WebSocket with real kubectl (1.30-1.33) and the real Docker engine.
+"""exec and attach with real kubectl (1.27-1.33) on both transports and the real engine.
 
-kubectl 1.30+ silently falls back to SPDY when a WebSocket upgrade is refused, so every test
-also proves the transport: no fallback line in `-v=6` output, and the server counted a
-WebSocket session.
+kubectl 1.27-1.29 speak SPDY only; 1.30+ speak WebSocket (v5) first and silently fall back to
+SPDY when the upgrade is refused, or go straight to SPDY with
+KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false. Every test proves which transport carried the session:
+no fallback line in `-v=6` output, and the server counted a session of that transport.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import docker
 import pytest
@@ -24,8 +26,32 @@ from tests.ptyproc import PtyProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
 
-VERSIONS = ["1.30", "1.31", "1.32", "1.33"]
 POD = "execpod"
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    version: str
+    transport: str  # "websocket" | "spdy"
+    forced: bool = False  # SPDY chosen with KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false
+
+    def __str__(self) -> str:
+        return f"{self.version}-{self.transport}{'-forced' if self.forced else ''}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "TERM": "xterm"}
+        if self.forced:
+            env["KUBECTL_REMOTE_COMMAND_WEBSOCKETS"] = "false"
+        return env
+
+
+CLIENTS = (
+    [Kubectl(v, "spdy") for v in ("1.27", "1.28", "1.29")]
+    + [Kubectl(v, "websocket") for v in ("1.30", "1.31", "1.32", "1.33")]
+    + [Kubectl(v, "spdy", forced=True) for v in ("1.30", "1.31", "1.32", "1.33")]
+)
+VERSIONS = pytest.mark.parametrize("kc", CLIENTS, ids=str)
 
 
 @pytest.fixture(scope="module")
@@ -65,37 +91,51 @@ def sessions(server: Server, kind: str = "exec", transport: str = "websocket") -
     return int(m.group(1)) if m else 0
 
 
-def kubectl(server: Server, version: str, *args: str, stdin: bytes | None = None,
+def kubectl(server: Server, kc: Kubectl | str, *args: str, stdin: bytes | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-    cmd = [kubectl_path(version), "--kubeconfig", str(server.kubeconfig), "--cache-dir",
-           str(server.state_dir / f"kc-{version}"), "-v=6", *args]  # fmt: skip
-    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
+    if isinstance(kc, str):
+        kc = Kubectl(kc, "websocket")
+    cmd = [kubectl_path(kc.version), "--kubeconfig", str(server.kubeconfig), "--cache-dir",
+           str(server.state_dir / f"kc-{kc.version}"), "-v=6", *args]  # fmt: skip
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=kc.env)
 
 
-def assert_websocket(r: subprocess.CompletedProcess[bytes]) -> None:
-    log = r.stderr.decode(errors="replace")
-    assert "fallback" not in log.lower(), log[-3000:]
+class Transport:
+    """Proves a kubectl run used the expected transport, and that it did so exactly once."""
+
+    def __init__(self, server: Server, kc: Kubectl, kind: str = "exec") -> None:
+        self.server, self.kc, self.kind = server, kc, kind
+        self.before = {t: sessions(server, kind, t) for t in ("websocket", "spdy")}
+
+    def check(self, r: subprocess.CompletedProcess[bytes] | None = None) -> None:
+        if r is not None:
+            log = r.stderr.decode(errors="replace")
+            assert "fallback" not in log.lower(), log[-3000:]
+        after = {t: sessions(self.server, self.kind, t) for t in ("websocket", "spdy")}
+        other = "spdy" if self.kc.transport == "websocket" else "websocket"
+        assert after[self.kc.transport] == self.before[self.kc.transport] + 1, after
+        assert after[other] == self.before[other], after
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_echo_hello_exact(srv: Server, version: str) -> None:
-    before = sessions(srv)
-    r = kubectl(srv, version, "exec", POD, "-c", "main", "--", "echo", "hello")
+@VERSIONS
+def test_echo_hello_exact(srv: Server, kc: Kubectl) -> None:
+    t = Transport(srv, kc)
+    r = kubectl(srv, kc, "exec", POD, "-c", "main", "--", "echo", "hello")
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout == b"hello\n"
-    assert_websocket(r)
-    assert sessions(srv) == before + 1
+    t.check(r)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_exit_code_42_reaches_kubectl(srv: Server, version: str) -> None:
+@VERSIONS
+def test_exit_code_42_reaches_kubectl(srv: Server, kc: Kubectl) -> None:
+    t = Transport(srv, kc)
     r = kubectl(
-        srv, version, "exec", POD, "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 42"
+        srv, kc, "exec", POD, "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 42"
     )
     assert r.returncode == 42, r.stderr[-3000:]
     assert r.stdout == b"out\n"
     assert b"err\n" in r.stderr
-    assert_websocket(r)
+    t.check(r)
 
 
 @pytest.fixture(scope="module")
@@ -103,60 +143,64 @@ def payload(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     return os.urandom(64 * 1024 * 1024)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_stdin_64mib_through_cat_is_identical(srv: Server, version: str, payload: bytes) -> None:
-    r = kubectl(srv, version, "exec", "-i", POD, "-c", "main", "--", "cat", stdin=payload)
+@VERSIONS
+def test_stdin_64mib_through_cat_is_identical(srv: Server, kc: Kubectl, payload: bytes) -> None:
+    t = Transport(srv, kc)
+    r = kubectl(srv, kc, "exec", "-i", POD, "-c", "main", "--", "cat", stdin=payload)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len(r.stdout) == len(payload)
     assert hashlib.sha256(r.stdout).digest() == hashlib.sha256(payload).digest()
-    assert_websocket(r)
+    t.check(r)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_stdin_64mib_counted_by_wc(srv: Server, version: str, payload: bytes) -> None:
-    r = kubectl(srv, version, "exec", "-i", POD, "-c", "main", "--", "wc", "-c", stdin=payload)
+@VERSIONS
+def test_stdin_64mib_counted_by_wc(srv: Server, kc: Kubectl, payload: bytes) -> None:
+    t = Transport(srv, kc)
+    r = kubectl(srv, kc, "exec", "-i", POD, "-c", "main", "--", "wc", "-c", stdin=payload)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.split() == [str(len(payload)).encode()]
-    assert_websocket(r)
+    t.check(r)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_16mib_written_just_before_exit_all_arrives(srv: Server, version: str) -> None:
+@VERSIONS
+def test_16mib_written_just_before_exit_all_arrives(srv: Server, kc: Kubectl) -> None:
+    t = Transport(srv, kc)
     script = "dd if=/dev/zero bs=65536 count=256 2>/dev/null | tr '\\0' x; exit 3"
     start = time.monotonic()
-    r = kubectl(srv, version, "exec", POD, "-c", "main", "--", "sh", "-c", script)
+    r = kubectl(srv, kc, "exec", POD, "-c", "main", "--", "sh", "-c", script)
     elapsed = time.monotonic() - start
     assert r.returncode == 3, r.stderr[-3000:]
     assert len(r.stdout) == 16 * 1024 * 1024
     assert r.stdout.count(b"x") == len(r.stdout)
     # Generous: the process itself takes well under a second; other servers linger 10 s.
     assert elapsed < 8, elapsed
-    assert_websocket(r)
+    t.check(r)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_kubectl_returns_promptly_after_the_process_ends(srv: Server, version: str) -> None:
+@VERSIONS
+def test_kubectl_returns_promptly_after_the_process_ends(srv: Server, kc: Kubectl) -> None:
+    t = Transport(srv, kc)
     start = time.monotonic()
-    r = kubectl(srv, version, "exec", POD, "-c", "main", "--", "true")
+    r = kubectl(srv, kc, "exec", POD, "-c", "main", "--", "true")
     assert r.returncode == 0, r.stderr[-3000:]
     assert time.monotonic() - start < 3
-    assert_websocket(r)
+    t.check(r)
 
 
 def pty_kubectl(
-    server: Server, version: str, *args: str, rows: int = 24, cols: int = 80
+    server: Server, kc: Kubectl, *args: str, rows: int = 24, cols: int = 80
 ) -> PtyProcess:
     return PtyProcess(
-        [kubectl_path(version), "--kubeconfig", str(server.kubeconfig), "--cache-dir",
-         str(server.state_dir / f"kc-{version}"), *args],
-        rows=rows, cols=cols, env={**os.environ, "TERM": "xterm"},
+        [kubectl_path(kc.version), "--kubeconfig", str(server.kubeconfig), "--cache-dir",
+         str(server.state_dir / f"kc-{kc.version}"), *args],
+        rows=rows, cols=cols, env=kc.env,
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_interactive_shell_sees_terminal_size_changes(srv: Server, version: str) -> None:
-    before = sessions(srv)
-    p = pty_kubectl(srv, version, "exec", "-it", POD, "-c", "main", "--", "sh", rows=30, cols=100)
+@VERSIONS
+def test_interactive_shell_sees_terminal_size_changes(srv: Server, kc: Kubectl) -> None:
+    t = Transport(srv, kc)
+    p = pty_kubectl(srv, kc, "exec", "-it", POD, "-c", "main", "--", "sh", rows=30, cols=100)
     try:
         p.write("stty size; echo mark-$((6*7))\r")
         p.expect(r"30 100\r?\n(.*\n)?mark-42", timeout=15)
@@ -168,13 +212,13 @@ def test_interactive_shell_sees_terminal_size_changes(srv: Server, version: str)
         assert p.wait(15) == 7
     finally:
         p.close()
-    assert sessions(srv) == before + 1
+    t.check()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_attach_echoes_what_is_typed(srv: Server, version: str) -> None:
-    before = sessions(srv, "attach")
-    p = pty_kubectl(srv, version, "attach", "-it", POD, "-c", "console")
+@VERSIONS
+def test_attach_echoes_what_is_typed(srv: Server, kc: Kubectl) -> None:
+    t = Transport(srv, kc, "attach")
+    p = pty_kubectl(srv, kc, "attach", "-it", POD, "-c", "console")
     try:
         word = unique("typed")
         time.sleep(1)
@@ -182,7 +226,7 @@ def test_attach_echoes_what_is_typed(srv: Server, version: str) -> None:
         p.expect(f"{word}-2", timeout=15)
     finally:
         p.close()
-    assert sessions(srv, "attach") == before + 1
+    t.check()
 
 
 def pod_processes(pattern: str) -> list[str]:
@@ -198,13 +242,14 @@ def pod_processes(pattern: str) -> list[str]:
         client.close()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-def test_killed_client_leaves_no_exec_process(srv: Server, version: str) -> None:
+@VERSIONS
+def test_killed_client_leaves_no_exec_process(srv: Server, kc: Kubectl) -> None:
+    t = Transport(srv, kc)
     marker = str(100000 + int.from_bytes(os.urandom(2), "big"))
-    cmd = [kubectl_path(version), "--kubeconfig", str(srv.kubeconfig), "--cache-dir",
-           str(srv.state_dir / f"kc-{version}"), "exec", POD, "-c", "main", "--",
+    cmd = [kubectl_path(kc.version), "--kubeconfig", str(srv.kubeconfig), "--cache-dir",
+           str(srv.state_dir / f"kc-{kc.version}"), "exec", POD, "-c", "main", "--",
            "sh", "-c", f"sleep {marker}; echo never"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kc.env)
     try:
         deadline = time.monotonic() + 15
         while not pod_processes(f"sleep {marker}"):
@@ -220,6 +265,7 @@ def test_killed_client_leaves_no_exec_process(srv: Server, version: str) -> None
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+    t.check()
 
 
 def test_exec_into_unknown_pod_or_container_is_refused(srv: Server) -> None:
