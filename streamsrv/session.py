@@ -35,6 +35,9 @@ class SpdySession(asyncio.Protocol):
         self.conn = spdy.SpdyConnection(spdy.Role.SERVER)
         self.on_event = on_event
         self.transport: asyncio.Transport | None = None
+        # The protocol the transport had before (aiohttp's): told when the connection ends,
+        # so the web server's own bookkeeping (and graceful shutdown) sees it go.
+        self.previous: asyncio.BaseProtocol | None = None
         self.closed = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -66,6 +69,9 @@ class SpdySession(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._writable.set()
         self.closed.set()
+        if self.previous is not None:
+            previous, self.previous = self.previous, None
+            previous.connection_lost(exc)
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -116,6 +122,7 @@ async def accept_spdy(
     resp.force_close()
     # Move the transport before the 101 goes out: the client speaks only after reading it,
     # so every byte after the headers reaches the session, none aiohttp's HTTP parser.
+    session.previous = transport.get_protocol()
     transport.set_protocol(session)
     session.connection_made(transport)  # set_protocol does not call it
     await resp.prepare(request)

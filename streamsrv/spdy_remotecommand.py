@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -180,6 +180,7 @@ async def _serve(server: StreamServer, kind: str, state: _Exec) -> None:
     waiter = asyncio.create_task(state.ready.wait())
     gone = asyncio.create_task(state.gone.wait())
     closed = asyncio.create_task(session.closed.wait())
+    tasks: list[asyncio.Task[Any]] = [waiter, gone, closed]
     try:
         done, _ = await asyncio.wait(
             {waiter, gone, closed},
@@ -200,18 +201,19 @@ async def _serve(server: StreamServer, kind: str, state: _Exec) -> None:
             resize=state.resize,
         )
         run = asyncio.create_task(run_request(server, kind, state.req, io))
+        tasks.append(run)
         await asyncio.wait({run, gone, closed}, return_when=asyncio.FIRST_COMPLETED)
-        if not run.done():  # the client went away first
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run
+        if not run.done():  # the client went away first: the runtime stops the process
             return
         _finish(state, run.result())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(session.closed.wait(), CLOSE_WAIT)
+        # The client closes once it has read everything (kubectl: RSTs, GOAWAY, EOF).
+        await asyncio.wait({gone, closed}, timeout=CLOSE_WAIT, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (waiter, gone, closed):
+        for task in tasks:
             task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 def _finish(state: _Exec, body: bytes) -> None:
