@@ -1,13 +1,52 @@
-"""SPDY/3.1 as moby/spdystream speaks it (protocol.md §6), sans-IO and role-symmetric.
+"""SPDY/3.1 as moby/spdystream speaks it (protocol.md §6): a sans-IO, role-symmetric codec.
 
-``receive_data`` takes bytes in any chunking and returns events; ``send_*`` queue frames that
-``data_to_send`` drains. No flow control (spdystream has none: WINDOW_UPDATE and SETTINGS are
-parsed and reported, never enforced). Header blocks use one zlib context per direction for the
-whole connection, with the SPDY/3 dictionary, sync-flushed per block.
+:class:`SpdyConnection` follows h2's shape. :meth:`~SpdyConnection.receive_data` takes bytes in
+any chunking and returns events; the ``send_*``/``open_stream``/``reply_stream``/... calls queue
+frames that :meth:`~SpdyConnection.data_to_send` drains. Nothing here touches a socket, a clock
+or an event loop.
 
-``receive_data`` raises only :class:`RemoteProtocolError`, after queueing a GOAWAY
-(PROTOCOL_ERROR); every later call raises it again. API misuse raises
-:class:`LocalProtocolError`.
+What the codec does, and where it follows spdystream rather than the SPDY/3.1 draft:
+
+* **No flow control** (§6.5). spdystream never sends WINDOW_UPDATE or SETTINGS and ignores both;
+  they are parsed, validated and reported here, never enforced.
+* **Header blocks** (§6.2, §6.3) use one zlib context per direction for the whole connection,
+  with the SPDY/3 dictionary, and every block is sync-flushed. Received header values are
+  ``dict[str, str]``: a name that carries several values keeps them NUL-joined, exactly as on
+  the wire (Kubernetes only uses the single-valued ``streamtype``, ``port`` and ``requestid``).
+  A name sent twice is merged the same way. An inflated block larger than
+  ``max_header_block_size`` (1 MiB by default) is fatal, so a decompression bomb costs at most
+  that much memory.
+* **Version** bits of received control frames are not checked (spdystream does not check them);
+  sent frames carry version 3.
+* **Stream ids** (§6.4): a peer SYN_STREAM whose id is not above the last accepted one, has the
+  wrong parity or is larger than 2**31-1 is answered with RST_STREAM(PROTOCOL_ERROR) and
+  produces no event; the connection goes on. Parity is checked here (spdystream does not) so a
+  peer can never take over one of our ids. After we sent GOAWAY new SYN_STREAMs are ignored.
+* **Dropped frames** (§6.4): DATA, HEADERS and SYN_REPLY for unknown or closed streams, DATA and
+  HEADERS on a stream we opened before its SYN_REPLY arrived, and zero-length DATA without FIN
+  are dropped silently, never fatal. One deliberate difference: on a stream the *peer* opened,
+  DATA is delivered even before we replied, because a sans-IO caller only sees
+  :class:`StreamOpened` after the whole chunk was parsed (spdystream's Kubernetes wrapper
+  replies before the stream's next frame is handled, so a Go peer sees the same outcome).
+* **GOAWAY received** (§6.6): spdystream stops reading at once, so every byte after a received
+  GOAWAY is discarded.
+* **Pings**: a PING with the peer's parity is echoed (queued) and reported as
+  :class:`PingReceived`; one with our parity is reported as :class:`PingAck`.
+* **HEADERS** frames are only ever sent through :meth:`SpdyConnection.send_headers`; never send
+  them to kubectl (its spdystream blocks a worker on them).
+
+Each stream follows :data:`STREAM_TRANSITIONS`, a ``(StreamState, StreamInput)`` table: a send
+that is not in the table raises :class:`LocalProtocolError`; every receive input is in it and
+either delivers an event or drops the frame. A stream is forgotten once both sides are closed or
+it is reset.
+
+Errors: :meth:`SpdyConnection.receive_data` raises only :class:`RemoteProtocolError`. Before it
+raises, a GOAWAY(PROTOCOL_ERROR) is queued (unless a GOAWAY was sent already), so the caller
+should flush :meth:`~SpdyConnection.data_to_send` and close the transport; the events parsed
+before the bad frame in that call are in the exception's ``events``. From then on
+``receive_data`` and ``receive_eof`` raise :class:`RemoteProtocolError` again and every send
+raises :class:`LocalProtocolError`. API misuse (writing on a closed stream, a bad ping id, a
+forbidden header name, ...) raises :class:`LocalProtocolError` and queues nothing.
 """
 
 from __future__ import annotations
@@ -16,36 +55,85 @@ import enum
 import struct
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
+from typing import Final, TypeAlias
 
-DICTIONARY = resources.files(__package__).joinpath("spdy3_dictionary.bin").read_bytes()
+__all__ = [
+    "DICTIONARY",
+    "STREAM_TRANSITIONS",
+    "ConnectionTerminated",
+    "DataReceived",
+    "Event",
+    "GoAwayReceived",
+    "GoAwayStatus",
+    "HeadersReceived",
+    "LocalProtocolError",
+    "PingAck",
+    "PingReceived",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Role",
+    "RstStatus",
+    "SettingsReceived",
+    "SpdyConnection",
+    "StreamEnded",
+    "StreamInput",
+    "StreamOpened",
+    "StreamReplied",
+    "StreamReset",
+    "StreamState",
+    "WindowUpdateReceived",
+    "decode_header_block",
+    "encode_header_block",
+]
 
-VERSION = 3
-MAX_FRAME_LENGTH = 0xFFFFFF
-MAX_HEADER_BLOCK = 1 << 20
-DEFAULT_CHUNK = 32 * 1024
+DICTIONARY: Final = resources.files(__package__).joinpath("spdy3_dictionary.bin").read_bytes()
+"""The SPDY/3 header dictionary (1423 bytes, Adler-32 0xE3C6A7C2), protocol.md §6.3."""
 
-SYN_STREAM, SYN_REPLY, RST_STREAM, SETTINGS = 1, 2, 3, 4
-PING, GOAWAY, HEADERS, WINDOW_UPDATE = 6, 7, 8, 9
-FLAG_FIN, FLAG_UNIDIRECTIONAL = 0x01, 0x02
+VERSION: Final = 3
+MAX_FRAME_LENGTH: Final = 0xFFFFFF  # 24-bit length field (spdystream MaxDataLength)
+MAX_STREAM_ID: Final = 0x7FFFFFFF
+DEFAULT_MAX_DATA_FRAME_SIZE: Final = 32 * 1024  # what kubectl writes
+DEFAULT_MAX_HEADER_BLOCK_SIZE: Final = 1 << 20
 
-_CONTROL = struct.Struct(">HHI")  # version|C, type, flags<<24|length
-_DATA = struct.Struct(">II")  # stream id, flags<<24|length
+# Control frame types (protocol.md §6.1). 5 (NOOP) and 10 (CREDENTIAL) are unknown, as in
+# spdystream, and so fatal.
+SYN_STREAM: Final = 1
+SYN_REPLY: Final = 2
+RST_STREAM: Final = 3
+SETTINGS: Final = 4
+PING: Final = 6
+GOAWAY: Final = 7
+HEADERS: Final = 8
+WINDOW_UPDATE: Final = 9
+
+FLAG_FIN: Final = 0x01
+FLAG_UNIDIRECTIONAL: Final = 0x02  # SYN_STREAM
+FLAG_CLEAR_SETTINGS: Final = 0x01  # SETTINGS
+
+_HEADER = struct.Struct(">II")  # both frame kinds: first word, flags << 24 | length
+_CONTROL = struct.Struct(">HHI")  # 0x8000 | version, type, flags << 24 | length
 _U32 = struct.Struct(">I")
 _TWO = struct.Struct(">II")
 
-_FORBIDDEN = frozenset(
+# Names spdystream refuses (InvalidHeaderPresent), protocol.md §6.2.
+REQUEST_FORBIDDEN: Final = frozenset(
     {"connection", "host", "keep-alive", "proxy-connection", "transfer-encoding"}
 )
+RESPONSE_FORBIDDEN: Final = REQUEST_FORBIDDEN - {"host"}
 
 
 class Role(enum.Enum):
-    CLIENT = "client"
-    SERVER = "server"
+    """Which end of the connection this codec is: it fixes the parity of our ids."""
+
+    CLIENT = "client"  # odd stream and ping ids
+    SERVER = "server"  # even stream and ping ids
 
 
 class RstStatus(enum.IntEnum):
+    """RST_STREAM status codes (protocol.md §6.1)."""
+
     PROTOCOL_ERROR = 1
     INVALID_STREAM = 2
     REFUSED_STREAM = 3
@@ -60,112 +148,154 @@ class RstStatus(enum.IntEnum):
 
 
 class GoAwayStatus(enum.IntEnum):
+    """GOAWAY status codes (protocol.md §6.1); Kubernetes sends OK."""
+
     OK = 0
     PROTOCOL_ERROR = 1
     INTERNAL_ERROR = 2
 
 
+# ---------------------------------------------------------------------------------- errors
+
+
 class ProtocolError(Exception):
-    """Base of the codec's errors; raise one of the two subclasses."""
+    """Base of the codec's errors. Abstract: raise one of its two subclasses."""
 
     def __init__(self, message: str) -> None:
         if type(self) is ProtocolError:
-            raise TypeError("ProtocolError is abstract: use Local or RemoteProtocolError")
+            raise TypeError(
+                "ProtocolError is abstract: raise LocalProtocolError or RemoteProtocolError"
+            )
         super().__init__(message)
 
 
 class LocalProtocolError(ProtocolError):
-    """This side misused the API (e.g. wrote on a stream it had closed)."""
+    """This side misused the API (e.g. wrote on a stream it had closed). Nothing was queued."""
 
 
 class RemoteProtocolError(ProtocolError):
-    """The peer broke the protocol; the connection is over (a GOAWAY is queued)."""
+    """The peer broke the protocol; the connection is over.
 
-    def __init__(self, message: str, goaway_status: int = GoAwayStatus.PROTOCOL_ERROR) -> None:
+    Attributes:
+        goaway_status: the GOAWAY status queued for the peer (PROTOCOL_ERROR).
+        events: the events parsed before the bad frame in the failing ``receive_data`` call.
+    """
+
+    def __init__(self, message: str, *, goaway_status: int = GoAwayStatus.PROTOCOL_ERROR) -> None:
         super().__init__(message)
         self.goaway_status = goaway_status
+        self.events: tuple[Event, ...] = ()
 
 
-Headers = dict[str, str]  # multi-values stay NUL-joined, as on the wire
+# ---------------------------------------------------------------------------------- events
+
+Headers: TypeAlias = dict[str, str]
+"""A received header block: lowercase names, several values of one name NUL-joined."""
+
+HeadersInput: TypeAlias = Mapping[str, str] | Iterable[tuple[str, str]]
+"""Headers to send: a mapping or ``(name, value)`` pairs (a repeated name is NUL-joined)."""
 
 
 @dataclass(frozen=True, slots=True)
 class StreamOpened:
+    """The peer opened a stream (SYN_STREAM). Answer with ``reply_stream`` or ``reset_stream``.
+
+    A FIN on the SYN_STREAM is reported as a :class:`StreamEnded` right after this event.
+    ``unidirectional`` streams take no reply and no data from us.
+    """
+
     stream_id: int
     headers: Headers
-    fin: bool = False
     unidirectional: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class StreamReplied:
+    """The peer accepted a stream we opened (SYN_REPLY)."""
+
     stream_id: int
     headers: Headers
 
 
 @dataclass(frozen=True, slots=True)
 class HeadersReceived:
+    """A HEADERS frame on an open stream."""
+
     stream_id: int
     headers: Headers
 
 
 @dataclass(frozen=True, slots=True)
 class DataReceived:
+    """The payload of one non-empty DATA frame."""
+
     stream_id: int
     data: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEnded:
-    """The peer half-closed the stream (FIN)."""
+    """The peer half-closed the stream (FIN on SYN_STREAM, SYN_REPLY, HEADERS or DATA)."""
 
     stream_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class StreamReset:
+    """The peer reset the stream (RST_STREAM); it is gone on both sides."""
+
     stream_id: int
     status: int
 
 
 @dataclass(frozen=True, slots=True)
 class PingReceived:
-    """A peer ping; the echo is already queued."""
+    """A ping from the peer; its echo is already queued."""
 
     ping_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class PingAck:
-    """The echo of one of our pings."""
+    """A ping with our parity came back: the answer to one of ours."""
 
     ping_id: int
 
 
 @dataclass(frozen=True, slots=True)
 class SettingsReceived:
-    settings: dict[int, tuple[int, int]] = field(default_factory=dict)  # id -> (flags, value)
+    """A SETTINGS frame (reported, not enforced). ``settings`` maps id to value; the
+    per-entry persistence flags are dropped."""
+
+    settings: dict[int, int]
     clear: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class WindowUpdateReceived:
+    """A WINDOW_UPDATE frame (reported, not enforced: SPDY here has no flow control)."""
+
     stream_id: int
     delta: int
 
 
 @dataclass(frozen=True, slots=True)
 class GoAwayReceived:
+    """The peer is done; every later byte from it is discarded (spdystream stops reading)."""
+
     last_good_stream_id: int
     status: int
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionTerminated:
-    """The byte stream ended."""
+    """The byte stream ended (``receive_eof``). ``unparsed_bytes`` of an incomplete frame were
+    left in the buffer."""
+
+    unparsed_bytes: int = 0
 
 
-Event = (
+Event: TypeAlias = (
     StreamOpened
     | StreamReplied
     | HeadersReceived
@@ -180,365 +310,700 @@ Event = (
     | ConnectionTerminated
 )
 
-
-class _Stream:
-    __slots__ = ("local_closed", "remote_closed", "replied")  # replied: no SYN_REPLY owed
-
-    def __init__(self, *, replied: bool) -> None:
-        self.local_closed = False
-        self.remote_closed = False
-        self.replied = replied
+# ---------------------------------------------------------------------------- stream states
 
 
-def encode_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
-    """The uncompressed name/value block (names lowercased, repeats NUL-joined)."""
+class StreamState(enum.Enum):
+    """Where one stream stands, seen from this side."""
+
+    SYN_SENT = "syn-sent"  # we opened it, no SYN_REPLY yet
+    SYN_SENT_LOCAL_CLOSED = "syn-sent, local closed"
+    SYN_RECEIVED = "syn-received"  # the peer opened it, we owe a SYN_REPLY
+    SYN_RECEIVED_REMOTE_CLOSED = "syn-received, remote closed"
+    OPEN = "open"
+    HALF_CLOSED_LOCAL = "half-closed (local)"  # we sent FIN
+    HALF_CLOSED_REMOTE = "half-closed (remote)"  # the peer sent FIN
+    CLOSED = "closed"  # never stored: a closed stream is forgotten
+
+
+class StreamInput(enum.Enum):
+    """What can happen to a stream; a FIN flag is its own input after the frame's own."""
+
+    SEND_REPLY = "send SYN_REPLY"
+    SEND_DATA = "send DATA/HEADERS"
+    SEND_FIN = "send FIN"
+    SEND_RESET = "send RST_STREAM"
+    RECV_REPLY = "receive SYN_REPLY"
+    RECV_DATA = "receive DATA/HEADERS"
+    RECV_FIN = "receive FIN"
+    RECV_RESET = "receive RST_STREAM"
+
+
+_S, _I = StreamState, StreamInput
+_DELIVER, _DROP = True, False
+
+STREAM_TRANSITIONS: Final[dict[tuple[StreamState, StreamInput], tuple[StreamState, bool]]] = {
+    # We opened it. spdystream drops DATA/HEADERS (and their FIN) until the SYN_REPLY.
+    (_S.SYN_SENT, _I.SEND_DATA): (_S.SYN_SENT, _DELIVER),
+    (_S.SYN_SENT, _I.SEND_FIN): (_S.SYN_SENT_LOCAL_CLOSED, _DELIVER),
+    (_S.SYN_SENT, _I.RECV_REPLY): (_S.OPEN, _DELIVER),
+    (_S.SYN_SENT, _I.RECV_DATA): (_S.SYN_SENT, _DROP),
+    (_S.SYN_SENT, _I.RECV_FIN): (_S.SYN_SENT, _DROP),
+    (_S.SYN_SENT_LOCAL_CLOSED, _I.RECV_REPLY): (_S.HALF_CLOSED_LOCAL, _DELIVER),
+    (_S.SYN_SENT_LOCAL_CLOSED, _I.RECV_DATA): (_S.SYN_SENT_LOCAL_CLOSED, _DROP),
+    (_S.SYN_SENT_LOCAL_CLOSED, _I.RECV_FIN): (_S.SYN_SENT_LOCAL_CLOSED, _DROP),
+    # The peer opened it: we reply (or reset) before we may write; its data is delivered.
+    (_S.SYN_RECEIVED, _I.SEND_REPLY): (_S.OPEN, _DELIVER),
+    (_S.SYN_RECEIVED, _I.RECV_REPLY): (_S.SYN_RECEIVED, _DROP),
+    (_S.SYN_RECEIVED, _I.RECV_DATA): (_S.SYN_RECEIVED, _DELIVER),
+    (_S.SYN_RECEIVED, _I.RECV_FIN): (_S.SYN_RECEIVED_REMOTE_CLOSED, _DELIVER),
+    (_S.SYN_RECEIVED_REMOTE_CLOSED, _I.SEND_REPLY): (_S.HALF_CLOSED_REMOTE, _DELIVER),
+    (_S.SYN_RECEIVED_REMOTE_CLOSED, _I.RECV_REPLY): (_S.SYN_RECEIVED_REMOTE_CLOSED, _DROP),
+    (_S.SYN_RECEIVED_REMOTE_CLOSED, _I.RECV_DATA): (_S.SYN_RECEIVED_REMOTE_CLOSED, _DROP),
+    (_S.SYN_RECEIVED_REMOTE_CLOSED, _I.RECV_FIN): (_S.SYN_RECEIVED_REMOTE_CLOSED, _DROP),
+    # Both sides talking.
+    (_S.OPEN, _I.SEND_DATA): (_S.OPEN, _DELIVER),
+    (_S.OPEN, _I.SEND_FIN): (_S.HALF_CLOSED_LOCAL, _DELIVER),
+    (_S.OPEN, _I.RECV_REPLY): (_S.OPEN, _DROP),  # a second SYN_REPLY is ignored
+    (_S.OPEN, _I.RECV_DATA): (_S.OPEN, _DELIVER),
+    (_S.OPEN, _I.RECV_FIN): (_S.HALF_CLOSED_REMOTE, _DELIVER),
+    (_S.HALF_CLOSED_LOCAL, _I.RECV_REPLY): (_S.HALF_CLOSED_LOCAL, _DROP),
+    (_S.HALF_CLOSED_LOCAL, _I.RECV_DATA): (_S.HALF_CLOSED_LOCAL, _DELIVER),
+    (_S.HALF_CLOSED_LOCAL, _I.RECV_FIN): (_S.CLOSED, _DELIVER),
+    (_S.HALF_CLOSED_REMOTE, _I.SEND_DATA): (_S.HALF_CLOSED_REMOTE, _DELIVER),
+    (_S.HALF_CLOSED_REMOTE, _I.SEND_FIN): (_S.CLOSED, _DELIVER),
+    (_S.HALF_CLOSED_REMOTE, _I.RECV_REPLY): (_S.HALF_CLOSED_REMOTE, _DROP),
+    (_S.HALF_CLOSED_REMOTE, _I.RECV_DATA): (_S.HALF_CLOSED_REMOTE, _DROP),
+    (_S.HALF_CLOSED_REMOTE, _I.RECV_FIN): (_S.HALF_CLOSED_REMOTE, _DROP),
+    # A reset, either way, ends every live stream.
+    **{
+        (state, inp): (_S.CLOSED, _DELIVER)
+        for state in _S
+        if state is not _S.CLOSED
+        for inp in (_I.SEND_RESET, _I.RECV_RESET)
+    },
+}
+"""``(state, input) -> (next state, deliver)``. A missing send pair is a LocalProtocolError;
+every receive pair of a live state is present, ``deliver=False`` meaning "drop the frame"."""
+
+
+# ---------------------------------------------------------------------------- header blocks
+
+
+def _merge_headers(headers: HeadersInput) -> dict[str, list[str]]:
     items = headers.items() if isinstance(headers, Mapping) else headers
     merged: dict[str, list[str]] = {}
     for name, value in items:
         merged.setdefault(name.lower(), []).append(value)
+    return merged
+
+
+def _encode_merged(merged: dict[str, list[str]]) -> bytes:
     parts = [_U32.pack(len(merged))]
-    for name, values in merged.items():
-        n, v = name.encode(), "\x00".join(values).encode()
-        parts += [_U32.pack(len(n)), n, _U32.pack(len(v)), v]
+    try:
+        for name, values in merged.items():
+            raw_name = name.encode("utf-8", "surrogateescape")
+            raw_value = "\x00".join(values).encode("utf-8", "surrogateescape")
+            parts += (_U32.pack(len(raw_name)), raw_name, _U32.pack(len(raw_value)), raw_value)
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(f"header cannot be encoded: {exc}") from None
     return b"".join(parts)
 
 
-def decode_headers(block: bytes, *, forbidden: frozenset[str] = _FORBIDDEN) -> Headers:
-    def fail(why: str) -> RemoteProtocolError:
-        return RemoteProtocolError(f"bad header block: {why}")
+def encode_header_block(headers: HeadersInput) -> bytes:
+    """The uncompressed SPDY/3 name/value block (protocol.md §6.2).
 
-    if len(block) < 4:
-        raise fail("truncated")
+    ``u32 count`` then ``u32 len, name, u32 len, value`` per pair. Names are lowercased (as
+    spdystream's writer does) and a repeated name has its values NUL-joined in order.
+
+    Raises:
+        LocalProtocolError: a name or value cannot be encoded.
+    """
+    return _encode_merged(_merge_headers(headers))
+
+
+def decode_header_block(block: bytes, forbidden: frozenset[str] = REQUEST_FORBIDDEN) -> Headers:
+    """Parse an inflated name/value block (protocol.md §6.2), as spdystream's reader does.
+
+    Text is UTF-8 with ``surrogateescape`` so any bytes decode (Go strings are bytes).
+
+    Args:
+        block: the whole inflated block of one frame.
+        forbidden: names whose presence is fatal (``REQUEST_FORBIDDEN`` for SYN_STREAM,
+            ``RESPONSE_FORBIDDEN`` for SYN_REPLY).
+
+    Returns:
+        The headers; a name seen twice keeps both values NUL-joined.
+
+    Raises:
+        RemoteProtocolError: truncated or trailing bytes, a name with uppercase letters, or a
+            forbidden name.
+    """
+    end = len(block)
+    if end < 4:
+        raise RemoteProtocolError("header block is truncated")
     (count,) = _U32.unpack_from(block, 0)
-    pos, out = 4, {}
+    pos = 4
+    out: Headers = {}
     for _ in range(count):
-        fields = []
+        texts: list[str] = []
         for _ in range(2):
-            if pos + 4 > len(block):
-                raise fail("truncated")
+            if end - pos < 4:
+                raise RemoteProtocolError("header block is truncated")
             (size,) = _U32.unpack_from(block, pos)
             pos += 4
-            if pos + size > len(block):
-                raise fail("truncated")
-            fields.append(block[pos : pos + size])
+            if end - pos < size:
+                raise RemoteProtocolError("header block is truncated")
+            texts.append(block[pos : pos + size].decode("utf-8", "surrogateescape"))
             pos += size
-        raw_name, raw_value = fields
-        try:
-            name, value = raw_name.decode(), raw_value.decode()
-        except UnicodeDecodeError:
-            raise fail("not UTF-8") from None
-        if not name or name != name.lower():
-            raise fail(f"invalid header name {name!r}")
+        name, value = texts
+        if name != name.lower():
+            raise RemoteProtocolError(f"header name {name!r} is not lowercase")
         if name in forbidden:
-            raise fail(f"header {name!r} is not allowed")
-        if name in out:
-            raise fail(f"duplicate header {name!r}")
-        out[name] = value
-    if pos != len(block):
-        raise fail("trailing bytes")
+            raise RemoteProtocolError(f"header {name!r} is not allowed here")
+        out[name] = f"{out[name]}\x00{value}" if name in out else value
+    if pos != end:
+        raise RemoteProtocolError("header block has trailing bytes")
     return out
 
 
-class SpdyConnection:
-    """One SPDY/3.1 connection, either side."""
+# ---------------------------------------------------------------------------- the connection
 
-    def __init__(self, role: Role, *, max_chunk: int = DEFAULT_CHUNK) -> None:
-        self.role = role
-        self.max_chunk = max_chunk
-        self._out: list[bytes] = []
-        self._in = bytearray()
-        self._deflate = zlib.compressobj(
-            9, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARY
+
+def _check_control_header(kind: int, flags: int, length: int) -> None:
+    """Checks that need only the 8-byte header, so a bad frame fails before its body arrives.
+
+    protocol.md §6.1: fixed lengths, zero flags where spdystream demands them, known types.
+    """
+    if kind == SYN_STREAM:
+        ok = length > 10  # 10 fixed bytes, then a non-empty compressed block
+    elif kind in (SYN_REPLY, HEADERS):
+        ok = length > 4
+    elif kind == RST_STREAM:
+        ok = length == 8
+    elif kind == SETTINGS:
+        ok = length >= 4 and (length - 4) % 8 == 0
+    elif kind == PING:
+        ok = length == 4 and flags == 0
+    elif kind in (GOAWAY, WINDOW_UPDATE):
+        ok = length == 8 and flags == 0
+    else:
+        raise RemoteProtocolError(f"unknown control frame type {kind}")
+    if not ok:
+        raise RemoteProtocolError(
+            f"malformed control frame type {kind} (flags {flags:#x}, length {length})"
         )
-        self._inflate = zlib.decompressobj(zdict=DICTIONARY)
-        self.streams: dict[int, _Stream] = {}
+
+
+class SpdyConnection:
+    """One SPDY/3.1 connection as moby/spdystream speaks it, either side (sans-IO).
+
+    Args:
+        role: ``Role.CLIENT`` (odd ids) or ``Role.SERVER`` (even ids).
+        max_data_frame_size: ``send_data`` splits larger payloads into DATA frames of this
+            size (kubectl writes 32 KiB; at most 0xFFFFFF).
+        max_header_block_size: the largest inflated header block accepted from the peer, and
+            the largest one we send.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_data_frame_size: int = DEFAULT_MAX_DATA_FRAME_SIZE,
+        max_header_block_size: int = DEFAULT_MAX_HEADER_BLOCK_SIZE,
+    ) -> None:
+        if not 0 < max_data_frame_size <= MAX_FRAME_LENGTH:
+            raise ValueError("max_data_frame_size must be in 1..0xFFFFFF")
+        if max_header_block_size < 4:
+            raise ValueError("max_header_block_size must be at least 4")
+        self.role: Final = role
+        self.max_data_frame_size: Final = max_data_frame_size
+        self.max_header_block_size: Final = max_header_block_size
         own = 1 if role is Role.CLIENT else 2
+        self._own_parity: Final = own % 2
         self._next_stream_id = own
         self._next_ping_id = own
-        self._last_peer_stream = 0
+        self._next_peer_stream_id = 3 - own  # spdystream's receivedStreamId: 1 or 2
+        self._last_peer_stream_id = 0
+        self._streams: dict[int, StreamState] = {}
+        self._deflater = zlib.compressobj(
+            9, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARY
+        )
+        self._inflater = zlib.decompressobj(zdict=DICTIONARY)
+        self._out: list[bytes | memoryview] = []
+        self._buf = bytearray()
+        self._need = 8  # bytes the buffered frame needs before it is worth parsing again
         self._error: RemoteProtocolError | None = None
-        self.goaway_sent = False
-        self.goaway_received = False
+        self._input_closed = False  # a GOAWAY was received, or EOF
+        self._eof = False
+        self._goaway_sent = False
+        self._goaway_received = False
 
-    # ---------------------------------------------------------------------------- output
+    # ------------------------------------------------------------------------ introspection
+
+    @property
+    def goaway_sent(self) -> bool:
+        """Whether we queued a GOAWAY (no new streams either way from then on)."""
+        return self._goaway_sent
+
+    @property
+    def goaway_received(self) -> bool:
+        """Whether the peer sent GOAWAY."""
+        return self._goaway_received
+
+    @property
+    def last_peer_stream_id(self) -> int:
+        """The highest peer stream id accepted so far (GOAWAY's last-good id), 0 if none."""
+        return self._last_peer_stream_id
+
+    @property
+    def open_stream_ids(self) -> frozenset[int]:
+        """Streams not yet closed on both sides nor reset."""
+        return frozenset(self._streams)
+
+    def stream_state(self, stream_id: int) -> StreamState:
+        """The state of a stream; ``CLOSED`` for one that is gone or never existed."""
+        return self._streams.get(stream_id, StreamState.CLOSED)
+
+    # ------------------------------------------------------------------------------ output
 
     def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
+        """Drain and return every queued byte (b"" if none)."""
+        out = self._out
+        if not out:
+            return b""
+        data = b"".join(out)
+        out.clear()
+        return data
 
     def _control(self, kind: int, flags: int, body: bytes) -> None:
-        self._out.append(_CONTROL.pack(0x8000 | VERSION, kind, (flags << 24) | len(body)) + body)
+        self._out.append(_CONTROL.pack(0x8000 | VERSION, kind, flags << 24 | len(body)) + body)
 
-    def _compress(self, headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> bytes:
-        block = encode_headers(headers)
-        return self._deflate.compress(block) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise LocalProtocolError(f"the connection failed: {self._error}")
 
-    def _own(self, stream_id: int) -> _Stream:
-        stream = self.streams.get(stream_id)
-        if stream is None:
+    def _header_block(self, headers: HeadersInput, forbidden: frozenset[str]) -> bytes:
+        """Encode and check a block; nothing touches the shared deflater until it is valid."""
+        merged = _merge_headers(headers)
+        bad = forbidden.intersection(merged)
+        if bad:
+            raise LocalProtocolError(f"header {min(bad)!r} is not allowed here")
+        block = _encode_merged(merged)
+        if len(block) > self.max_header_block_size:
+            raise LocalProtocolError("header block is larger than max_header_block_size")
+        return block
+
+    def _compress(self, block: bytes) -> bytes:
+        # One deflate stream for the whole connection, sync-flushed per block (§6.3).
+        return self._deflater.compress(block) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
+
+    def _plan(self, stream_id: int, *inputs: StreamInput) -> StreamState:
+        """The state after ``inputs``, or LocalProtocolError if the table forbids one."""
+        self._check_usable()
+        state = self._streams.get(stream_id)
+        if state is None:
             raise LocalProtocolError(f"stream {stream_id} is not open")
-        if stream.local_closed:
-            raise LocalProtocolError(f"stream {stream_id} is closed on this side")
-        return stream
+        for inp in inputs:
+            step = STREAM_TRANSITIONS.get((state, inp))
+            if step is None:
+                raise LocalProtocolError(
+                    f"cannot {inp.value} on stream {stream_id} in state {state.value}"
+                )
+            state = step[0]
+        return state
 
-    def _close_local(self, stream_id: int, stream: _Stream) -> None:
-        stream.local_closed = True
-        if stream.remote_closed:
-            del self.streams[stream_id]
+    def _set_state(self, stream_id: int, state: StreamState) -> None:
+        if state is StreamState.CLOSED:
+            self._streams.pop(stream_id, None)
+        else:
+            self._streams[stream_id] = state
 
-    def open_stream(
-        self, headers: Mapping[str, str] | Iterable[tuple[str, str]] = (), *, fin: bool = False
-    ) -> int:
-        if self.goaway_sent or self.goaway_received:
+    def open_stream(self, headers: HeadersInput = (), *, fin: bool = False) -> int:
+        """Queue a SYN_STREAM (priority 0, no associated stream) and return its id.
+
+        Args:
+            headers: the header block; kubectl sends ``streamtype`` (+ ``port``,
+                ``requestid`` for port-forward).
+            fin: half-close our side at once.
+
+        Raises:
+            LocalProtocolError: after GOAWAY (either way), ids exhausted, or bad headers.
+        """
+        self._check_usable()
+        if self._goaway_sent or self._goaway_received:
             raise LocalProtocolError("no new streams after GOAWAY")
         stream_id = self._next_stream_id
-        if stream_id > 0x7FFFFFFF:
-            raise LocalProtocolError("stream ids exhausted")
+        if stream_id > MAX_STREAM_ID:
+            raise LocalProtocolError("stream ids are exhausted")
+        block = self._header_block(headers, REQUEST_FORBIDDEN)
         self._next_stream_id += 2
-        body = _TWO.pack(stream_id, 0) + b"\x00\x00" + self._compress(headers)
+        body = _TWO.pack(stream_id, 0) + b"\x00\x00" + self._compress(block)
         self._control(SYN_STREAM, FLAG_FIN if fin else 0, body)
-        stream = _Stream(replied=True)  # ours: no SYN_REPLY owed
-        self.streams[stream_id] = stream
+        self._streams[stream_id] = StreamState.SYN_SENT
         if fin:
-            self._close_local(stream_id, stream)
+            self._set_state(stream_id, StreamState.SYN_SENT_LOCAL_CLOSED)
         return stream_id
 
     def reply_stream(
-        self,
-        stream_id: int,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-        *,
-        fin: bool = False,
+        self, stream_id: int, headers: HeadersInput = (), *, fin: bool = False
     ) -> None:
-        stream = self._own(stream_id)
-        if stream.replied:
-            raise LocalProtocolError(f"stream {stream_id} was replied already")
-        stream.replied = True
-        self._control(
-            SYN_REPLY, FLAG_FIN if fin else 0, _U32.pack(stream_id) + self._compress(headers)
-        )
-        if fin:
-            self._close_local(stream_id, stream)
+        """Queue the SYN_REPLY for a stream the peer opened (Kubernetes: empty headers).
 
-    def send_headers(
-        self,
-        stream_id: int,
-        headers: Mapping[str, str] | Iterable[tuple[str, str]],
-        *,
-        fin: bool = False,
+        Raises:
+            LocalProtocolError: not a peer stream awaiting its reply, or bad headers.
+        """
+        inputs = (
+            (StreamInput.SEND_REPLY, StreamInput.SEND_FIN) if fin else (StreamInput.SEND_REPLY,)
+        )
+        state = self._plan(stream_id, *inputs)
+        block = self._header_block(headers, RESPONSE_FORBIDDEN)
+        body = _U32.pack(stream_id) + self._compress(block)
+        self._control(SYN_REPLY, FLAG_FIN if fin else 0, body)
+        self._set_state(stream_id, state)
+
+    def send_headers(self, stream_id: int, headers: HeadersInput, *, fin: bool = False) -> None:
+        """Queue a HEADERS frame. Never do this toward kubectl (protocol.md §6.4).
+
+        Raises:
+            LocalProtocolError: our side of the stream is not writable, or bad headers.
+        """
+        inputs = (StreamInput.SEND_DATA, StreamInput.SEND_FIN) if fin else (StreamInput.SEND_DATA,)
+        state = self._plan(stream_id, *inputs)
+        # spdystream picks the forbidden set by the stream id's parity.
+        forbidden = REQUEST_FORBIDDEN if stream_id % 2 == 0 else RESPONSE_FORBIDDEN
+        block = self._header_block(headers, forbidden)
+        self._control(HEADERS, FLAG_FIN if fin else 0, _U32.pack(stream_id) + self._compress(block))
+        self._set_state(stream_id, state)
+
+    def send_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, *, fin: bool = False
     ) -> None:
-        stream = self._own(stream_id)
-        self._control(
-            HEADERS, FLAG_FIN if fin else 0, _U32.pack(stream_id) + self._compress(headers)
-        )
-        if fin:
-            self._close_local(stream_id, stream)
+        """Queue ``data`` as DATA frames of at most ``max_data_frame_size`` bytes.
 
-    def send_data(self, stream_id: int, data: bytes, *, fin: bool = False) -> None:
-        """Queue ``data`` in frames of at most ``max_chunk`` bytes; ``fin`` ends our side."""
-        stream = self._own(stream_id)
-        view = memoryview(data)
-        total, chunk = len(view), self.max_chunk
+        ``bytes`` are queued without a copy (``data_to_send`` copies them once); other buffers
+        are copied once here. Empty ``data`` queues nothing unless ``fin`` is set, which sends
+        the FIN-only frame ``<id> 01 000000``.
+
+        Raises:
+            LocalProtocolError: our side of the stream is not writable (closed, or a peer
+                stream not replied yet).
+        """
+        inputs = (StreamInput.SEND_DATA, StreamInput.SEND_FIN) if fin else (StreamInput.SEND_DATA,)
+        state = self._plan(stream_id, *inputs)
+        payload = data if isinstance(data, bytes) else bytes(data)
+        total, size = len(payload), self.max_data_frame_size
         out = self._out
-        if total <= chunk:
-            flags = FLAG_FIN if fin else 0
-            out.append(_DATA.pack(stream_id, (flags << 24) | total))
-            if total:
-                out.append(data if isinstance(data, bytes) else bytes(view))
+        pack = _HEADER.pack
+        fin_bits = FLAG_FIN << 24 if fin else 0
+        if total <= size:
+            if total or fin:
+                out.append(pack(stream_id, fin_bits | total))
+                if total:
+                    out.append(payload)
         else:
-            for start in range(0, total, chunk):
-                piece = view[start : start + chunk]
-                last = start + chunk >= total
-                flags = FLAG_FIN if (fin and last) else 0
-                out.append(_DATA.pack(stream_id, (flags << 24) | len(piece)))
-                out.append(bytes(piece))
-        if fin:
-            self._close_local(stream_id, stream)
+            view = memoryview(payload)
+            last = (total - 1) // size * size
+            for start in range(0, last, size):
+                out.append(pack(stream_id, size))
+                out.append(view[start : start + size])
+            out.append(pack(stream_id, fin_bits | (total - last)))
+            out.append(view[last:])
+        self._set_state(stream_id, state)
 
     def end_stream(self, stream_id: int) -> None:
+        """Half-close our side: the empty DATA frame with FIN (spdystream ``Stream.Close``)."""
         self.send_data(stream_id, b"", fin=True)
 
     def reset_stream(self, stream_id: int, status: int = RstStatus.CANCEL) -> None:
-        if status == 0:
-            raise LocalProtocolError("RST_STREAM status 0 is invalid")
+        """Queue RST_STREAM and forget the stream (both directions).
+
+        Unlike spdystream's ``Stream.Reset`` the frame is sent even after our FIN, so the peer
+        stops sending too. A stream that is already gone is left alone (nothing is queued).
+
+        Raises:
+            LocalProtocolError: ``status`` is not in 1..2**32-1, or the id was never used.
+        """
+        self._check_usable()
+        if not 0 < status <= 0xFFFFFFFF:
+            raise LocalProtocolError("RST_STREAM status must be in 1..2**32-1")
+        if stream_id not in self._streams:
+            if not self._was_used(stream_id):
+                raise LocalProtocolError(f"stream {stream_id} was never opened")
+            return
         self._control(RST_STREAM, 0, _TWO.pack(stream_id, status))
-        self.streams.pop(stream_id, None)
+        self._set_state(stream_id, StreamState.CLOSED)
+
+    def _was_used(self, stream_id: int) -> bool:
+        if stream_id % 2 == self._own_parity:
+            return 0 < stream_id < self._next_stream_id
+        return 0 < stream_id <= self._last_peer_stream_id
 
     def ping(self, ping_id: int | None = None) -> int:
+        """Queue a PING and return its id (ours: client odd from 1, server even from 2).
+
+        Raises:
+            LocalProtocolError: ``ping_id`` is 0, too large, or has the peer's parity (the peer
+                would take it as an answer and not echo it).
+        """
+        self._check_usable()
         if ping_id is None:
             ping_id = self._next_ping_id
-            self._next_ping_id = self._next_ping_id + 2
-            if self._next_ping_id > 0x7FFFFFFF:
-                self._next_ping_id -= 0x7FFFFFFE
+            following = ping_id + 2
+            self._next_ping_id = following if following <= MAX_STREAM_ID else 2 - self._own_parity
+        elif not 0 < ping_id <= 0xFFFFFFFF or ping_id % 2 != self._own_parity:
+            raise LocalProtocolError(f"ping id {ping_id} is not one of ours")
         self._control(PING, 0, _U32.pack(ping_id))
         return ping_id
 
     def goaway(self, status: int = GoAwayStatus.OK) -> None:
-        if self.goaway_sent:
+        """Queue GOAWAY(last-good = highest accepted peer stream id, ``status``), once.
+
+        Later calls do nothing (spdystream's ``Close``). Streams already open go on; new peer
+        streams are ignored and ``open_stream`` refuses.
+        """
+        if self._goaway_sent:
             return
-        self.goaway_sent = True
-        self._control(GOAWAY, 0, _TWO.pack(self._last_peer_stream, status))
+        if not 0 <= status <= 0xFFFFFFFF:
+            raise LocalProtocolError("GOAWAY status must fit in 32 bits")
+        self._goaway_sent = True
+        self._control(GOAWAY, 0, _TWO.pack(self._last_peer_stream_id, status))
 
     def send_settings(self, settings: Mapping[int, int], *, clear: bool = False) -> None:
+        """Queue a SETTINGS frame (id -> value); spdystream ignores it, kubectl never sends one.
+
+        Raises:
+            LocalProtocolError: an id outside 1..0xFFFFFF or a value outside 32 bits.
+        """
+        self._check_usable()
         body = [_U32.pack(len(settings))]
-        for sid, value in settings.items():
-            body.append(_TWO.pack(sid & 0xFFFFFF, value))
-        self._control(SETTINGS, 1 if clear else 0, b"".join(body))
+        for setting_id, value in settings.items():
+            if not 0 < setting_id <= 0xFFFFFF or not 0 <= value <= 0xFFFFFFFF:
+                raise LocalProtocolError(f"bad setting {setting_id}={value}")
+            body.append(_TWO.pack(setting_id, value))
+        self._control(SETTINGS, FLAG_CLEAR_SETTINGS if clear else 0, b"".join(body))
 
     def send_window_update(self, stream_id: int, delta: int) -> None:
+        """Queue a WINDOW_UPDATE (spdystream ignores it; there is no flow control).
+
+        Raises:
+            LocalProtocolError: id or delta outside 31 bits (delta must be positive).
+        """
+        self._check_usable()
+        if not 0 <= stream_id <= MAX_STREAM_ID or not 0 < delta <= MAX_STREAM_ID:
+            raise LocalProtocolError("bad WINDOW_UPDATE stream id or delta")
         self._control(WINDOW_UPDATE, 0, _TWO.pack(stream_id, delta))
 
-    # ---------------------------------------------------------------------------- input
+    # ------------------------------------------------------------------------------- input
 
     def receive_eof(self) -> list[Event]:
-        if self._error is not None:
-            raise self._error
-        return [ConnectionTerminated()]
+        """The peer closed its sending side (TCP EOF).
 
-    def receive_data(self, data: bytes) -> list[Event]:
+        Returns:
+            ``[ConnectionTerminated(unparsed_bytes)]`` the first time, ``[]`` afterwards.
+
+        Raises:
+            RemoteProtocolError: the connection had already failed.
+        """
         if self._error is not None:
-            raise self._error
-        buf = self._in
-        buf += data
+            raise self._again()
+        if self._eof:
+            return []
+        self._eof = self._input_closed = True
+        unparsed = len(self._buf)
+        self._buf = bytearray()
+        return [ConnectionTerminated(unparsed)]
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Feed bytes from the peer, in any chunking; return the events of complete frames.
+
+        Input after a received GOAWAY or after ``receive_eof`` is discarded.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (a GOAWAY is queued first); raised
+                again on every later call.
+        """
+        if self._error is not None:
+            raise self._again()
+        if self._input_closed or not data:
+            return []
+        if isinstance(data, memoryview):
+            data = bytes(data)
+        buf = self._buf
+        src: bytes | bytearray
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return []
+            src = buf
+        else:
+            src = data
         events: list[Event] = []
-        pos, end = 0, len(buf)
         try:
-            while end - pos >= 8:
-                first = buf[pos]
-                (word,) = _U32.unpack_from(buf, pos + 4)
-                flags, length = word >> 24, word & 0xFFFFFF
-                if end - pos - 8 < length:
-                    break
-                start = pos + 8
-                pos = start + length
-                if first & 0x80:
-                    (kind,) = struct.unpack_from(">H", buf, start - 6)
-                    self._on_control(kind, flags, bytes(buf[start:pos]), events)
-                else:
-                    (sid,) = _U32.unpack_from(buf, start - 8)
-                    self._on_data(sid, flags, buf, start, pos, events)
+            with memoryview(src) as view:
+                pos = self._parse(view, events)
         except RemoteProtocolError as exc:
-            self._fail(exc)
+            self._fail(exc, events)
             raise
-        del buf[:pos]
+        if src is buf:
+            del buf[:pos]
+        elif pos < len(src):
+            buf += memoryview(src)[pos:]
         return events
 
-    def _fail(self, exc: RemoteProtocolError) -> None:
+    def _again(self) -> RemoteProtocolError:
+        assert self._error is not None
+        again = RemoteProtocolError(
+            f"the connection already failed: {self._error}",
+            goaway_status=self._error.goaway_status,
+        )
+        again.__cause__ = self._error
+        return again
+
+    def _fail(self, exc: RemoteProtocolError, events: list[Event]) -> None:
+        exc.events = tuple(events)
         self._error = exc
-        self._in.clear()
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self._control(GOAWAY, 0, _TWO.pack(self._last_peer_stream, exc.goaway_status))
+        self._buf = bytearray()  # a fresh one: views in the traceback may pin the old one
+        if not self._goaway_sent:
+            self._goaway_sent = True
+            self._control(GOAWAY, 0, _TWO.pack(self._last_peer_stream_id, exc.goaway_status))
 
-    def _on_data(
-        self, sid: int, flags: int, buf: bytearray, start: int, end: int, events: list[Event]
-    ) -> None:
-        if sid == 0:
-            raise RemoteProtocolError("DATA frame on stream 0")
-        stream = self.streams.get(sid)
-        if stream is None or stream.remote_closed:
-            return  # spdystream drops it silently
-        if end > start:
-            events.append(DataReceived(sid, bytes(buf[start:end])))
-        if flags & FLAG_FIN:
-            self._close_remote(sid, stream, events)
+    def _parse(self, view: memoryview, events: list[Event]) -> int:
+        """Handle every complete frame in ``view``; return how many bytes were used."""
+        pos, end = 0, len(view)
+        header = _HEADER.unpack_from
+        while end - pos >= 8:
+            first, second = header(view, pos)
+            flags, length = second >> 24, second & 0xFFFFFF
+            start = pos + 8
+            stop = start + length
+            if first & 0x80000000:
+                kind = first & 0xFFFF
+                _check_control_header(kind, flags, length)
+                if stop > end:
+                    self._need = 8 + length
+                    return pos
+                self._on_control(kind, flags, view[start:stop], events)
+                if self._input_closed:  # GOAWAY: spdystream reads nothing after it
+                    return end
+            else:
+                if first == 0:
+                    raise RemoteProtocolError("DATA frame on stream 0")
+                if stop > end:
+                    self._need = 8 + length
+                    return pos
+                state = self._streams.get(first)
+                if state is not None:
+                    if length and STREAM_TRANSITIONS[state, StreamInput.RECV_DATA][1]:
+                        events.append(DataReceived(first, bytes(view[start:stop])))
+                    if flags & FLAG_FIN:
+                        self._receive_fin(first, events)
+            pos = stop
+        self._need = 8
+        return pos
 
-    def _close_remote(self, sid: int, stream: _Stream, events: list[Event]) -> None:
-        stream.remote_closed = True
-        events.append(StreamEnded(sid))
-        if stream.local_closed:
-            del self.streams[sid]
+    def _receive(self, stream_id: int, inp: StreamInput) -> bool:
+        """Apply a receive input; True if the frame is to be delivered."""
+        state = self._streams.get(stream_id)
+        if state is None:
+            return False  # unknown or closed stream: dropped, as spdystream does
+        following, deliver = STREAM_TRANSITIONS[state, inp]
+        self._set_state(stream_id, following)
+        return deliver
 
-    def _inflate_block(self, compressed: bytes) -> bytes:
+    def _receive_fin(self, stream_id: int, events: list[Event]) -> None:
+        if self._receive(stream_id, StreamInput.RECV_FIN):
+            events.append(StreamEnded(stream_id))
+
+    def _inflate(self, compressed: memoryview, forbidden: frozenset[str]) -> Headers:
+        limit = self.max_header_block_size
         try:
-            block = self._inflate.decompress(compressed, MAX_HEADER_BLOCK)
+            block = self._inflater.decompress(compressed, limit + 1)
         except zlib.error as exc:
             raise RemoteProtocolError(f"header block does not inflate: {exc}") from None
-        if self._inflate.unconsumed_tail:
-            raise RemoteProtocolError("header block too large")
-        return block
+        if len(block) > limit:
+            raise RemoteProtocolError("header block is larger than max_header_block_size")
+        return decode_header_block(block, forbidden)
 
-    def _on_control(self, kind: int, flags: int, body: bytes, events: list[Event]) -> None:
-        n = len(body)
+    def _on_control(self, kind: int, flags: int, body: memoryview, events: list[Event]) -> None:
         if kind == SYN_STREAM:
-            if n < 10:
-                raise RemoteProtocolError("SYN_STREAM too short")
-            sid = _U32.unpack_from(body, 0)[0] & 0x7FFFFFFF
-            headers = decode_headers(self._inflate_block(body[10:]))
-            if self.goaway_sent or self.goaway_received:
-                return
-            if sid == 0 or sid <= self._last_peer_stream:
-                self._control(RST_STREAM, 0, _TWO.pack(sid, RstStatus.PROTOCOL_ERROR))
-                return
-            self._last_peer_stream = sid
-            stream = _Stream(replied=False)
-            self.streams[sid] = stream
-            if flags & FLAG_UNIDIRECTIONAL:
-                stream.local_closed = True
-            events.append(
-                StreamOpened(
-                    sid, headers, bool(flags & FLAG_FIN), bool(flags & FLAG_UNIDIRECTIONAL)
-                )
-            )
-            if flags & FLAG_FIN:
-                self._close_remote(sid, stream, events)
+            self._on_syn_stream(flags, body, events)
         elif kind in (SYN_REPLY, HEADERS):
-            if n < 4:
-                raise RemoteProtocolError("frame too short")
-            sid = _U32.unpack_from(body, 0)[0] & 0x7FFFFFFF
-            forbidden = _FORBIDDEN - {"host"} if kind == SYN_REPLY else _FORBIDDEN
-            headers = decode_headers(self._inflate_block(body[4:]), forbidden=forbidden)
-            known = self.streams.get(sid)
-            if known is None:
-                return
-            stream = known
-            if kind == SYN_REPLY:
-                events.append(StreamReplied(sid, headers))
+            (stream_id,) = _U32.unpack_from(body, 0)
+            if kind == SYN_REPLY or stream_id % 2:
+                forbidden = RESPONSE_FORBIDDEN
             else:
-                events.append(HeadersReceived(sid, headers))
-            if flags & FLAG_FIN and not stream.remote_closed:
-                self._close_remote(sid, stream, events)
+                forbidden = REQUEST_FORBIDDEN
+            headers = self._inflate(body[4:], forbidden)
+            if stream_id == 0:
+                raise RemoteProtocolError("SYN_REPLY/HEADERS on stream 0")
+            if kind == SYN_REPLY:
+                delivered = self._receive(stream_id, StreamInput.RECV_REPLY)
+                if delivered:
+                    events.append(StreamReplied(stream_id, headers))
+            else:
+                delivered = self._receive(stream_id, StreamInput.RECV_DATA)
+                if delivered:
+                    events.append(HeadersReceived(stream_id, headers))
+            # spdystream ignores the FIN of a SYN_REPLY/HEADERS it ignores.
+            if delivered and flags & FLAG_FIN:
+                self._receive_fin(stream_id, events)
         elif kind == RST_STREAM:
-            if n != 8:
-                raise RemoteProtocolError("RST_STREAM length must be 8")
-            sid, status = _TWO.unpack(body)
+            stream_id, status = _TWO.unpack_from(body, 0)
             if status == 0:
-                raise RemoteProtocolError("RST_STREAM status 0")
-            sid &= 0x7FFFFFFF
-            if self.streams.pop(sid, None) is not None:
-                events.append(StreamReset(sid, status))
+                raise RemoteProtocolError("RST_STREAM with status 0")
+            if stream_id == 0:
+                raise RemoteProtocolError("RST_STREAM on stream 0")
+            if self._receive(stream_id, StreamInput.RECV_RESET):
+                events.append(StreamReset(stream_id, status))
         elif kind == SETTINGS:
-            if n < 4:
-                raise RemoteProtocolError("SETTINGS too short")
             (count,) = _U32.unpack_from(body, 0)
-            if n != 4 + 8 * count:
+            if len(body) != 4 + 8 * count:
                 raise RemoteProtocolError("SETTINGS length does not match its count")
-            settings = {}
-            for i in range(count):
-                word, value = _TWO.unpack_from(body, 4 + 8 * i)
-                settings[word & 0xFFFFFF] = (word >> 24, value)
-            events.append(SettingsReceived(settings, bool(flags & 1)))
+            settings: dict[int, int] = {}
+            for offset in range(4, len(body), 8):
+                word, value = _TWO.unpack_from(body, offset)
+                settings[word & 0xFFFFFF] = value
+            events.append(SettingsReceived(settings, bool(flags & FLAG_CLEAR_SETTINGS)))
         elif kind == PING:
-            if n != 4 or flags:
-                raise RemoteProtocolError("bad PING frame")
-            (ping_id,) = _U32.unpack(body)
-            own_parity = 1 if self.role is Role.CLIENT else 0
-            if ping_id % 2 == own_parity:
+            (ping_id,) = _U32.unpack_from(body, 0)
+            if ping_id == 0:
+                raise RemoteProtocolError("PING with id 0")
+            if ping_id % 2 == self._own_parity:
                 events.append(PingAck(ping_id))
             else:
-                self._control(PING, 0, body)
+                self._control(PING, 0, bytes(body))
                 events.append(PingReceived(ping_id))
         elif kind == GOAWAY:
-            if n != 8 or flags:
-                raise RemoteProtocolError("bad GOAWAY frame")
-            last, status = _TWO.unpack(body)
-            self.goaway_received = True
-            events.append(GoAwayReceived(last & 0x7FFFFFFF, status))
-        elif kind == WINDOW_UPDATE:
-            if n != 8 or flags:
-                raise RemoteProtocolError("bad WINDOW_UPDATE frame")
-            sid, delta = _TWO.unpack(body)
-            events.append(WindowUpdateReceived(sid & 0x7FFFFFFF, delta & 0x7FFFFFFF))
-        else:
-            raise RemoteProtocolError(f"unknown control frame type {kind}")
+            last_good, status = _TWO.unpack_from(body, 0)
+            self._goaway_received = self._input_closed = True
+            events.append(GoAwayReceived(last_good & MAX_STREAM_ID, status))
+        else:  # WINDOW_UPDATE; _check_control_header refused every other type
+            stream_id, delta = _TWO.unpack_from(body, 0)
+            events.append(WindowUpdateReceived(stream_id & MAX_STREAM_ID, delta & MAX_STREAM_ID))
+
+    def _on_syn_stream(self, flags: int, body: memoryview, events: list[Event]) -> None:
+        (stream_id,) = _U32.unpack_from(body, 0)  # associated id, priority, slot: unused
+        # Inflate even a frame we then refuse: the zlib context spans the connection.
+        headers = self._inflate(body[10:], REQUEST_FORBIDDEN)
+        if stream_id == 0:
+            raise RemoteProtocolError("SYN_STREAM on stream 0")
+        if self._goaway_sent:
+            return  # spdystream: ignored once gone away, no reply, no reset
+        if (
+            stream_id > MAX_STREAM_ID
+            or stream_id < self._next_peer_stream_id
+            or stream_id % 2 == self._own_parity
+        ):
+            self._control(RST_STREAM, 0, _TWO.pack(stream_id, RstStatus.PROTOCOL_ERROR))
+            return
+        self._next_peer_stream_id = stream_id + 2
+        self._last_peer_stream_id = stream_id
+        unidirectional = bool(flags & FLAG_UNIDIRECTIONAL)
+        self._streams[stream_id] = (
+            StreamState.HALF_CLOSED_LOCAL if unidirectional else StreamState.SYN_RECEIVED
+        )
+        events.append(StreamOpened(stream_id, headers, unidirectional))
+        if flags & FLAG_FIN:
+            self._receive_fin(stream_id, events)
