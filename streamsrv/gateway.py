@@ -27,9 +27,17 @@ from .pods import (
     PodManager,
     parse_pod,
 )
+from .protocol import channels
 from .protocol.status import kube_status
 from .runtime.base import BackendError, ImageNotFound
-from .server import AttachRequest, ExecRequest, InvalidRequest, StreamRequest, StreamServer
+from .server import (
+    AttachRequest,
+    ExecRequest,
+    InvalidRequest,
+    PortForwardRequest,
+    StreamRequest,
+    StreamServer,
+)
 from .tokens import CacheFull
 
 log = logging.getLogger(__name__)
@@ -499,6 +507,24 @@ async def pod_attach(request: web.Request) -> web.StreamResponse:
     return await _stream(request, req)
 
 
+async def pod_portforward(request: web.Request) -> web.StreamResponse:
+    pod = await _get_pod(request)
+    if pod.phase != "Running":
+        raise StatusError(
+            400, f"unable to forward port because pod is not running. Current status={pod.phase}"
+        )
+    try:
+        ports = tuple(channels.parse_ports(request.query.getall("ports", [])))
+    except ValueError:
+        ports = ()  # only the channel protocol needs them; it answers 400 itself
+    streams = request.app[STREAMS]
+    try:
+        url = await streams.get_port_forward(PortForwardRequest(pod.sandbox.id, ports))
+    except CacheFull as exc:
+        raise StatusError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
+    return await streams.serve(request, "portforward", url.rsplit("/", 1)[1])
+
+
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=request.app[STREAMS].metrics.render(), content_type="text/plain")
 
@@ -518,7 +544,11 @@ def add_routes(
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics)
-    for sub, handler in (("exec", pod_exec), ("attach", pod_attach)):
+    for sub, handler in (
+        ("exec", pod_exec),
+        ("attach", pod_attach),
+        ("portforward", pod_portforward),
+    ):
         path = f"/api/v1/namespaces/{{namespace}}/pods/{{name}}/{sub}"
         r.add_route("GET", path, handler)
         r.add_route("POST", path, handler)

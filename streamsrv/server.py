@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 from aiohttp import web
 
-from . import remotecommand, spdy_remotecommand
+from . import portforward, remotecommand, spdy_remotecommand
 from .runtime.base import StreamingRuntime
 from .tokens import CacheFull, RequestCache, TokenError
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["exec", "attach"]
+Kind = Literal["exec", "attach", "portforward"]
 
 
 class InvalidRequest(ValueError):
@@ -46,6 +46,12 @@ class AttachRequest:
     stdout: bool = True
     stderr: bool = False
     tty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PortForwardRequest:
+    sandbox_id: str
+    ports: tuple[int, ...] = ()  # only the WebSocket channel protocol uses them
 
 
 StreamRequest = ExecRequest | AttachRequest
@@ -82,6 +88,7 @@ def validate(req: StreamRequest) -> None:
 class Metrics:
     sessions: Counter[tuple[str, str]] = field(default_factory=Counter)
     refused: Counter[str] = field(default_factory=Counter)
+    forwarded: int = 0
 
     def render(self) -> str:
         lines = [
@@ -96,6 +103,11 @@ class Metrics:
         ]
         for reason, n in sorted(self.refused.items()):
             lines.append(f'streamsrv_refused_total{{reason="{reason}"}} {n}')
+        lines += [
+            "# HELP streamsrv_portforward_connections_total Connections dialled in pods.",
+            "# TYPE streamsrv_portforward_connections_total counter",
+            f"streamsrv_portforward_connections_total {self.forwarded}",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -115,7 +127,7 @@ class StreamServer:
         runtime: StreamingRuntime,
         config: Config | None = None,
         *,
-        cache: RequestCache[StreamRequest] | None = None,
+        cache: RequestCache[StreamRequest | PortForwardRequest] | None = None,
     ) -> None:
         self.runtime = runtime
         self.config = config or Config()
@@ -125,15 +137,19 @@ class StreamServer:
                 ttl=self.config.token_ttl,
                 max_in_flight=self.config.max_in_flight,
             )
-        self.cache: RequestCache[StreamRequest] = cache
+        self.cache: RequestCache[StreamRequest | PortForwardRequest] = cache
         self.base_url = self.config.base_url or ""
         self.metrics = Metrics()
         self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ library API
 
-    def _insert(self, kind: Kind, req: StreamRequest) -> str:
-        validate(req)
+    def _insert(self, kind: Kind, req: StreamRequest | PortForwardRequest) -> str:
+        if isinstance(req, PortForwardRequest):
+            if not req.sandbox_id:
+                raise InvalidRequest("missing required pod_sandbox_id")
+        else:
+            validate(req)
         token = self.cache.insert(kind, req)
         return f"{self.base_url}/{kind}/{token}"
 
@@ -149,10 +165,13 @@ class StreamServer:
     async def get_attach(self, req: AttachRequest) -> str:
         return self._insert("attach", req)
 
+    async def get_port_forward(self, req: PortForwardRequest) -> str:
+        return self._insert("portforward", req)
+
     # ------------------------------------------------------------------ HTTP side
 
     def add_routes(self, app: web.Application) -> None:
-        for kind in ("exec", "attach"):
+        for kind in ("exec", "attach", "portforward"):
             app.router.add_route("GET", f"/{kind}/{{token}}", self._handler(kind))
             app.router.add_route("POST", f"/{kind}/{{token}}", self._handler(kind))
 
@@ -169,6 +188,10 @@ class StreamServer:
         except TokenError:
             self.metrics.refused["token"] += 1
             return _text(404, "404 page not found\n", **{"X-Content-Type-Options": "nosniff"})
+        if isinstance(req, PortForwardRequest):
+            if remotecommand.is_websocket(request):
+                return await portforward.serve_websocket(request, self, req)
+            return await portforward.serve_spdy(request, self, req)
         if remotecommand.is_websocket(request):
             return await remotecommand.serve_websocket(request, self, kind, req)
         return await spdy_remotecommand.serve_spdy(request, self, kind, req)
@@ -200,6 +223,7 @@ __all__ = [
     "Config",
     "ExecRequest",
     "InvalidRequest",
+    "PortForwardRequest",
     "StreamRequest",
     "StreamServer",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -182,3 +183,15 @@ class StreamingRuntime(Runtime, Protocol):
         ...
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None: ...
+
+    async def sandbox_ready(self, sandbox_id: str) -> bool:
+        """Whether the pod's sandbox still runs (a forward into a deleted pod must end)."""
+        ...
+
+    async def dial(self, sandbox_id: str, port: int) -> socket.socket:
+        """A TCP connection to ``localhost:port`` as seen inside the pod (non-blocking socket).
+
+        Raises:
+            OSError: nothing listens there, or the pod is gone.
+        """
+        ...

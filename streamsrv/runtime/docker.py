@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import json
 import logging
 import os
 import signal
+import socket
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -429,6 +431,24 @@ class DockerRuntime:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
                     await t
 
+    async def sandbox_ready(self, sandbox_id: str) -> bool:
+        try:
+            info = await self._call(self.api.inspect_container, sandbox_id)
+        except ContainerNotFound:
+            return False
+        return bool(info.get("State", {}).get("Running"))
+
+    async def dial(self, sandbox_id: str, port: int) -> socket.socket:
+        info = await self._call(self.api.inspect_container, sandbox_id)
+        state = info.get("State", {})
+        if not state.get("Running"):
+            raise ConnectionRefusedError(f"pod sandbox {sandbox_id[:12]} is not running")
+        if info.get("HostConfig", {}).get("NetworkMode") == "host":
+            return await asyncio.to_thread(_connect_loopback, port, 10.0)
+        if not self._local:
+            raise ConnectionRefusedError("port-forward needs the Docker engine on this host")
+        return await asyncio.to_thread(dial_in_netns, int(state["Pid"]), port)
+
     async def _exit_code(self, exec_id: str) -> int:
         """The exit code once the process has really exited (never 0 for 'still running')."""
         delay = 0.002
@@ -457,6 +477,60 @@ class DockerRuntime:
             return
         await asyncio.to_thread(_kill_tree, pid)
         log.info("killed exec %s (pid %d): its client went away", exec_id[:12], pid)
+
+
+_CLONE_NEWNET = 0x40000000
+_libc: ctypes.CDLL | None = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if hasattr(os, "setns"):  # Python 3.12+
+        os.setns(fd, _CLONE_NEWNET)
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def dial_in_netns(pid: int, port: int, timeout: float = 10.0) -> socket.socket:
+    """Connect to ``localhost:port`` in the network namespace of ``pid``, in this thread.
+
+    The thread enters the namespace, connects (IPv4, then IPv6), and returns to its own; the
+    socket keeps the namespace it was made in. No helper binary (socat, nsenter) is needed.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        os.close(own)
+        raise ConnectionRefusedError(f"the pod's network namespace is gone (pid {pid})") from None
+    try:
+        _setns(target)
+        try:
+            return _connect_loopback(port, timeout)
+        finally:
+            _setns(own)  # if this failed the thread would be poisoned: let it raise loudly
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def _connect_loopback(port: int, timeout: float) -> socket.socket:
+    last: OSError | None = None
+    for host in ("127.0.0.1", "::1"):
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            last = exc
+            continue
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    assert last is not None
+    raise last
 
 
 def _kill_tree(pid: int) -> None:

@@ -57,6 +57,7 @@ VERSIONS = pytest.mark.parametrize("kc", CLIENTS, ids=str)
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     require_docker()
+    _remove_everything()  # a module that failed before may have left pods behind
     server = Server(tmp_path_factory.mktemp("exec") / "state")
     server.start()
     manifest = server.state_dir / "pod.yaml"

@@ -21,6 +21,7 @@ POD = "pyexec"
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.CoreV1Api, Server]]:
     require_docker()
+    _remove_everything()  # a module that failed before may have left pods behind
     server = Server(tmp_path_factory.mktemp("py") / "state")
     server.start()
     api_client = config.new_client_from_config(config_file=str(server.kubeconfig))

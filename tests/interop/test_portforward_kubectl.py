@@ -1,0 +1,296 @@
+"""kubectl port-forward (SPDY and the SPDY-in-WebSocket tunnel) and the Python client's
+channel protocol, against services in a real pod on the real engine.
+
+kubectl 1.31+ falls back to plain SPDY silently when the tunnel upgrade is refused, so each
+test proves its transport: the server's session counter, and kubectl's own `-v=6` lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.conftest import BUSYBOX, Server, _remove_everything, kubectl_path, require_docker
+from tests.interop.test_exec_kubectl import sessions
+
+pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
+
+POD = "pfpod"
+ECHO, BLOB, RUDE, NOTHING = 7000, 7001, 7002, 7009
+BLOB_SIZE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Client:
+    version: str
+    transport: str  # "spdy" | "tunnel"
+    forced: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.version}-{self.transport}{'-forced' if self.forced else ''}"
+
+
+CLIENTS = [
+    Client("1.27", "spdy"),
+    Client("1.30", "spdy"),
+    Client("1.31", "tunnel"),
+    Client("1.33", "tunnel"),
+    Client("1.33", "spdy", forced=True),
+]
+
+
+def manifest(name: str = POD) -> str:
+    return f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  containers:
+  - name: echo
+    image: {BUSYBOX}
+    command: ["nc", "-ll", "-p", "{ECHO}", "-e", "cat"]
+  - name: blob
+    image: {BUSYBOX}
+    command: ["sh", "-c", "dd if=/dev/urandom of=/tmp/blob bs=1048576 count=64 2>/dev/null;
+      sha256sum /tmp/blob > /tmp/blob.sha; exec nc -ll -p {BLOB} -e cat /tmp/blob"]
+  - name: rude
+    image: {BUSYBOX}
+    command: ["nc", "-ll", "-p", "{RUDE}", "-e", "true"]
+"""
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    require_docker()
+    _remove_everything()  # a module that failed before may have left pods behind
+    server = Server(tmp_path_factory.mktemp("pf") / "state")
+    server.start()
+    path = server.state_dir / "pod.yaml"
+    path.write_text(manifest())
+    r = server.cli("pod", "run", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    yield server
+    server.stop()
+    _remove_everything()
+
+
+def blob_sha() -> str:
+    client = docker.from_env()
+    try:
+        [blob] = client.containers.list(filters={"label": "io.kubernetes.container.name=blob"})
+        for _ in range(100):
+            code, out = blob.exec_run(["cat", "/tmp/blob.sha"])
+            if code == 0 and isinstance(out, bytes) and out.strip():
+                return out.split()[0].decode()
+            time.sleep(0.1)
+    finally:
+        client.close()
+    raise AssertionError("the blob was never written")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Forward:
+    """A running `kubectl port-forward` with local ports for the pod's services."""
+
+    def __init__(
+        self, server: Server, client: Client, ports: list[int], log: Path, pod: str = POD
+    ) -> None:
+        self.local = {p: free_port() for p in ports}
+        env = dict(os.environ)
+        if client.forced:
+            env["KUBECTL_PORT_FORWARD_WEBSOCKETS"] = "false"
+        cmd = [kubectl_path(client.version), "--kubeconfig", str(server.kubeconfig),
+               "--cache-dir", str(server.state_dir / f"kc-{client.version}"), "-v=6",
+               "port-forward", "--address", "127.0.0.1", pod,
+               *[f"{local}:{remote}" for remote, local in self.local.items()]]  # fmt: skip
+        self.log_path = log
+        self.logf = log.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Forwarding from") < len(ports):
+            assert self.proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def connect(self, port: int) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.local[port]), timeout=30)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+
+
+@pytest.fixture
+def forward(srv: Server, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Forward]:
+    client: Client = request.param
+    before = {t: sessions(srv, "portforward", t) for t in ("spdy", "tunnel")}
+    fwd = Forward(srv, client, [ECHO, BLOB, RUDE, NOTHING], tmp_path / "kubectl.log")
+    yield fwd
+    fwd.stop()
+    # Which transport carried it, proven twice: the server's count and kubectl's own log.
+    after = {t: sessions(srv, "portforward", t) for t in ("spdy", "tunnel")}
+    other = "spdy" if client.transport == "tunnel" else "tunnel"
+    assert after[client.transport] == before[client.transport] + 1, after
+    assert after[other] == before[other], after
+    assert "fallback to secondary dialer" not in fwd.log
+    if client.transport == "tunnel":
+        assert re.search(r"negotiated protocol: portforward\.k8s\.io", fwd.log), fwd.log[-2000:]
+
+
+def echo_round_trip(fwd: Forward, data: bytes) -> bytes:
+    with fwd.connect(ECHO) as sock:
+
+        def send() -> None:
+            view = memoryview(data)
+            for i in range(0, len(view), 1 << 16):
+                sock.sendall(view[i : i + (1 << 16)])
+            sock.shutdown(socket.SHUT_WR)
+
+        writer = threading.Thread(target=send)
+        writer.start()
+        got = bytearray()
+        while len(got) < len(data):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        writer.join(30)
+        return bytes(got)
+
+
+CASES = pytest.mark.parametrize("forward", CLIENTS, ids=str, indirect=True)
+
+
+@CASES
+def test_64mib_echo_is_identical(forward: Forward) -> None:
+    data = os.urandom(64 * 1024 * 1024)
+    got = echo_round_trip(forward, data)
+    assert len(got) == len(data)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+
+@CASES
+def test_64mib_download_matches_the_pods_checksum(forward: Forward) -> None:
+    expected = blob_sha()
+    digest, total = hashlib.sha256(), 0
+    with forward.connect(BLOB) as sock:
+        while chunk := sock.recv(1 << 20):
+            digest.update(chunk)
+            total += len(chunk)
+    assert total == BLOB_SIZE
+    assert digest.hexdigest() == expected
+
+
+@CASES
+def test_20_parallel_connections(forward: Forward) -> None:
+    payloads = [os.urandom(1024 * 1024 + i) for i in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda d: echo_round_trip(forward, d), payloads))
+    assert results == payloads
+
+
+@CASES
+def test_failed_dial_ends_only_that_connection(forward: Forward) -> None:
+    with forward.connect(NOTHING) as sock:
+        sock.settimeout(15)
+        with contextlib.suppress(ConnectionResetError):  # EOF or a reset: both end it
+            assert sock.recv(10) == b""
+    time.sleep(0.3)
+    assert forward.alive(), forward.log[-2000:]
+    assert echo_round_trip(forward, b"still forwarding") == b"still forwarding"
+    assert "lost connection to pod" not in forward.log
+
+
+@CASES
+def test_service_closing_without_reading_keeps_the_forward(forward: Forward) -> None:
+    for _ in range(3):
+        with forward.connect(RUDE) as sock:
+            sock.settimeout(15)
+            with pytest.raises(OSError):  # the pod closed; kubectl closes our socket too
+                sock.sendall(b"x" * 1024 * 1024)
+                while sock.recv(65536):
+                    pass
+                raise OSError("closed")
+    time.sleep(0.3)
+    assert forward.alive(), forward.log[-2000:]
+    assert echo_round_trip(forward, b"after rude") == b"after rude"
+
+
+def server_fds(server: Server) -> int:
+    assert server.proc is not None
+    return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+
+def test_client_killed_mid_transfer_leaves_nothing_open(srv: Server, tmp_path: Path) -> None:
+    baseline = server_fds(srv)
+    fwd = Forward(srv, Client("1.33", "tunnel"), [BLOB], tmp_path / "k.log")
+    try:
+        sock = fwd.connect(BLOB)
+        assert len(sock.recv(1 << 20)) > 0
+        during = server_fds(srv)
+        assert during > baseline  # the forward and the pod connection are open
+        fwd.proc.kill()
+        fwd.proc.wait()
+        sock.close()
+        deadline = time.monotonic() + 10
+        while server_fds(srv) > baseline and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server_fds(srv) <= baseline, (baseline, server_fds(srv))
+    finally:
+        fwd.stop()
+
+
+@pytest.mark.parametrize("client", [Client("1.27", "spdy"), Client("1.33", "tunnel")], ids=str)
+def test_deleting_the_pod_ends_the_forward(tmp_path: Path, client: Client) -> None:
+    require_docker()
+    _remove_everything()  # a module that failed before may have left pods behind
+    server = Server(tmp_path / "state")
+    server.start()
+    try:
+        path = tmp_path / "pod.yaml"
+        name = f"doomed-{client.version.replace('.', '')}"
+        path.write_text(manifest(name))
+        assert server.cli("pod", "run", "-f", str(path)).returncode == 0
+        fwd = Forward(server, client, [ECHO], tmp_path / "k.log", pod=name)
+        try:
+            assert echo_round_trip(fwd, b"hi") == b"hi"
+            deleted = time.monotonic()
+            assert server.cli("pod", "rm", name).returncode == 0
+            code = fwd.proc.wait(15)
+            assert code != 0
+            assert time.monotonic() - deleted < 15
+        finally:
+            fwd.stop()
+    finally:
+        server.stop()

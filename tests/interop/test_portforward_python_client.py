@@ -1,0 +1,125 @@
+"""The Python client's port-forward (WebSocket channel protocol, two channels per port)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+from kubernetes.stream import portforward
+
+from tests.conftest import Server, _remove_everything, require_docker
+from tests.interop.test_exec_kubectl import sessions
+from tests.interop.test_portforward_kubectl import (
+    BLOB,
+    BLOB_SIZE,
+    ECHO,
+    NOTHING,
+    POD,
+    blob_sha,
+    manifest,
+)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture(scope="module")
+def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.CoreV1Api, Server]]:
+    require_docker()
+    _remove_everything()  # a module that failed before may have left pods behind
+    server = Server(tmp_path_factory.mktemp("pypf") / "state")
+    server.start()
+    path = server.state_dir / "pod.yaml"
+    path.write_text(manifest())
+    assert server.cli("pod", "run", "-f", str(path)).returncode == 0
+    api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
+    yield client.CoreV1Api(api_client), server
+    api_client.close()
+    server.stop()
+    _remove_everything()
+
+
+def forward(core: client.CoreV1Api, ports: str):  # type: ignore[no-untyped-def]
+    return portforward(core.connect_get_namespaced_pod_portforward, POD, "default", ports=ports)
+
+
+def close(pf) -> None:  # type: ignore[no-untyped-def]
+    """Close a client forward; the client leaves its WebSocket open after `close()`."""
+    pf.close()
+    deadline = time.monotonic() + 10
+    while pf.connected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(Exception):
+        pf.websocket.shutdown()
+
+
+def test_echo_64mib_and_download(core: tuple[client.CoreV1Api, Server]) -> None:
+    api, server = core
+    before = sessions(server, "portforward", "websocket")
+    # One port per session: the client's single proxy thread would stall on the unread
+    # download while the echo test runs (a client-side limit, not the server's).
+    pf = forward(api, str(ECHO))
+    try:
+        echo = pf.socket(ECHO)
+        data = os.urandom(64 * 1024 * 1024)
+
+        got = bytearray()
+        progress = threading.Condition()
+
+        def send() -> None:
+            # Stay at most 2 MiB ahead: the client's one proxy thread blocks in a WebSocket
+            # send while the echo's reply fills the other direction (a client-side deadlock
+            # whenever more than the buffers hold is in flight).
+            view = memoryview(data)
+            sent = 0
+            while sent < len(view):
+                with progress:
+                    while sent - len(got) >= (2 << 20):
+                        progress.wait(timeout=1)
+                echo.sendall(view[sent : sent + (1 << 16)])
+                sent += 1 << 16
+
+        writer = threading.Thread(target=send)
+        writer.start()
+        while len(got) < len(data):
+            chunk = echo.recv(1 << 20)
+            assert chunk, "the echo ended early"
+            with progress:
+                got += chunk
+                progress.notify()
+        writer.join(30)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+        assert pf.error(ECHO) is None
+    finally:
+        close(pf)
+    pf = forward(api, str(BLOB))
+    try:
+        blob = pf.socket(BLOB)
+        digest, total = hashlib.sha256(), 0
+        while chunk := blob.recv(1 << 20):
+            digest.update(chunk)
+            total += len(chunk)
+        assert total == BLOB_SIZE
+        assert digest.hexdigest() == blob_sha()
+        assert pf.error(BLOB) is None
+    finally:
+        close(pf)
+    assert sessions(server, "portforward", "websocket") == before + 2
+
+
+def test_refused_port_reports_an_error(core: tuple[client.CoreV1Api, Server]) -> None:
+    api, _ = core
+    pf = forward(api, str(NOTHING))
+    try:
+        sock = pf.socket(NOTHING)
+        sock.settimeout(15)
+        assert sock.recv(10) == b""
+        error = pf.error(NOTHING)
+        assert error is not None and f"error forwarding port {NOTHING}" in error
+    finally:
+        close(pf)
