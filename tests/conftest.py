@@ -7,6 +7,7 @@ under CI (CI=true), where a missing tool is never a silent skip.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -181,3 +182,21 @@ def pod_manifest(name: str, *containers: Any, **spec: Any) -> dict[str, Any]:
 
 def sleeper(name: str = "main", seconds: int = 100000) -> dict[str, Any]:
     return {"name": name, "image": BUSYBOX, "command": ["sleep", str(seconds)]}
+
+
+@contextlib.contextmanager
+def server_with_pod(directory: Path, manifest: str) -> Iterator[Server]:
+    """A fresh engine state, `streamsrv serve`, and one pod from ``manifest``; all removed after."""
+    require_docker()
+    _remove_everything()  # a module that failed before may have left pods behind
+    server = Server(directory / "state")
+    server.start()
+    try:
+        path = server.state_dir / "pod.yaml"
+        path.write_text(manifest)
+        r = server.cli("pod", "run", "-f", str(path))
+        assert r.returncode == 0, r.stderr
+        yield server
+    finally:
+        server.stop()
+        _remove_everything()

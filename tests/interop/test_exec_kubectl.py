@@ -21,7 +21,13 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from tests.conftest import BUSYBOX, Server, _remove_everything, kubectl_path, require_docker, unique
+from tests.conftest import (
+    BUSYBOX,
+    Server,
+    kubectl_path,
+    server_with_pod,
+    unique,
+)
 from tests.ptyproc import PtyProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
@@ -56,12 +62,8 @@ VERSIONS = pytest.mark.parametrize("kc", CLIENTS, ids=str)
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    require_docker()
-    _remove_everything()  # a module that failed before may have left pods behind
-    server = Server(tmp_path_factory.mktemp("exec") / "state")
-    server.start()
-    manifest = server.state_dir / "pod.yaml"
-    manifest.write_text(
+    with server_with_pod(
+        tmp_path_factory.mktemp("exec"),
         f"""apiVersion: v1
 kind: Pod
 metadata: {{name: {POD}}}
@@ -75,13 +77,9 @@ spec:
     command: ["sh"]
     stdin: true
     tty: true
-"""
-    )
-    r = server.cli("pod", "run", "-f", str(manifest))
-    assert r.returncode == 0, r.stderr
-    yield server
-    server.stop()
-    _remove_everything()
+""",
+    ) as server:
+        yield server
 
 
 def sessions(server: Server, kind: str = "exec", transport: str = "websocket") -> int:

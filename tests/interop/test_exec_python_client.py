@@ -12,7 +12,7 @@ from kubernetes import client, config
 from kubernetes.stream import stream
 
 from tests.conftest import BUSYBOX, Server, _remove_everything, require_docker
-from tests.interop.test_exec_kubectl import sessions
+from tests.interop.test_exec_kubectl import pod_processes, sessions
 
 pytestmark = pytest.mark.docker
 POD = "pyexec"
@@ -130,3 +130,42 @@ def test_default_container_without_container_parameter(
     with pytest.raises(Exception, match="a container name must be specified"):
         stream(core.connect_get_namespaced_pod_exec, POD, "default", command=["true"],
                stderr=True, stdin=False, stdout=True, tty=False)  # fmt: skip
+
+
+def test_attach_echoes_what_is_written(api: tuple[client.CoreV1Api, Server]) -> None:
+    core, server = api
+    before = sessions(server, "attach")
+    resp = stream(
+        core.connect_get_namespaced_pod_attach, POD, "default", container="console",
+        stdin=True, stdout=True, stderr=False, tty=True, _preload_content=False, binary=True,
+    )  # fmt: skip
+    try:
+        resp.write_stdin(b"echo py-$((40+2))\n")
+        out, deadline = b"", time.monotonic() + 15
+        while b"py-42" not in out and time.monotonic() < deadline:
+            resp.update(timeout=1)
+            out += resp.read_stdout(timeout=0)
+        assert b"py-42" in out
+    finally:
+        resp.close()
+        resp.sock.shutdown()
+    assert sessions(server, "attach") == before + 1
+
+
+def test_client_gone_mid_command_leaves_no_process(api: tuple[client.CoreV1Api, Server]) -> None:
+    core, _ = api
+    marker = str(200000 + int.from_bytes(os.urandom(2), "big"))
+    resp = stream(
+        core.connect_get_namespaced_pod_exec, POD, "default", container="main",
+        command=["sh", "-c", f"sleep {marker}"], stdout=True, stderr=True, stdin=False, tty=False,
+        _preload_content=False,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while not pod_processes(f"sleep {marker}"):
+        assert time.monotonic() < deadline, "the exec never started"
+        time.sleep(0.1)
+    resp.sock.sock.close()  # vanish without a close frame, like a killed process
+    deadline = time.monotonic() + 5
+    while pod_processes(f"sleep {marker}"):
+        assert time.monotonic() < deadline, pod_processes(f"sleep {marker}")
+        time.sleep(0.1)

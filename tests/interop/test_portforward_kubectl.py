@@ -24,7 +24,14 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.conftest import BUSYBOX, Server, _remove_everything, kubectl_path, require_docker
+from tests.conftest import (
+    BUSYBOX,
+    Server,
+    _remove_everything,
+    kubectl_path,
+    require_docker,
+    server_with_pod,
+)
 from tests.interop.test_exec_kubectl import sessions
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
@@ -74,17 +81,8 @@ spec:
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    require_docker()
-    _remove_everything()  # a module that failed before may have left pods behind
-    server = Server(tmp_path_factory.mktemp("pf") / "state")
-    server.start()
-    path = server.state_dir / "pod.yaml"
-    path.write_text(manifest())
-    r = server.cli("pod", "run", "-f", str(path))
-    assert r.returncode == 0, r.stderr
-    yield server
-    server.stop()
-    _remove_everything()
+    with server_with_pod(tmp_path_factory.mktemp("pf"), manifest()) as server:
+        yield server
 
 
 def blob_sha() -> str:

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.stream import portforward
 
-from tests.conftest import Server, _remove_everything, require_docker
+from tests.conftest import Server, server_with_pod
 from tests.interop.test_exec_kubectl import sessions
 from tests.interop.test_portforward_kubectl import (
     BLOB,
@@ -30,18 +30,10 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture(scope="module")
 def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.CoreV1Api, Server]]:
-    require_docker()
-    _remove_everything()  # a module that failed before may have left pods behind
-    server = Server(tmp_path_factory.mktemp("pypf") / "state")
-    server.start()
-    path = server.state_dir / "pod.yaml"
-    path.write_text(manifest())
-    assert server.cli("pod", "run", "-f", str(path)).returncode == 0
-    api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
-    yield client.CoreV1Api(api_client), server
-    api_client.close()
-    server.stop()
-    _remove_everything()
+    with server_with_pod(tmp_path_factory.mktemp("pypf"), manifest()) as server:
+        api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
+        yield client.CoreV1Api(api_client), server
+        api_client.close()
 
 
 def forward(core: client.CoreV1Api, ports: str):  # type: ignore[no-untyped-def]
