@@ -383,7 +383,9 @@ async def serve_websocket(
     ports = list(req.ports)
     if chosen != channels.SPDY_TUNNEL_PORTFORWARD:
         try:
-            ports = channels.parse_ports(request.query.getall("ports", [])) or ports
+            # `ports` through the apiserver, `port` on the kubelet's runtime URL (§5a)
+            given = request.query.getall("ports", []) + request.query.getall("port", [])
+            ports = channels.parse_ports(given) or ports
         except ValueError:
             if not ports:
                 return web.Response(status=400, text='query parameter "port" is required\n')

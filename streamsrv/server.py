@@ -8,6 +8,7 @@ connection (protocol.md §1).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections import Counter
@@ -104,6 +105,9 @@ class Metrics:
         for reason, n in sorted(self.refused.items()):
             lines.append(f'streamsrv_refused_total{{reason="{reason}"}} {n}')
         lines += [
+            "# HELP streamsrv_tasks asyncio tasks alive in the server (a leak shows here).",
+            "# TYPE streamsrv_tasks gauge",
+            f"streamsrv_tasks {len(asyncio.all_tasks())}",
             "# HELP streamsrv_portforward_connections_total Connections dialled in pods.",
             "# TYPE streamsrv_portforward_connections_total counter",
             f"streamsrv_portforward_connections_total {self.forwarded}",

@@ -13,9 +13,11 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +39,7 @@ from tests.interop.test_exec_kubectl import sessions
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
 
 POD = "pfpod"
-ECHO, BLOB, RUDE, NOTHING = 7000, 7001, 7002, 7009
+ECHO, BLOB, RUDE, RESET, NOTHING = 7000, 7001, 7002, 7003, 7009
 BLOB_SIZE = 64 * 1024 * 1024
 
 
@@ -76,6 +78,10 @@ spec:
   - name: rude
     image: {BUSYBOX}
     command: ["nc", "-ll", "-p", "{RUDE}", "-e", "true"]
+  - name: reset
+    image: {BUSYBOX}
+    # reads nothing and exits after a second: closing a socket with unread data sends a RST
+    command: ["nc", "-ll", "-p", "{RESET}", "-e", "sleep", "1"]
 """
 
 
@@ -153,7 +159,7 @@ class Forward:
 def forward(srv: Server, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Forward]:
     client: Client = request.param
     before = {t: sessions(srv, "portforward", t) for t in ("spdy", "tunnel")}
-    fwd = Forward(srv, client, [ECHO, BLOB, RUDE, NOTHING], tmp_path / "kubectl.log")
+    fwd = Forward(srv, client, [ECHO, BLOB, RUDE, RESET, NOTHING], tmp_path / "kubectl.log")
     yield fwd
     fwd.stop()
     # Which transport carried it, proven twice: the server's count and kubectl's own log.
@@ -245,19 +251,43 @@ def test_service_closing_without_reading_keeps_the_forward(forward: Forward) -> 
     assert echo_round_trip(forward, b"after rude") == b"after rude"
 
 
+@CASES
+def test_service_resetting_the_connection_keeps_the_forward(forward: Forward) -> None:
+    for _ in range(2):
+        with forward.connect(RESET) as sock:
+            sock.settimeout(15)
+            with contextlib.suppress(OSError):  # EOF or a reset reach us; both are fine
+                sock.sendall(b"y" * 256 * 1024)
+                while sock.recv(65536):
+                    pass
+    time.sleep(0.3)
+    assert forward.alive(), forward.log[-2000:]
+    assert "lost connection to pod" not in forward.log
+    assert echo_round_trip(forward, b"after reset") == b"after reset"
+
+
+def server_tasks(server: Server) -> int:
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    with urllib.request.urlopen(f"{server.url}/metrics", context=ctx, timeout=10) as resp:
+        m = re.search(r"^streamsrv_tasks (\d+)$", resp.read().decode(), re.M)
+    assert m
+    return int(m.group(1))
+
+
 def server_fds(server: Server) -> int:
     assert server.proc is not None
     return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
 
 
 def test_client_killed_mid_transfer_leaves_nothing_open(srv: Server, tmp_path: Path) -> None:
-    baseline = server_fds(srv)
+    baseline, tasks = server_fds(srv), server_tasks(srv)
     fwd = Forward(srv, Client("1.33", "tunnel"), [BLOB], tmp_path / "k.log")
     try:
         sock = fwd.connect(BLOB)
         assert len(sock.recv(1 << 20)) > 0
         during = server_fds(srv)
         assert during > baseline  # the forward and the pod connection are open
+        assert server_tasks(srv) > tasks
         fwd.proc.kill()
         fwd.proc.wait()
         sock.close()
@@ -265,6 +295,9 @@ def test_client_killed_mid_transfer_leaves_nothing_open(srv: Server, tmp_path: P
         while server_fds(srv) > baseline and time.monotonic() < deadline:
             time.sleep(0.1)
         assert server_fds(srv) <= baseline, (baseline, server_fds(srv))
+        while server_tasks(srv) > tasks and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server_tasks(srv) <= tasks, (tasks, server_tasks(srv))
     finally:
         fwd.stop()
 

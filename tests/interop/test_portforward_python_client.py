@@ -115,3 +115,35 @@ def test_refused_port_reports_an_error(core: tuple[client.CoreV1Api, Server]) ->
         assert error is not None and f"error forwarding port {NOTHING}" in error
     finally:
         close(pf)
+
+
+async def test_kubelet_style_port_query_and_v4_preamble(
+    core: tuple[client.CoreV1Api, Server],
+) -> None:
+    """`?port=` (the runtime URL's name) works too; each channel opens with the port, LE."""
+    import ssl
+
+    import aiohttp
+
+    _, server = core
+    ctx = ssl.create_default_context(cafile=str(server.ca_file))
+    url = f"{server.url}/api/v1/namespaces/default/pods/{POD}/portforward?port={ECHO}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            url, protocols=["v4.channel.k8s.io"], ssl=ctx,
+            headers={"Authorization": f"Bearer {server.token}"},
+        ) as ws,
+    ):  # fmt: skip
+        first = [(await ws.receive_bytes()) for _ in range(2)]
+        assert first == [
+            bytes([0]) + ECHO.to_bytes(2, "little"),
+            bytes([1]) + ECHO.to_bytes(2, "little"),
+        ]
+        await ws.send_bytes(b"\x00ping")
+        got = b""
+        while len(got) < 4:
+            msg = await ws.receive_bytes()
+            assert msg[0] == 0
+            got += msg[1:]
+        assert got == b"ping"
