@@ -34,6 +34,7 @@ from .server import (
     AttachRequest,
     ExecRequest,
     InvalidRequest,
+    Kind,
     PortForwardRequest,
     StreamRequest,
     StreamServer,
@@ -454,18 +455,24 @@ def pick_container(request: web.Request, pod: Pod) -> tuple[ContainerSpec, str]:
     return chosen, cid
 
 
-async def _stream(request: web.Request, req: StreamRequest) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, req: StreamRequest | PortForwardRequest
+) -> web.StreamResponse:
+    """Through the same one-time token path a CRI daemon's clients use."""
     streams = request.app[STREAMS]
+    kind: Kind
     try:
-        url = await (
-            streams.get_exec(req) if isinstance(req, ExecRequest) else streams.get_attach(req)
-        )
+        if isinstance(req, ExecRequest):
+            kind, url = "exec", await streams.get_exec(req)
+        elif isinstance(req, AttachRequest):
+            kind, url = "attach", await streams.get_attach(req)
+        else:
+            kind, url = "portforward", await streams.get_port_forward(req)
     except InvalidRequest as exc:
         raise StatusError(400, str(exc)) from exc
     except CacheFull as exc:
         raise StatusError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
-    token = url.rsplit("/", 1)[1]
-    return await streams.serve(request, "exec" if isinstance(req, ExecRequest) else "attach", token)
+    return await streams.serve(request, kind, url.rsplit("/", 1)[1])
 
 
 async def _live_pod(request: web.Request, doing: str) -> Pod:
@@ -517,12 +524,7 @@ async def pod_portforward(request: web.Request) -> web.StreamResponse:
         ports = tuple(channels.parse_ports(request.query.getall("ports", [])))
     except ValueError:
         ports = ()  # only the channel protocol needs them; it answers 400 itself
-    streams = request.app[STREAMS]
-    try:
-        url = await streams.get_port_forward(PortForwardRequest(pod.sandbox.id, ports))
-    except CacheFull as exc:
-        raise StatusError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
-    return await streams.serve(request, "portforward", url.rsplit("/", 1)[1])
+    return await _stream(request, PortForwardRequest(pod.sandbox.id, ports))
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import WSMsgType, web
 
 from .protocol import channels, spdy
-from .session import SpdySession, accept_spdy, header
+from .session import ReadPause, SpdySession, accept_spdy, header
 
 if TYPE_CHECKING:
     from .server import PortForwardRequest, StreamServer
@@ -49,18 +49,6 @@ class Link(Protocol):
     def pause_reading(self) -> None: ...
 
     def resume_reading(self) -> None: ...
-
-
-class RawLink(SpdySession):
-    """SPDY on the raw connection after a 101."""
-
-    def pause_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
 
 class TunnelLink:
@@ -156,7 +144,7 @@ class SpdyForwarder:
         self.pairs: dict[str, _Pair] = {}
         self.by_stream: dict[int, _Pair] = {}
         self.gone = asyncio.Event()
-        self._resume: asyncio.Task[None] | None = None
+        self.read_pause = ReadPause()
 
     def _send(self, action: Callable[[], Any]) -> None:
         """A codec call on a stream the client may have reset meanwhile, then flush."""
@@ -172,8 +160,9 @@ class SpdyForwarder:
             pair = self.by_stream.get(event.stream_id)
             if pair is not None and event.stream_id == pair.data and pair.writer is not None:
                 pair.writer.write(event.data)
-                if pair.writer.transport.get_write_buffer_size() > SOCKET_HIGH_WATER:
-                    self._pause_until_drained(pair.writer)
+                full = pair.writer.transport.get_write_buffer_size() > SOCKET_HIGH_WATER
+                if full and self.link is not None:
+                    self.read_pause.pause_until(self.link, pair.writer.drain)
         elif isinstance(event, spdy.StreamEnded):
             pair = self.by_stream.get(event.stream_id)
             if pair is not None and event.stream_id == pair.data:
@@ -253,22 +242,6 @@ class SpdyForwarder:
             pair.task.cancel()
         self._forget(pair)
 
-    def _pause_until_drained(self, writer: asyncio.StreamWriter) -> None:
-        if self._resume is not None or self.link is None:
-            return
-        link = self.link
-        link.pause_reading()
-
-        async def resume() -> None:
-            try:
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.drain()
-            finally:
-                self._resume = None
-                link.resume_reading()
-
-        self._resume = asyncio.create_task(resume())
-
     async def _forward(self, pair: _Pair) -> None:
         assert self.link is not None and pair.data is not None and pair.error is not None
         link, conn, data, error = self.link, self.link.conn, pair.data, pair.error
@@ -307,9 +280,7 @@ class SpdyForwarder:
             if pair.timer is not None:
                 pair.timer.cancel()
             self._drop(pair)
-        if self._resume is not None:
-            self._resume.cancel()
-            tasks.append(self._resume)
+        await self.read_pause.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
@@ -326,7 +297,7 @@ async def serve_spdy(
         return refusal
     assert chosen is not None
     forwarder = SpdyForwarder(server, req)
-    link = RawLink(forwarder.on_event)
+    link = SpdySession(forwarder.on_event)
     forwarder.link = link
     resp = await accept_spdy(request, chosen, link)
     server.metrics.sessions[("portforward", "spdy")] += 1

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -90,6 +90,14 @@ class SpdySession(asyncio.Protocol):
             raise ConnectionResetError("the SPDY connection is closed")
         await self._writable.wait()
 
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
@@ -97,6 +105,45 @@ class SpdySession(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+
+class Pausable(Protocol):
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class ReadPause:
+    """Back-pressure from a slow consumer to a connection that carries many streams.
+
+    ``pause_until(link, wait)`` stops reading ``link`` until ``wait()`` returns (a pipe or a
+    socket drained), then reads again; at most one pause is pending at a time.
+    """
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    def pause_until(self, link: Pausable, wait: Callable[[], Awaitable[object]]) -> None:
+        if self.task is not None:
+            return
+        link.pause_reading()
+
+        async def resume() -> None:
+            try:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await wait()
+            finally:
+                self.task = None
+                link.resume_reading()
+
+        self.task = asyncio.create_task(resume())
+
+    async def cancel(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def accept_spdy(

@@ -20,7 +20,7 @@ from .protocol import channels, spdy, status
 from .protocol.resize import ResizeDecoder
 from .remotecommand import run_request
 from .runtime.base import Pipe, Resizes, StdIO
-from .session import SpdySession, accept_spdy, header
+from .session import ReadPause, SpdySession, accept_spdy, header
 
 if TYPE_CHECKING:
     from .server import StreamRequest, StreamServer
@@ -88,7 +88,7 @@ class _Exec:
         self.resize = Resizes() if req.tty else None
         self._resize_decoder = ResizeDecoder()
         self.session = SpdySession(self.on_event)
-        self._resume: asyncio.Task[None] | None = None
+        self.read_pause = ReadPause()
 
     def on_event(self, event: spdy.Event) -> None:
         conn = self.session.conn
@@ -105,7 +105,7 @@ class _Exec:
         elif isinstance(event, spdy.DataReceived):
             if event.stream_id == self.streams.get("stdin") and self.stdin is not None:
                 if not self.stdin.feed_nowait(event.data):
-                    self._pause_until_drained(self.stdin)
+                    self.read_pause.pause_until(self.session, self.stdin.wait_writable)
             elif event.stream_id == self.streams.get("resize") and self.resize is not None:
                 try:
                     for size in self._resize_decoder.feed(event.data):
@@ -118,22 +118,6 @@ class _Exec:
                 self.stdin.close()
         elif isinstance(event, spdy.GoAwayReceived | spdy.ConnectionTerminated):
             self.gone.set()
-
-    def _pause_until_drained(self, pipe: Pipe) -> None:
-        transport = self.session.transport
-        if transport is None or self._resume is not None:
-            return
-        transport.pause_reading()
-
-        async def resume() -> None:
-            try:
-                await pipe.wait_writable()
-            finally:
-                self._resume = None
-                if not transport.is_closing():
-                    transport.resume_reading()
-
-        self._resume = asyncio.create_task(resume())
 
     def sink(self, kind: str) -> _SpdySink | None:
         sid = self.streams.get(kind)
@@ -167,8 +151,7 @@ async def serve_spdy(
     try:
         await _serve(server, kind, state)
     finally:
-        if state._resume is not None:
-            state._resume.cancel()
+        await state.read_pause.cancel()
         if state.resize is not None:
             state.resize.close()
         session.close()
