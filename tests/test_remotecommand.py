@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -30,6 +31,12 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.cancelled = 0
         self.started = asyncio.Event()
+        self._cancelled = asyncio.Event()
+
+    async def wait_cancelled(self, seconds: float) -> None:
+        """Until the session has cancelled a running exec (at most ``seconds``)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._cancelled.wait(), seconds)
 
     async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
         self.started.set()
@@ -59,6 +66,7 @@ class FakeRuntime:
             return int(cmd[1])
         except asyncio.CancelledError:
             self.cancelled += 1
+            self._cancelled.set()
             raise
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
@@ -265,10 +273,7 @@ async def test_garbage_ends_only_that_session(setup) -> None:  # type: ignore[no
     await ws.send_bytes(b"\xff\x00\x01")  # a v5 close signal of the wrong length
     await asyncio.wait_for(collect(ws), 10)
     await ws.close()
-    for _ in range(100):
-        if runtime.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await runtime.wait_cancelled(1.0)
     assert runtime.cancelled == 1
     url = await server.get_exec(ExecRequest("c1", ("echo", "next")))
     async with client.ws_connect(path(url), protocols=["v5.channel.k8s.io"]) as ws2:
@@ -282,10 +287,7 @@ async def test_client_gone_cancels_the_process(setup) -> None:  # type: ignore[n
     ws = await client.ws_connect(path(url), protocols=["v5.channel.k8s.io"])
     await runtime.started.wait()
     await ws.close()
-    for _ in range(200):
-        if runtime.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await runtime.wait_cancelled(2.0)
     assert runtime.cancelled == 1
 
 
@@ -399,10 +401,7 @@ async def test_raw_garbage_after_the_upgrade_ends_only_that_session(setup) -> No
     writer.close()
     assert rest[:3] == b"\x82\x01\x01"  # the readiness frame, sent before the garbage
     assert rest[3:4] in (b"", b"\x88")  # then at most a close frame, then EOF
-    for _ in range(200):
-        if runtime.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await runtime.wait_cancelled(2.0)
     assert runtime.cancelled == 1
     url = await server.get_exec(ExecRequest("c1", ("echo", "still-serving")))
     async with client.ws_connect(path(url), protocols=["v5.channel.k8s.io"]) as ws:

@@ -208,10 +208,7 @@ async def test_malformed_frames_end_only_that_connection(srv, garbage: bytes) ->
     rest = await asyncio.wait_for(bad.reader.read(), 10)  # GOAWAY(PROTOCOL_ERROR), then EOF
     assert rest.endswith(bytes.fromhex("00000001"))
     bad.close()
-    for _ in range(200):
-        if runtime.cancelled:
-            break
-        await asyncio.sleep(0.01)
+    await runtime.wait_cancelled(2.0)
     assert runtime.cancelled == 1
     url = await server.get_exec(ExecRequest("c", ("echo", "fine")))
     good, _ = await Client.connect(ts, url, ["v4.channel.k8s.io"])
