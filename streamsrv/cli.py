@@ -27,7 +27,9 @@ from .certs import (
 )
 from .gateway import make_app
 from .pods import PodManager
+from .runtime.base import StreamingRuntime
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
+from .runtime.process import ProcessRuntime
 from .server import Config, StreamServer
 
 log = logging.getLogger("streamsrv")
@@ -52,35 +54,47 @@ class UsageError(Exception):
     pass
 
 
-async def pick_runtime(kind: str, pause_image: str) -> DockerRuntime:
+async def pick_runtime(kind: str, pause_image: str, state_dir: Path) -> StreamingRuntime:
+    """The runtime asked for; ``auto`` is Docker when an engine answers, else local processes."""
     if kind == "process":
-        raise UsageError(
-            "the process runtime is not yet available; use --runtime docker with a Docker engine"
-        )
-    runtime = DockerRuntime(pause_image=pause_image)
+        return ProcessRuntime(state_dir / "process-pods")
+    runtime: DockerRuntime | None = None
     try:
+        # the SDK asks the engine for its API version as it is made: in a thread
+        runtime = await asyncio.to_thread(DockerRuntime, pause_image=pause_image)
         await runtime.ping()
     except Exception as exc:
-        await runtime.close()
+        if runtime is not None:
+            await runtime.close()
         where = os.environ.get("DOCKER_HOST", "the default socket")
         if kind == "docker":
             raise UsageError(f"no Docker engine answered at {where}: {exc}") from exc
-        raise UsageError(
-            f"--runtime auto: no Docker engine answered at {where} ({exc}), and the "
-            "process runtime is not yet available"
-        ) from exc
+        log.warning(
+            "--runtime auto: no Docker engine answered at %s (%s); using the process runtime",
+            where,
+            exc,
+        )
+        return ProcessRuntime(state_dir / "process-pods")
     return runtime
+
+
+async def describe(runtime: StreamingRuntime) -> str:
+    if isinstance(runtime, DockerRuntime):
+        where = os.environ.get("DOCKER_HOST") or "the default socket"
+        return f"docker {await runtime.version()} at {where}"
+    return "process (local processes, NO isolation: every container runs as this user on this host)"
 
 
 async def serve(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
     host, port = args.listen
     try:
-        runtime = await pick_runtime(args.runtime, args.pause_image)
+        runtime = await pick_runtime(args.runtime, args.pause_image, state_dir)
     except UsageError as exc:
         print(f"streamsrv: {exc}", file=sys.stderr)
         return 2
-    log.info("runtime: docker %s (%s)", await runtime.version(), os.environ.get("DOCKER_HOST", ""))
+    runtime_text = await describe(runtime)
+    log.info("runtime: %s", runtime_text)
 
     ssl_ctx: ssl.SSLContext | None = None
     ca_pem: bytes | None = None
@@ -115,7 +129,8 @@ async def serve(args: argparse.Namespace) -> int:
     streams.base_url = url
     kubeconfig: Path = args.kubeconfig or state_dir / "kubeconfig"
     write_kubeconfig(kubeconfig, url, token, ca_pem)
-    print(f"streamsrv {__version__} listening on {url} (runtime: docker)", flush=True)
+    print(f"streamsrv {__version__} listening on {url} (runtime: {runtime.name})", flush=True)
+    print(f"runtime: {runtime_text}", flush=True)
     print(f"kubeconfig written to {kubeconfig}; try:", flush=True)
     print(f"  kubectl --kubeconfig {kubeconfig} get pods", flush=True)
     print(f"  streamsrv pod run -f pod.yaml --kubeconfig {kubeconfig}", flush=True)

@@ -29,6 +29,10 @@ from streamsrv.runtime.docker import DockerRuntime
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BUSYBOX = os.environ.get("STREAMSRV_TEST_BUSYBOX_IMAGE", "streamsrv/busybox:local")
 PAUSE = os.environ.get("STREAMSRV_TEST_PAUSE_IMAGE", "streamsrv/pause:local")
+# Every exec/attach/port-forward test runs on both runtimes: the real Docker engine, and the
+# built-in process runtime (the pod's commands run on this host; `busybox nc` comes from
+# Debian's busybox-static, which scripts/test installs).
+RUNTIMES = ("docker", "process")
 
 
 def missing(what: str) -> None:
@@ -84,6 +88,13 @@ def _remove_everything() -> None:
     client.close()
 
 
+def require_runtime(runtime: str) -> None:
+    if runtime == "docker":
+        require_docker()
+    elif not shutil.which("busybox"):
+        missing("busybox not on PATH (Debian busybox-static); run scripts/test")
+
+
 @pytest.fixture
 def docker_engine() -> Iterator[None]:
     """A real engine; every pod a test leaves behind is removed afterwards."""
@@ -102,7 +113,15 @@ async def runtime(docker_engine: None) -> AsyncIterator[DockerRuntime]:
 class Server:
     """`streamsrv serve` as a subprocess, the way a user runs it."""
 
-    def __init__(self, state_dir: Path, extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        extra: list[str] | None = None,
+        runtime: str = "docker",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.env = env
         self.state_dir = state_dir
         self.kubeconfig = state_dir / "kubeconfig"
         self.extra = extra or []
@@ -115,10 +134,13 @@ class Server:
         if self.kubeconfig.exists():
             self.kubeconfig.unlink()
         cmd = [sys.executable, "-m", "streamsrv", "--state-dir", str(self.state_dir), "serve",
-               "--listen", "127.0.0.1:0", "--pause-image", PAUSE, *self.extra]  # fmt: skip
+               "--listen", "127.0.0.1:0", "--pause-image", PAUSE, "--runtime", self.runtime,
+               *self.extra]  # fmt: skip
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("a") as logf:
-            self.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True)
+            self.proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, text=True, env=self.env
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -150,6 +172,59 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def processes(self, pattern: str, container: str = "main") -> list[str]:
+        """Command lines of the pod's processes (in ``container`` on Docker) matching pattern."""
+        if self.runtime == "docker":
+            client = docker.from_env()
+            try:
+                [c] = client.containers.list(
+                    filters={"label": f"io.kubernetes.container.name={container}"}
+                )
+                _, out = c.exec_run(["ps", "-o", "pid,args"])
+                assert isinstance(out, bytes)
+                lines = out.decode().splitlines()
+            finally:
+                client.close()
+        else:  # the process runtime's pods are the server's descendants on this host
+            assert self.proc is not None
+            parents: dict[int, int] = {}
+            cmdlines: dict[int, str] = {}
+            for entry in os.listdir("/proc"):
+                if entry.isdigit():
+                    with contextlib.suppress(OSError):
+                        stat = Path(f"/proc/{entry}/stat").read_bytes()
+                        parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+                        raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+                        cmdlines[int(entry)] = raw.replace(b"\0", b" ").decode(errors="replace")
+            lines = []
+            for pid, args in cmdlines.items():
+                ancestor = parents.get(pid, 0)
+                while ancestor > 1 and ancestor != self.proc.pid:
+                    ancestor = parents.get(ancestor, 0)
+                if ancestor == self.proc.pid:
+                    lines.append(f"{pid} {args.strip()}")
+        return [line for line in lines if pattern in line and "ps -o" not in line]
+
+    def read_pod_file(self, pod: str, container: str, path: str) -> bytes:
+        """A file from a container: ``path`` is relative to its working directory."""
+        if self.runtime == "docker":
+            client = docker.from_env()
+            try:
+                [c] = client.containers.list(
+                    filters={
+                        "label": [
+                            f"io.kubernetes.container.name={container}",
+                            f"io.kubernetes.pod.name={pod}",
+                        ]
+                    }
+                )
+                code, out = c.exec_run(["cat", f"/{path}"])
+                return out if code == 0 and isinstance(out, bytes) else b""
+            finally:
+                client.close()
+        found = list((self.state_dir / "process-pods").glob(f"default_{pod}_*/{path}"))
+        return found[0].read_bytes() if found else b""
 
     def kubectl(
         self, version: str, *args: str, timeout: float = 60, input: str | None = None
@@ -185,11 +260,12 @@ def sleeper(name: str = "main", seconds: int = 100000) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def server_with_pod(directory: Path, manifest: str) -> Iterator[Server]:
+def server_with_pod(directory: Path, manifest: str, runtime: str = "docker") -> Iterator[Server]:
     """A fresh engine state, `streamsrv serve`, and one pod from ``manifest``; all removed after."""
-    require_docker()
-    _remove_everything()  # a module that failed before may have left pods behind
-    server = Server(directory / "state")
+    require_runtime(runtime)
+    if runtime == "docker":
+        _remove_everything()  # a module that failed before may have left pods behind
+    server = Server(directory / "state", runtime=runtime)
     server.start()
     try:
         path = server.state_dir / "pod.yaml"
@@ -199,4 +275,5 @@ def server_with_pod(directory: Path, manifest: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
-        _remove_everything()
+        if runtime == "docker":
+            _remove_everything()

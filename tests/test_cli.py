@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,8 +79,27 @@ def test_pod_commands_without_a_server(tmp_path: Path) -> None:
     assert "no kubeconfig" in r.stderr
 
 
-def test_serve_refuses_the_process_runtime_for_now(tmp_path: Path) -> None:
+NO_ENGINE = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+
+def test_auto_falls_back_to_the_process_runtime_and_says_so(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "state", runtime="auto", env=NO_ENGINE)
+    srv.start()
+    try:
+        log = srv.log.read_text()
+        assert "(runtime: process)" in log
+        assert "no Docker engine answered at unix:///nonexistent/docker.sock" in log
+        assert "NO isolation" in log
+    finally:
+        srv.stop()
+
+
+def test_docker_runtime_without_an_engine_is_a_clear_error(tmp_path: Path) -> None:
     srv = Server(tmp_path / "state")
-    r = srv.cli("serve", "--runtime", "process", "--listen", "127.0.0.1:0")
+    r = subprocess.run(
+        [sys.executable, "-m", "streamsrv", "--state-dir", str(srv.state_dir), "serve",
+         "--runtime", "docker", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, env=NO_ENGINE,
+    )  # fmt: skip
     assert r.returncode == 2
-    assert "process runtime is not yet available" in r.stderr
+    assert "no Docker engine answered at unix:///nonexistent/docker.sock" in r.stderr

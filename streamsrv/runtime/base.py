@@ -195,3 +195,20 @@ class StreamingRuntime(Runtime, Protocol):
             OSError: nothing listens there, or the pod is gone.
         """
         ...
+
+
+def connect_loopback(port: int, timeout: float) -> socket.socket:
+    """A blocking connect to ``localhost:port`` (IPv4, then IPv6); the socket is returned
+    non-blocking with TCP_NODELAY."""
+    last: OSError | None = None
+    for host in ("127.0.0.1", "::1"):
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            last = exc
+            continue
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    assert last is not None
+    raise last

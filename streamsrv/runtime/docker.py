@@ -36,7 +36,7 @@ from ..pods import (
     pod_from_labels,
 )
 from ..protocol.dockermux import STDERR, STDOUT, Demuxer
-from .base import BackendError, ContainerNotFound, ImageNotFound, StdIO
+from .base import BackendError, ContainerNotFound, ImageNotFound, StdIO, connect_loopback
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +444,7 @@ class DockerRuntime:
         if not state.get("Running"):
             raise ConnectionRefusedError(f"pod sandbox {sandbox_id[:12]} is not running")
         if info.get("HostConfig", {}).get("NetworkMode") == "host":
-            return await asyncio.to_thread(_connect_loopback, port, 10.0)
+            return await asyncio.to_thread(connect_loopback, port, 10.0)
         if not self._local:
             raise ConnectionRefusedError("port-forward needs the Docker engine on this host")
         return await asyncio.to_thread(dial_in_netns, int(state["Pid"]), port)
@@ -510,27 +510,12 @@ def dial_in_netns(pid: int, port: int, timeout: float = 10.0) -> socket.socket:
     try:
         _setns(target)
         try:
-            return _connect_loopback(port, timeout)
+            return connect_loopback(port, timeout)
         finally:
             _setns(own)  # if this failed the thread would be poisoned: let it raise loudly
     finally:
         os.close(target)
         os.close(own)
-
-
-def _connect_loopback(port: int, timeout: float) -> socket.socket:
-    last: OSError | None = None
-    for host in ("127.0.0.1", "::1"):
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            last = exc
-            continue
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    assert last is not None
-    raise last
 
 
 def _kill_tree(pid: int) -> None:

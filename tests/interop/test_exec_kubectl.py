@@ -18,11 +18,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import docker
 import pytest
 
 from tests.conftest import (
     BUSYBOX,
+    RUNTIMES,
     Server,
     kubectl_path,
     server_with_pod,
@@ -60,8 +60,10 @@ CLIENTS = (
 VERSIONS = pytest.mark.parametrize("kc", CLIENTS, ids=str)
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(scope="module", params=RUNTIMES)
+def srv(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
     with server_with_pod(
         tmp_path_factory.mktemp("exec"),
         f"""apiVersion: v1
@@ -78,6 +80,7 @@ spec:
     stdin: true
     tty: true
 """,
+        request.param,
     ) as server:
         yield server
 
@@ -228,19 +231,6 @@ def test_attach_echoes_what_is_typed(srv: Server, kc: Kubectl) -> None:
     t.check()
 
 
-def pod_processes(pattern: str) -> list[str]:
-    client = docker.from_env()
-    try:
-        [main] = client.containers.list(filters={"label": "io.kubernetes.container.name=main"})
-        _, out = main.exec_run(["ps", "-o", "pid,args"])
-        assert isinstance(out, bytes)
-        return [
-            line for line in out.decode().splitlines() if pattern in line and "ps -o" not in line
-        ]
-    finally:
-        client.close()
-
-
 @VERSIONS
 def test_killed_client_leaves_no_exec_process(srv: Server, kc: Kubectl) -> None:
     t = Transport(srv, kc)
@@ -251,14 +241,14 @@ def test_killed_client_leaves_no_exec_process(srv: Server, kc: Kubectl) -> None:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kc.env)
     try:
         deadline = time.monotonic() + 15
-        while not pod_processes(f"sleep {marker}"):
+        while not srv.processes(f"sleep {marker}"):
             assert time.monotonic() < deadline, "the exec never started"
             time.sleep(0.1)
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 5
-        while pod_processes(f"sleep {marker}"):
-            assert time.monotonic() < deadline, pod_processes(f"sleep {marker}")
+        while srv.processes(f"sleep {marker}"):
+            assert time.monotonic() < deadline, srv.processes(f"sleep {marker}")
             time.sleep(0.1)
     finally:
         if proc.poll() is None:

@@ -11,18 +11,22 @@ import pytest
 from kubernetes import client, config
 from kubernetes.stream import stream
 
-from tests.conftest import BUSYBOX, Server, _remove_everything, require_docker
-from tests.interop.test_exec_kubectl import pod_processes, sessions
+from tests.conftest import BUSYBOX, RUNTIMES, Server, _remove_everything, require_runtime
+from tests.interop.test_exec_kubectl import sessions
 
 pytestmark = pytest.mark.docker
 POD = "pyexec"
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.CoreV1Api, Server]]:
-    require_docker()
-    _remove_everything()  # a module that failed before may have left pods behind
-    server = Server(tmp_path_factory.mktemp("py") / "state")
+@pytest.fixture(scope="module", params=RUNTIMES)
+def api(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[client.CoreV1Api, Server]]:
+    runtime = request.param
+    require_runtime(runtime)
+    if runtime == "docker":
+        _remove_everything()  # a module that failed before may have left pods behind
+    server = Server(tmp_path_factory.mktemp("py") / "state", runtime=runtime)
     server.start()
     api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
     core = client.CoreV1Api(api_client)
@@ -49,7 +53,8 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.CoreV
     yield core, server
     api_client.close()
     server.stop()
-    _remove_everything()
+    if runtime == "docker":
+        _remove_everything()
 
 
 def run(
@@ -153,7 +158,7 @@ def test_attach_echoes_what_is_written(api: tuple[client.CoreV1Api, Server]) -> 
 
 
 def test_client_gone_mid_command_leaves_no_process(api: tuple[client.CoreV1Api, Server]) -> None:
-    core, _ = api
+    core, server = api
     marker = str(200000 + int.from_bytes(os.urandom(2), "big"))
     resp = stream(
         core.connect_get_namespaced_pod_exec, POD, "default", container="main",
@@ -161,11 +166,11 @@ def test_client_gone_mid_command_leaves_no_process(api: tuple[client.CoreV1Api, 
         _preload_content=False,
     )  # fmt: skip
     deadline = time.monotonic() + 15
-    while not pod_processes(f"sleep {marker}"):
+    while not server.processes(f"sleep {marker}"):
         assert time.monotonic() < deadline, "the exec never started"
         time.sleep(0.1)
     resp.sock.sock.close()  # vanish without a close frame, like a killed process
     deadline = time.monotonic() + 5
-    while pod_processes(f"sleep {marker}"):
-        assert time.monotonic() < deadline, pod_processes(f"sleep {marker}")
+    while server.processes(f"sleep {marker}"):
+        assert time.monotonic() < deadline, server.processes(f"sleep {marker}")
         time.sleep(0.1)

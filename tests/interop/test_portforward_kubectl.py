@@ -23,23 +23,29 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker
 import pytest
 
 from tests.conftest import (
     BUSYBOX,
+    RUNTIMES,
     Server,
-    _remove_everything,
     kubectl_path,
-    require_docker,
     server_with_pod,
 )
 from tests.interop.test_exec_kubectl import sessions
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
 
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 POD = "pfpod"
-ECHO, BLOB, RUDE, RESET, NOTHING = 7000, 7001, 7002, 7003, 7009
+# Free ports on this host: on the process runtime the pod's services listen on its loopback.
+ECHO, BLOB, RUDE, RESET, NOTHING = (free_port() for _ in range(5))
 BLOB_SIZE = 64 * 1024 * 1024
 
 
@@ -62,7 +68,8 @@ CLIENTS = [
 ]
 
 
-def manifest(name: str = POD) -> str:
+def manifest(name: str = POD, echo: int = ECHO) -> str:
+    """`busybox nc`: the image's applet on Docker, Debian's busybox-static on the host."""
     return f"""apiVersion: v1
 kind: Pod
 metadata: {{name: {name}}}
@@ -70,45 +77,36 @@ spec:
   containers:
   - name: echo
     image: {BUSYBOX}
-    command: ["nc", "-ll", "-p", "{ECHO}", "-e", "cat"]
+    command: ["busybox", "nc", "-ll", "-p", "{echo}", "-e", "cat"]
   - name: blob
     image: {BUSYBOX}
-    command: ["sh", "-c", "dd if=/dev/urandom of=/tmp/blob bs=1048576 count=64 2>/dev/null;
-      sha256sum /tmp/blob > /tmp/blob.sha; exec nc -ll -p {BLOB} -e cat /tmp/blob"]
+    command: ["sh", "-c", "dd if=/dev/urandom of=blob.tmp bs=1048576 count=64 2>/dev/null;
+      mv blob.tmp blob; sha256sum blob > blob.sha; exec busybox nc -ll -p {BLOB} -e cat blob"]
   - name: rude
     image: {BUSYBOX}
-    command: ["nc", "-ll", "-p", "{RUDE}", "-e", "true"]
+    command: ["busybox", "nc", "-ll", "-p", "{RUDE}", "-e", "true"]
   - name: reset
     image: {BUSYBOX}
     # reads nothing and exits after a second: closing a socket with unread data sends a RST
-    command: ["nc", "-ll", "-p", "{RESET}", "-e", "sleep", "1"]
+    command: ["busybox", "nc", "-ll", "-p", "{RESET}", "-e", "sleep", "1"]
 """
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    with server_with_pod(tmp_path_factory.mktemp("pf"), manifest()) as server:
+@pytest.fixture(scope="module", params=RUNTIMES)
+def srv(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Server]:
+    with server_with_pod(tmp_path_factory.mktemp("pf"), manifest(), request.param) as server:
         yield server
 
 
-def blob_sha() -> str:
-    client = docker.from_env()
-    try:
-        [blob] = client.containers.list(filters={"label": "io.kubernetes.container.name=blob"})
-        for _ in range(100):
-            code, out = blob.exec_run(["cat", "/tmp/blob.sha"])
-            if code == 0 and isinstance(out, bytes) and out.strip():
-                return out.split()[0].decode()
-            time.sleep(0.1)
-    finally:
-        client.close()
+def blob_sha(server: Server) -> str:
+    for _ in range(100):
+        out = server.read_pod_file(POD, "blob", "blob.sha")
+        if out.strip():
+            return out.split()[0].decode()
+        time.sleep(0.1)
     raise AssertionError("the blob was never written")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Forward:
@@ -128,11 +126,15 @@ class Forward:
         self.log_path = log
         self.logf = log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 30
-        while log.read_text().count("Forwarding from") < len(ports):
-            assert self.proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
+        try:
+            deadline = time.monotonic() + 30
+            while log.read_text().count("Forwarding from") < len(ports):
+                assert self.proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def log(self) -> str:
@@ -172,8 +174,8 @@ def forward(srv: Server, tmp_path: Path, request: pytest.FixtureRequest) -> Iter
         assert re.search(r"negotiated protocol: portforward\.k8s\.io", fwd.log), fwd.log[-2000:]
 
 
-def echo_round_trip(fwd: Forward, data: bytes) -> bytes:
-    with fwd.connect(ECHO) as sock:
+def echo_round_trip(fwd: Forward, data: bytes, port: int = ECHO) -> bytes:
+    with fwd.connect(port) as sock:
 
         def send() -> None:
             view = memoryview(data)
@@ -205,8 +207,8 @@ def test_64mib_echo_is_identical(forward: Forward) -> None:
 
 
 @CASES
-def test_64mib_download_matches_the_pods_checksum(forward: Forward) -> None:
-    expected = blob_sha()
+def test_64mib_download_matches_the_pods_checksum(srv: Server, forward: Forward) -> None:
+    expected = blob_sha(srv)
     digest, total = hashlib.sha256(), 0
     with forward.connect(BLOB) as sock:
         while chunk := sock.recv(1 << 20):
@@ -302,20 +304,15 @@ def test_client_killed_mid_transfer_leaves_nothing_open(srv: Server, tmp_path: P
         fwd.stop()
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("client", [Client("1.27", "spdy"), Client("1.33", "tunnel")], ids=str)
-def test_deleting_the_pod_ends_the_forward(tmp_path: Path, client: Client) -> None:
-    require_docker()
-    _remove_everything()  # a module that failed before may have left pods behind
-    server = Server(tmp_path / "state")
-    server.start()
-    try:
-        path = tmp_path / "pod.yaml"
-        name = f"doomed-{client.version.replace('.', '')}"
-        path.write_text(manifest(name))
-        assert server.cli("pod", "run", "-f", str(path)).returncode == 0
-        fwd = Forward(server, client, [ECHO], tmp_path / "k.log", pod=name)
+def test_deleting_the_pod_ends_the_forward(tmp_path: Path, client: Client, runtime: str) -> None:
+    name = f"doomed-{client.version.replace('.', '')}"
+    echo = free_port()  # the module's pod may hold ECHO on this host (process runtime)
+    with server_with_pod(tmp_path, manifest(name, echo), runtime) as server:
+        fwd = Forward(server, client, [echo], tmp_path / "k.log", pod=name)
         try:
-            assert echo_round_trip(fwd, b"hi") == b"hi"
+            assert echo_round_trip(fwd, b"hi", echo) == b"hi"
             deleted = time.monotonic()
             assert server.cli("pod", "rm", name).returncode == 0
             code = fwd.proc.wait(15)
@@ -323,5 +320,3 @@ def test_deleting_the_pod_ends_the_forward(tmp_path: Path, client: Client) -> No
             assert time.monotonic() - deleted < 15
         finally:
             fwd.stop()
-    finally:
-        server.stop()

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.stream import portforward
 
-from tests.conftest import Server, server_with_pod
+from tests.conftest import RUNTIMES, Server, server_with_pod
 from tests.interop.test_exec_kubectl import sessions
 from tests.interop.test_portforward_kubectl import (
     BLOB,
@@ -28,9 +28,11 @@ from tests.interop.test_portforward_kubectl import (
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture(scope="module")
-def core(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[client.CoreV1Api, Server]]:
-    with server_with_pod(tmp_path_factory.mktemp("pypf"), manifest()) as server:
+@pytest.fixture(scope="module", params=RUNTIMES)
+def core(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[tuple[client.CoreV1Api, Server]]:
+    with server_with_pod(tmp_path_factory.mktemp("pypf"), manifest(), request.param) as server:
         api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
         yield client.CoreV1Api(api_client), server
         api_client.close()
@@ -97,7 +99,7 @@ def test_echo_64mib_and_download(core: tuple[client.CoreV1Api, Server]) -> None:
             digest.update(chunk)
             total += len(chunk)
         assert total == BLOB_SIZE
-        assert digest.hexdigest() == blob_sha()
+        assert digest.hexdigest() == blob_sha(server)
         assert pf.error(BLOB) is None
     finally:
         close(pf)

@@ -1,0 +1,621 @@
+"""The built-in process runtime: pods as groups of local processes, with no isolation at all.
+
+This is the zero-setup backend: it needs no container engine, so ``streamsrv serve`` works on
+any Linux machine. A pod is a working directory plus the processes started from each
+container's ``command``/``args`` (the image is recorded and never pulled); exec runs a local
+command (on a real pseudo-terminal when ``tty``), attach connects to a container process's
+stdio, and port-forward dials the host's loopback.
+
+**Nothing is isolated**: every "container" runs as the server's user, sees the host's files,
+processes and network. Use it to try streamsrv or to test clients, never to contain anything.
+
+Processes die with their pod (their process group is signalled), exec processes die with their
+session, and every process dies with the server (``PR_SET_PDEATHSIG``), so a killed server
+leaves none behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import pty
+import shutil
+import signal
+import socket
+import struct
+import termios
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..pods import (
+    LABEL_CONTAINER_NAME,
+    ContainerSpec,
+    ContainerState,
+    PodSpec,
+    SandboxState,
+)
+from ..protocol.resize import TerminalSize
+from .base import (
+    BackendError,
+    ByteSink,
+    ContainerNotFound,
+    Resizes,
+    StdIO,
+    connect_loopback,
+)
+
+log = logging.getLogger(__name__)
+
+FIRST_SIZE_WAIT = 1.0  # seconds a tty exec waits for the client's first size before it starts
+CHUNK = 1 << 16
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
+def _child_setup(controlling_tty: bool) -> Callable[[], None]:
+    """Runs in the child between fork and exec: own session, terminal, death with the server."""
+
+    def setup() -> None:
+        os.setsid()
+        if controlling_tty:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return setup
+
+
+def set_winsize(fd: int, size: TerminalSize) -> None:
+    """TIOCSWINSZ on a terminal; the kernel sends SIGWINCH to its foreground process group."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
+
+
+def _exit_status(returncode: int) -> int:
+    """A shell's convention (and Docker's): killed by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class FdReader:
+    """Non-blocking reads from a pipe or a pty master on the event loop."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    async def read(self, n: int = CHUNK) -> bytes:
+        """Up to ``n`` bytes; ``b""`` at end of file (a pty whose last slave closed: EIO)."""
+        while True:
+            try:
+                return os.read(self.fd, n)
+            except BlockingIOError:
+                await _wait_fd(self.fd, readable=True)
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    return b""
+                raise
+
+
+class FdWriter:
+    """Non-blocking writes to a pipe or a pty master; raises BrokenPipeError once the reader
+    has gone."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                await _wait_fd(self.fd, readable=False)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    raise BrokenPipeError(errno.EPIPE, "the terminal is gone") from exc
+                raise
+            view = view[n:]
+
+
+async def _wait_fd(fd: int, *, readable: bool) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if readable:
+        loop.add_reader(fd, wake)
+    else:
+        loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        if readable:
+            loop.remove_reader(fd)
+        else:
+            loop.remove_writer(fd)
+
+
+def _close_fds(fds: Iterable[int | None]) -> None:
+    for fd in fds:
+        if fd is not None and fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+@dataclass(eq=False)
+class _Sandbox:
+    id: str
+    pod: PodSpec
+    directory: Path
+    created: datetime = field(default_factory=_now)
+    running: bool = True
+
+
+@dataclass(eq=False)
+class _Container:
+    id: str
+    sandbox: _Sandbox
+    spec: ContainerSpec
+    labels: dict[str, str]
+    state: str = "created"  # created | running | exited
+    proc: asyncio.subprocess.Process | None = None
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    master: int | None = None  # pty master (tty containers)
+    stdin_fd: int | None = None  # our end of its stdin (stdin containers without tty)
+    stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # attached sessions: (stdout, stderr) sinks; the tty merges both into stdout
+    listeners: list[tuple[ByteSink | None, ByteSink | None]] = field(default_factory=list)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+
+
+class ProcessRuntime:
+    """Pods as local process groups (see the module docstring: no isolation)."""
+
+    name = "process"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._containers: dict[str, _Container] = {}
+        self._execs: set[asyncio.subprocess.Process] = set()
+        if root.exists():  # pods of a previous server died with it
+            shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+
+    async def close(self) -> None:
+        for proc in list(self._execs):
+            _kill_group(proc.pid)
+        for c in list(self._containers.values()):
+            await self._kill(c)
+        self._containers.clear()
+        for s in list(self._sandboxes.values()):
+            await asyncio.to_thread(shutil.rmtree, s.directory, True)
+        self._sandboxes.clear()
+
+    # ----------------------------------------------------------------------------- images
+
+    async def ensure_image(self, image: str) -> None:
+        """Images are recorded only: the process runtime runs host programs."""
+
+    # ----------------------------------------------------------------------------- sandboxes
+
+    async def run_pod_sandbox(self, pod: PodSpec) -> str:
+        sandbox_id = _new_id()
+        directory = self.root / f"{pod.namespace}_{pod.name}_{sandbox_id[:12]}"
+        await asyncio.to_thread(directory.mkdir, parents=True)
+        self._sandboxes[sandbox_id] = _Sandbox(sandbox_id, pod, directory)
+        return sandbox_id
+
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        sandbox = self._sandbox(sandbox_id)
+        for c in self._of(sandbox):
+            await self._kill(c)
+        sandbox.running = False
+
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        sandbox = self._sandboxes.pop(sandbox_id, None)
+        if sandbox is None:
+            return
+        sandbox.running = False
+        for c in self._of(sandbox):
+            await self._kill(c)
+            self._containers.pop(c.id, None)
+        await asyncio.to_thread(shutil.rmtree, sandbox.directory, True)
+
+    def _sandbox(self, sandbox_id: str) -> _Sandbox:
+        try:
+            return self._sandboxes[sandbox_id]
+        except KeyError:
+            raise ContainerNotFound(sandbox_id) from None
+
+    def _of(self, sandbox: _Sandbox) -> list[_Container]:
+        return [c for c in self._containers.values() if c.sandbox is sandbox]
+
+    async def list_pod_sandboxes(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[SandboxState]:
+        out = [
+            SandboxState(s.id, s.pod, s.running, s.created, "127.0.0.1")
+            for s in self._sandboxes.values()
+            if _matches(s.pod.sandbox_labels(), labels)
+        ]
+        out.sort(key=lambda s: (s.pod.namespace, s.pod.name))
+        return out
+
+    async def sandbox_ready(self, sandbox_id: str) -> bool:
+        sandbox = self._sandboxes.get(sandbox_id)
+        return sandbox is not None and sandbox.running
+
+    # ----------------------------------------------------------------------------- containers
+
+    async def create_container(
+        self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
+    ) -> str:
+        sandbox = self._sandbox(sandbox_id)
+        if not container.command and not container.args:
+            raise BackendError(
+                f"container {container.name}: the process runtime runs no image entrypoint; "
+                "give the container a command"
+            )
+        cid = _new_id()
+        self._containers[cid] = _Container(cid, sandbox, container, pod.container_labels(container))
+        return cid
+
+    def _container(self, container_id: str) -> _Container:
+        try:
+            return self._containers[container_id]
+        except KeyError:
+            raise ContainerNotFound(container_id) from None
+
+    def _env(self, c: _Container, tty: bool) -> dict[str, str]:
+        env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        env.setdefault("PATH", _DEFAULT_PATH)
+        env["HOSTNAME"] = c.sandbox.pod.name
+        if tty:
+            env["TERM"] = "xterm"
+        env.update(c.spec.env)
+        return env
+
+    def _cwd(self, c: _Container) -> str:
+        return c.spec.working_dir or str(c.sandbox.directory)
+
+    async def start_container(self, container_id: str) -> None:
+        c = self._container(container_id)
+        if c.state != "created":
+            raise BackendError(f"container {container_id[:12]} was already started")
+        spec = c.spec
+        argv = [*spec.command, *spec.args]
+        child: list[int] = []
+        try:
+            if spec.tty:
+                c.master, slave = pty.openpty()
+                child = [slave]
+                stdio = (slave, slave, slave)
+            else:
+                if spec.stdin:
+                    child_in, c.stdin_fd = os.pipe()
+                else:
+                    child_in = os.open(os.devnull, os.O_RDONLY)
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                child = [child_in, out_w, err_w]
+                stdio = (child_in, out_w, err_w)
+            proc = await self._spawn(argv, stdio, self._env(c, spec.tty), self._cwd(c), spec.tty)
+        except BaseException:
+            _close_fds([c.master, c.stdin_fd, *child])
+            c.master = c.stdin_fd = None
+            raise
+        finally:
+            _close_fds(child)
+        c.proc, c.state, c.started_at = proc, "running", _now()
+        outputs = (
+            [(FdReader(c.master), 1)]
+            if c.master is not None
+            else [(FdReader(out_r), 1), (FdReader(err_r), 2)]
+        )
+        c.pump = asyncio.create_task(self._pump(c, outputs), name=f"container {c.spec.name}")
+        log.info(
+            "started %s/%s container %s as pid %d (process runtime: no isolation)",
+            c.sandbox.pod.namespace,
+            c.sandbox.pod.name,
+            spec.name,
+            proc.pid,
+        )
+
+    async def _spawn(
+        self,
+        argv: Sequence[str],
+        stdio: tuple[int, int, int],
+        env: dict[str, str],
+        cwd: str,
+        tty: bool,
+    ) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=stdio[0],
+                stdout=stdio[1],
+                stderr=stdio[2],
+                env=env,
+                cwd=cwd,
+                preexec_fn=_child_setup(tty),
+            )
+        except FileNotFoundError as exc:
+            raise _StartError(127, f'exec: "{argv[0]}": executable file not found') from exc
+        except PermissionError as exc:
+            raise _StartError(126, f'exec: "{argv[0]}": permission denied') from exc
+        except OSError as exc:
+            raise _StartError(126, f'exec: "{argv[0]}": {exc.strerror or exc}') from exc
+
+    async def _pump(self, c: _Container, outputs: list[tuple[FdReader, int]]) -> None:
+        """Read the container's output until it ends, handing it to whoever is attached."""
+
+        async def one(reader: FdReader, stream: int) -> None:
+            while data := await reader.read():
+                for listener in list(c.listeners):
+                    sink = listener[0] if stream == 1 else listener[1]
+                    if sink is None:
+                        continue
+                    try:
+                        await sink.write(data)
+                    except (ConnectionError, OSError, RuntimeError):
+                        with contextlib.suppress(ValueError):
+                            c.listeners.remove(listener)
+
+        try:
+            await asyncio.gather(*(one(r, s) for r, s in outputs))
+            assert c.proc is not None
+            code = _exit_status(await c.proc.wait())
+            c.state, c.exit_code, c.finished_at = "exited", code, _now()
+            log.info("container %s exited with %d", c.spec.name, code)
+        finally:
+            _close_fds([r.fd for r, _ in outputs])
+            if c.master is not None:  # its fd was one of the outputs
+                c.master = None
+            _close_fds([c.stdin_fd])
+            c.stdin_fd = None
+            c.exited.set()
+
+    async def _kill(self, c: _Container, grace: float = 0.0) -> None:
+        proc = c.proc
+        if proc is None or proc.returncode is not None:
+            if c.state == "created":
+                c.state, c.exit_code, c.finished_at = "exited", 137, _now()
+            return
+        if grace > 0:
+            _kill_group(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+        _kill_group(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        if c.pump is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(c.pump), 5)
+
+    async def stop_container(self, container_id: str, grace_period: float) -> None:
+        await self._kill(self._container(container_id), grace_period)
+
+    async def remove_container(self, container_id: str) -> None:
+        c = self._containers.get(container_id)
+        if c is None:
+            return
+        await self._kill(c)
+        self._containers.pop(container_id, None)
+
+    async def list_containers(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[ContainerState]:
+        return [
+            ContainerState(
+                id=c.id,
+                name=c.labels[LABEL_CONTAINER_NAME],
+                image=c.spec.image,
+                image_id="",
+                state=c.state,
+                exit_code=c.exit_code,
+                started_at=c.started_at,
+                finished_at=c.finished_at,
+                runtime="process",
+                labels=dict(c.labels),
+            )
+            for c in self._containers.values()
+            if _matches(c.labels, labels)
+        ]
+
+    def _running(self, container_id: str) -> _Container:
+        c = self._container(container_id)
+        if c.state != "running":
+            raise BackendError(f"container {c.spec.name} is not running")
+        return c
+
+    # ----------------------------------------------------------------------------- streaming
+
+    async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
+        c = self._running(container_id)
+        resize_task: asyncio.Task[None] | None = None
+        master: int | None = None
+        sized = asyncio.Event()
+        fds: list[int] = []  # ours, closed at the end
+        child: list[int] = []  # the child's, closed once it runs
+        try:
+            if tty:
+                master, slave = pty.openpty()
+                fds.append(master)
+                child.append(slave)
+                stdio = (slave, slave, slave)
+                if io.resize is not None:
+                    resize_task = asyncio.create_task(_apply_sizes(master, io.resize, sized))
+                    # Start the process at its real size: a shell that runs `stty size` at
+                    # once must not see 0x0 (kubectl sends the size right after connecting).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
+            else:
+                ends = []
+                for wanted, reading in ((io.stdin, True), (io.stdout, False), (io.stderr, False)):
+                    if wanted is None:
+                        fd = os.open(os.devnull, os.O_RDONLY if reading else os.O_WRONLY)
+                        child.append(fd)
+                        ends.append(fd)
+                        continue
+                    r, w = os.pipe()
+                    mine, theirs = (w, r) if reading else (r, w)
+                    fds.append(mine)
+                    child.append(theirs)
+                    ends.append(theirs)
+                stdio = (ends[0], ends[1], ends[2])
+            try:
+                proc = await self._spawn(cmd, stdio, self._env(c, tty), self._cwd(c), tty)
+            finally:
+                _close_fds(child)
+            self._execs.add(proc)
+            try:
+                await self._exec_io(proc, io, tty, fds)
+                return _exit_status(await proc.wait())
+            except BaseException:
+                _kill_group(proc.pid)
+                await asyncio.shield(proc.wait())
+                raise
+            finally:
+                self._execs.discard(proc)
+        except _StartError as exc:
+            sink = io.stderr or io.stdout
+            if sink is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await sink.write(f"streamsrv: {exc.message}\r\n".encode())
+            return exc.code
+        finally:
+            if resize_task is not None:
+                resize_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await resize_task
+            _close_fds(fds)
+
+    async def _exec_io(
+        self, proc: asyncio.subprocess.Process, io: StdIO, tty: bool, fds: list[int]
+    ) -> None:
+        """Copy stdin in and output out until the output ends."""
+        if tty:
+            master = fds[0]
+            inp: int | None = master if io.stdin is not None else None
+            outputs = [(FdReader(master), io.stdout)]
+        else:
+            it = iter(fds)
+            inp = next(it) if io.stdin is not None else None
+            outputs = []
+            for sink in (io.stdout, io.stderr):
+                if sink is not None:
+                    outputs.append((FdReader(next(it)), sink))
+
+        async def stdin() -> None:
+            assert io.stdin is not None and inp is not None
+            writer = FdWriter(inp)
+            with contextlib.suppress(BrokenPipeError):
+                while data := await io.stdin.read():
+                    await writer.write(data)
+                if tty:
+                    await writer.write(b"\x04")  # a terminal has no half-close: EOT
+                else:
+                    os.close(inp)
+                    fds.remove(inp)
+
+        async def copy(reader: FdReader, sink: ByteSink | None) -> None:
+            while data := await reader.read():
+                if sink is not None:
+                    await sink.write(data)
+
+        feeder = asyncio.create_task(stdin()) if inp is not None else None
+        try:
+            await asyncio.gather(*(copy(r, s) for r, s in outputs))
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await feeder
+
+    async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
+        c = self._running(container_id)
+        listener = (io.stdout, io.stderr)
+        c.listeners.append(listener)
+        helpers: list[asyncio.Task[None]] = []
+        if io.resize is not None and c.master is not None:
+            helpers.append(asyncio.create_task(_apply_sizes(c.master, io.resize, None)))
+        target = c.master if c.master is not None else c.stdin_fd
+        if io.stdin is not None and target is not None:
+            helpers.append(asyncio.create_task(self._attach_stdin(c, target, io)))
+        try:
+            await c.exited.wait()
+        finally:
+            with contextlib.suppress(ValueError):
+                c.listeners.remove(listener)
+            for t in helpers:
+                t.cancel()
+            for t in helpers:
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await t
+
+    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO) -> None:
+        # stdin EOF is not passed on: it would end the container's process for everyone.
+        assert io.stdin is not None
+        writer = FdWriter(fd)
+        with contextlib.suppress(BrokenPipeError):
+            while data := await io.stdin.read():
+                async with c.stdin_lock:  # whole chunks from each attached client
+                    await writer.write(data)
+
+    async def dial(self, sandbox_id: str, port: int) -> socket.socket:
+        if not await self.sandbox_ready(sandbox_id):
+            raise ConnectionRefusedError(f"pod sandbox {sandbox_id[:12]} is not running")
+        return await asyncio.to_thread(connect_loopback, port, 10.0)
+
+
+class _StartError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+async def _apply_sizes(fd: int, sizes: Resizes, sized: asyncio.Event | None) -> None:
+    """Apply the client's terminal sizes to a pty; ``sized`` is set after the first one."""
+    try:
+        async for size in sizes:
+            if size.width and size.height:
+                with contextlib.suppress(OSError):
+                    set_winsize(fd, size)
+            if sized is not None:
+                sized.set()
+    finally:
+        if sized is not None:
+            sized.set()
+
+
+def _matches(labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
+    return all(labels.get(k) == v for k, v in (wanted or {}).items())

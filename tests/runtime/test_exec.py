@@ -1,0 +1,154 @@
+"""Exec on both runtimes through the runtime API (no wire protocol involved)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from streamsrv.pods import PodManager, parse_pod
+from streamsrv.protocol.resize import TerminalSize
+from streamsrv.runtime.base import ContainerNotFound, Pipe, Resizes, StdIO, StreamingRuntime
+from streamsrv.runtime.docker import DockerRuntime
+from streamsrv.runtime.process import ProcessRuntime
+from tests.conftest import (
+    BUSYBOX,
+    PAUSE,
+    RUNTIMES,
+    _remove_everything,
+    pod_manifest,
+    require_runtime,
+    sleeper,
+    unique,
+)
+
+
+@pytest.fixture(params=RUNTIMES)
+async def runtime(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[StreamingRuntime]:
+    require_runtime(request.param)
+    rt: StreamingRuntime
+    if request.param == "docker":
+        rt = DockerRuntime(pause_image=PAUSE)
+    else:
+        rt = ProcessRuntime(tmp_path / "pods")
+    yield rt
+    await rt.close()
+    if request.param == "docker":
+        _remove_everything()
+
+
+def running(runtime: StreamingRuntime, container: str, pattern: bytes) -> bool:
+    """Whether a process whose command line holds ``pattern`` runs in the container."""
+    if isinstance(runtime, DockerRuntime):
+        client = docker.from_env()
+        try:
+            _, out = client.containers.get(container).exec_run(["ps", "-o", "args"])
+            return pattern in out
+        finally:
+            client.close()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if pattern in f.read().replace(b"\0", b" "):
+                    return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+class Buffer:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+
+@pytest.fixture
+async def container(runtime: StreamingRuntime) -> str:
+    console = {"name": "console", "image": BUSYBOX, "command": ["sh"], "stdin": True, "tty": True}
+    pod = await PodManager(runtime).create(parse_pod(pod_manifest(unique("x"), sleeper(), console)))
+    cid = pod.container_id("main")
+    assert cid
+    return cid
+
+
+async def test_output_and_exit_code(runtime: StreamingRuntime, container: str) -> None:
+    out, err = Buffer(), Buffer()
+    code = await runtime.exec(
+        container,
+        ["sh", "-c", "echo hello; echo oops >&2; exit 42"],
+        StdIO(stdout=out, stderr=err),
+        tty=False,
+    )
+    assert (bytes(out.data), bytes(err.data), code) == (b"hello\n", b"oops\n", 42)
+
+
+async def test_first_output_is_not_lost(runtime: StreamingRuntime, container: str) -> None:
+    for _ in range(20):
+        out = Buffer()
+        assert await runtime.exec(container, ["echo", "hello"], StdIO(stdout=out), tty=False) == 0
+        assert out.data == b"hello\n"
+
+
+async def test_stdin_eof_reaches_the_process(runtime: StreamingRuntime, container: str) -> None:
+    data = os.urandom(8 * 1024 * 1024)
+    stdin, out = Pipe(), Buffer()
+
+    async def feed() -> None:
+        for i in range(0, len(data), 32768):
+            await stdin.feed(data[i : i + 32768])
+        stdin.close()
+
+    feeder = asyncio.create_task(feed())
+    code = await asyncio.wait_for(
+        runtime.exec(container, ["wc", "-c"], StdIO(stdin=stdin, stdout=out), tty=False), 60
+    )
+    await feeder
+    assert code == 0 and out.data.split() == [str(len(data)).encode()]
+
+
+async def test_tty_resize_applies(runtime: StreamingRuntime, container: str) -> None:
+    stdin, out, resize = Pipe(), Buffer(), Resizes()
+    resize.put(TerminalSize(100, 30))
+    task = asyncio.create_task(
+        runtime.exec(container, ["sh"], StdIO(stdin=stdin, stdout=out, resize=resize), tty=True)
+    )
+    await asyncio.sleep(0.5)
+    await stdin.feed(b"stty size\r")
+    for _ in range(100):
+        if b"30 100" in out.data:
+            break
+        await asyncio.sleep(0.05)
+    assert b"30 100" in out.data
+    resize.put(TerminalSize(120, 40))
+    await asyncio.sleep(0.3)
+    await stdin.feed(b"stty size; exit 5\r")
+    assert await asyncio.wait_for(task, 15) == 5
+    assert b"40 120" in out.data
+
+
+async def test_cancel_kills_the_exec_process(runtime: StreamingRuntime, container: str) -> None:
+    task = asyncio.create_task(
+        runtime.exec(container, ["sleep", "54321"], StdIO(stdout=Buffer()), tty=False)
+    )
+    for _ in range(100):
+        if await asyncio.to_thread(running, runtime, container, b"sleep 54321"):
+            break
+        await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(running, runtime, container, b"sleep 54321")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not await asyncio.to_thread(running, runtime, container, b"sleep 54321")
+
+
+async def test_exec_in_missing_container(runtime: StreamingRuntime) -> None:
+    with pytest.raises(ContainerNotFound):
+        await runtime.exec("0" * 64, ["true"], StdIO(stdout=Buffer()), tty=False)
