@@ -32,10 +32,18 @@ ensure_apt() {
 ensure_venv() {
     local extras=${1:-}
     local stamp="$VENV/.streamsrv-installed"
-    local want
-    want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1) $extras"
-    if [ -x "$PY" ] && [ -f "$stamp" ] && grep -qxF "$want" "$stamp"; then
-        return 0
+    local hash want have="" installed="" extra ok=1
+    hash=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+    want="$hash $extras"
+    # Up to date when pyproject is unchanged and every wanted extra is installed already.
+    [ -f "$stamp" ] && read -r have installed <"$stamp"
+    if [ -x "$PY" ] && [ "$have" = "$hash" ]; then
+        for extra in ${extras//,/ }; do
+            [[ ",$installed," == *",$extra,"* ]] || ok=""
+        done
+        [ -n "$ok" ] && return 0
+        extras=$(tr ',' '\n' <<<"$installed,$extras" | grep -v '^$' | sort -u | paste -sd,)
+        want="$hash $extras"
     fi
     log "installing the Python environment in $VENV"
     [ -x "$PY" ] || python3 -m venv "$VENV"
