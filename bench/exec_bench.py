@@ -1,22 +1,33 @@
-"""Exec throughput and start latency, each next to a baseline measured in the same run.
+"""Throughput, latency, concurrency and memory, each next to a baseline measured in the same run.
 
-Run through `scripts/bench` (which starts a private engine and builds the images). Rows:
-  - stdout 1 GiB (`dd bs=64k`) through kubectl 1.27 (SPDY) and 1.33 (WebSocket), against the
-    same command through `docker exec` on the same engine (the raw backend stream);
-  - `exec POD -- true` start-to-exit latency, p50 and p95, against `docker exec CONTAINER true`.
-Medians of RUNS runs with min-max; ratios are ours / baseline throughput (higher is better) or
-baseline / ours latency. Figures only: nothing here asserts a time.
+Run through `scripts/bench` (which starts a private engine and builds the images). Rows (issue 7):
+  1. exec stdout 1 GiB (`dd bs=64k`) through kubectl 1.27 (SPDY), kubectl 1.33 (WebSocket) and
+     the Python client, against the same command through `docker exec` (the raw backend stream);
+  2. exec stdin 512 MiB into `dd of=/dev/null bs=64k`: same clients, same baseline;
+  3. port-forward 512 MiB each way through kubectl 1.27 (SPDY) and 1.33 (tunnel), against the
+     same client and server programs over plain loopback TCP;
+  4. `exec POD -- true` start-to-exit latency, p50 and p95, against `docker exec CONTAINER true`;
+  5. 1000 concurrent idle interactive shells: all alive, server RSS, RSS per session;
+  6. 1000 execs by 10 workers (kubectl 1.33): successes and total time, next to docker exec;
+  7. time from the process's exit to kubectl's exit, next to docker exec.
+Medians of RUNS runs with min-max. Ratios are ours / baseline for throughput (higher is better)
+and baseline / ours for times. Figures only: nothing here asserts a time.
+
+BENCH_ROWS=1,2,... picks rows; BENCH_RUNS, BENCH_LATENCY_RUNS, BENCH_SHELLS, BENCH_EXECS scale.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -25,24 +36,340 @@ from tests.conftest import BUSYBOX, Server, _remove_everything, kubectl_path  # 
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 LATENCY_RUNS = int(os.environ.get("BENCH_LATENCY_RUNS", "50"))
-SIZE = 1 << 30
-DD = f"dd if=/dev/zero bs=65536 count={SIZE // 65536} 2>/dev/null"
+SHELLS = int(os.environ.get("BENCH_SHELLS", "1000"))
+EXECS = int(os.environ.get("BENCH_EXECS", "1000"))
+ROWS = {int(r) for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7").split(",")}
+OUT_SIZE = 1 << 30
+IN_SIZE = 512 << 20
+PF_SIZE = 512 << 20
+PY_SIZE = 64 << 20
+DD_OUT = f"dd if=/dev/zero bs=65536 count={OUT_SIZE // 65536} 2>/dev/null"
+DD_IN = "dd of=/dev/null bs=65536 2>/dev/null"
+DOWN, UP = 7100, 7101
+PYCLIENT = Path(__file__).with_name("pyclient.py")
 
 
-def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def timed(cmd: list[str], stdin_path: Path | None = None) -> tuple[float, int]:
     """Seconds to run ``cmd`` and the bytes it wrote to stdout (read as fast as possible)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-    assert proc.stdout is not None
-    total = 0
-    while chunk := proc.stdout.read1(1 << 20):  # type: ignore[attr-defined]
-        total += len(chunk)
-    proc.wait()
-    return time.perf_counter() - start, total
+    stdin = stdin_path.open("rb") if stdin_path else subprocess.DEVNULL
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None
+        total = 0
+        while chunk := proc.stdout.read1(1 << 20):  # type: ignore[attr-defined]
+            total += len(chunk)
+        code = proc.wait()
+        elapsed = time.perf_counter() - start
+    finally:
+        if stdin_path:
+            stdin.close()  # type: ignore[union-attr]
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode(errors="replace")
+    assert code == 0, f"{cmd[:3]}... exited {code}: {err[-500:]}"
+    return elapsed, total
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:
     return statistics.median(values), min(values), max(values)
+
+
+def rate_text(values: list[float]) -> str:
+    med, lo, hi = summary(values)
+    return f"{med / 1e6:.0f} MB/s ({lo / 1e6:.0f}-{hi / 1e6:.0f})"
+
+
+def ms_text(values: list[float]) -> str:
+    med, lo, hi = summary(values)
+    return f"{med * 1000:.0f} ms ({lo * 1000:.0f}-{hi * 1000:.0f})"
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# ------------------------------------------------------------------------- port-forward clients
+
+
+def download(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        total = 0
+        buf = bytearray(1 << 20)
+        while n := s.recv_into(buf):
+            total += n
+        return total
+
+
+def upload(port: int, size: int) -> None:
+    """Send ``size`` bytes, half-close, wait for the server's close (it has read them all)."""
+    block = bytes(1 << 16)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        for _ in range(size // len(block)):
+            s.sendall(block)
+        s.shutdown(socket.SHUT_WR)
+        while s.recv(65536):
+            pass
+
+
+class Bench:
+    def __init__(self, tmp: Path, server: Server) -> None:
+        self.tmp, self.server = tmp, server
+        self.rows: list[str] = []
+        self.cid = subprocess.run(
+            ["docker", "ps", "-q", "--no-trunc", "-f", "label=io.kubernetes.container.name=main"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()[0]  # fmt: skip
+
+    def kubectl(self, version: str, *args: str) -> list[str]:
+        return [kubectl_path(version), "--kubeconfig", str(self.server.kubeconfig),
+                "--cache-dir", str(self.tmp / f"kc-{version}"), *args]  # fmt: skip
+
+    def pyclient(self, *args: str) -> list[str]:
+        return [sys.executable, str(PYCLIENT), str(self.server.kubeconfig), *args]
+
+    def row(self, what: str, ours: str, base: str, ratio: float) -> None:
+        line = f"| {what} | {ours} | {base} | {ratio:.2f} |"
+        print(line, flush=True)
+        self.rows.append(line)
+
+    def throughput(
+        self, what: str, size: int, base_cmd: list[str], clients: list[tuple[str, list[str]]],
+        stdin: Path | None = None,
+    ) -> None:  # fmt: skip
+        def rates(cmd: list[str]) -> list[float]:
+            out = []
+            for _ in range(RUNS):
+                seconds, total = timed(cmd, stdin)
+                if stdin is None and cmd[1] != str(PYCLIENT):  # pyclient checks itself
+                    assert total == size, f"{cmd[:2]}: {total} bytes"
+                out.append(size / seconds)
+            return out
+
+        base = rates(base_cmd)
+        for label, cmd in clients:
+            ours = rates(cmd)
+            self.row(
+                f"{what}, {label}",
+                rate_text(ours),
+                f"docker exec: {rate_text(base)}",
+                statistics.median(ours) / statistics.median(base),
+            )
+
+    def row1_stdout(self) -> None:
+        cmd = ["sh", "-c", DD_OUT]
+        self.throughput(
+            "exec stdout 1 GiB",
+            OUT_SIZE,
+            ["docker", "exec", self.cid, *cmd],
+            [
+                ("kubectl 1.27 (SPDY)", self.kubectl("1.27", "exec", "bench", "--", *cmd)),
+                ("kubectl 1.33 (WebSocket)", self.kubectl("1.33", "exec", "bench", "--", *cmd)),
+            ],
+        )
+        # The Python client reads at a few MB/s whatever the server does: a smaller size.
+        dd = f"dd if=/dev/zero bs=65536 count={PY_SIZE // 65536} 2>/dev/null"
+        self.throughput(
+            "exec stdout 64 MiB",
+            PY_SIZE,
+            ["docker", "exec", self.cid, "sh", "-c", dd],
+            [("Python client 37 (WebSocket v5)", self.pyclient("stdout", str(PY_SIZE), dd))],
+        )
+
+    def row2_stdin(self) -> None:
+        data = self.tmp / "stdin.bin"
+        with data.open("wb") as f:
+            f.truncate(IN_SIZE)  # zeros; the page cache serves them
+        cmd = ["sh", "-c", DD_IN]
+        self.throughput(
+            "exec stdin 512 MiB",
+            IN_SIZE,
+            ["docker", "exec", "-i", self.cid, *cmd],
+            [
+                ("kubectl 1.27 (SPDY)", self.kubectl("1.27", "exec", "-i", "bench", "--", *cmd)),
+                (
+                    "kubectl 1.33 (WebSocket)",
+                    self.kubectl("1.33", "exec", "-i", "bench", "--", *cmd),
+                ),
+                ("Python client (WebSocket v5)", self.pyclient("stdin", str(IN_SIZE), DD_IN)),
+            ],
+            stdin=data,
+        )
+
+    def row3_portforward(self) -> None:
+        # Baseline: the same busybox nc services on this host's loopback, the same client code.
+        down, up = free_port(), free_port()
+        services = [
+            subprocess.Popen(["busybox", "nc", "-ll", "-p", str(down), "-e", "dd",
+                              "if=/dev/zero", "bs=65536", f"count={PF_SIZE // 65536}"],
+                             stderr=subprocess.DEVNULL),
+            subprocess.Popen(["busybox", "nc", "-ll", "-p", str(up), "-e", "dd",
+                              "of=/dev/null", "bs=65536"], stderr=subprocess.DEVNULL),
+        ]  # fmt: skip
+        try:
+            time.sleep(0.5)
+            base_down = self._pf_rates(lambda: download(down), PF_SIZE, True)
+            base_up = self._pf_rates(lambda: upload(up, PF_SIZE), PF_SIZE, False)
+        finally:
+            for p in services:
+                p.kill()
+                p.wait()
+        for label, version in (("kubectl 1.27 (SPDY)", "1.27"), ("kubectl 1.33 (tunnel)", "1.33")):
+            ldown, lup = free_port(), free_port()
+            log = (self.tmp / f"pf-{version}.log").open("w")
+            proc = subprocess.Popen(
+                self.kubectl(version, "port-forward", "bench", f"{ldown}:{DOWN}", f"{lup}:{UP}"),
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            try:
+                deadline = time.monotonic() + 30
+                while (self.tmp / f"pf-{version}.log").read_text().count("Forwarding") < 2:
+                    assert time.monotonic() < deadline and proc.poll() is None
+                    time.sleep(0.05)
+                ours_down = self._pf_rates(lambda p=ldown: download(p), PF_SIZE, True)  # type: ignore[misc]
+                ours_up = self._pf_rates(lambda p=lup: upload(p, PF_SIZE), PF_SIZE, False)  # type: ignore[misc]
+            finally:
+                proc.terminate()
+                proc.wait()
+                log.close()
+            for way, ours, base in (("pod to client", ours_down, base_down),
+                                    ("client to pod", ours_up, base_up)):  # fmt: skip
+                self.row(
+                    f"port-forward 512 MiB {way}, {label}",
+                    rate_text(ours),
+                    f"loopback TCP: {rate_text(base)}",
+                    statistics.median(ours) / statistics.median(base),
+                )
+
+    @staticmethod
+    def _pf_rates(fn: Callable[[], object], size: int, check: bool) -> list[float]:
+        out = []
+        for _ in range(RUNS):
+            start = time.perf_counter()
+            got = fn()
+            out.append(size / (time.perf_counter() - start))
+            if check:
+                assert got == size, got
+        return out
+
+    def row4_latency(self) -> None:
+        def latencies(cmd: list[str]) -> list[float]:
+            out = []
+            for _ in range(LATENCY_RUNS):
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                out.append(time.perf_counter() - start)
+            return sorted(out)
+
+        def pct(v: list[float]) -> tuple[float, float]:
+            return v[len(v) // 2], v[max(0, int(len(v) * 0.95) - 1)]
+
+        base = pct(latencies(["docker", "exec", self.cid, "true"]))
+        for label, version in (
+            ("kubectl 1.27 (SPDY)", "1.27"),
+            ("kubectl 1.33 (WebSocket)", "1.33"),
+        ):
+            ours = pct(latencies(self.kubectl(version, "exec", "bench", "--", "true")))
+            self.row(
+                f"exec start `true`, {label}, p50 / p95",
+                f"{ours[0] * 1000:.0f} / {ours[1] * 1000:.0f} ms",
+                f"docker exec: {base[0] * 1000:.0f} / {base[1] * 1000:.0f} ms",
+                base[0] / ours[0],
+            )
+
+    def row5_idle_shells(self) -> None:
+        assert self.server.proc is not None
+        pid = self.server.proc.pid
+        before = rss_kib(pid)
+        proc = subprocess.run(
+            self.pyclient("shells", str(SHELLS), str(pid)),
+            capture_output=True, text=True, timeout=1800,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        alive, peak = (int(x) for x in proc.stdout.split()[-2:])
+        grown = peak - before
+        self.row(
+            f"{SHELLS} concurrent idle `sh -i` (tty), Docker runtime",
+            f"{alive}/{SHELLS} alive; server RSS {peak / 1024:.0f} MB "
+            f"({grown / SHELLS:.0f} KiB per session)",
+            f"server RSS before: {before / 1024:.0f} MB",
+            before / peak,
+        )
+
+    def row6_many_execs(self) -> None:
+        def run_all(cmd: list[str]) -> tuple[int, float]:
+            def one(_: int) -> bool:
+                return subprocess.run(cmd, capture_output=True).returncode == 0
+
+            start = time.perf_counter()
+            with ThreadPoolExecutor(10) as pool:
+                ok = sum(pool.map(one, range(EXECS)))
+            return ok, time.perf_counter() - start
+
+        base_ok, base_t = run_all(["docker", "exec", self.cid, "true"])
+        ok, t = run_all(self.kubectl("1.33", "exec", "bench", "--", "true"))
+        self.row(
+            f"{EXECS} execs of `true` by 10 workers, kubectl 1.33",
+            f"{ok}/{EXECS} ok in {t:.1f} s",
+            f"docker exec: {base_ok}/{EXECS} ok in {base_t:.1f} s",
+            base_t / t,
+        )
+
+    def row7_exit_to_exit(self) -> None:
+        # busybox `date` has no sub-second format, so the process announces its end instead: it
+        # prints a line, sleeps exactly PAUSE s and exits. The gap is (client exit - line seen -
+        # PAUSE), which undercounts by the one-way output latency (a millisecond here).
+        pause = 0.2
+        script = f"echo ready; sleep {pause}"
+
+        def gaps(cmd: list[str]) -> list[float]:
+            out = []
+            for _ in range(max(RUNS, 10)):
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                assert proc.stdout is not None
+                assert proc.stdout.readline() == b"ready\n"
+                seen = time.perf_counter()
+                proc.stdout.read()
+                assert proc.wait() == 0
+                out.append(time.perf_counter() - seen - pause)
+            return out
+
+        base = gaps(["docker", "exec", self.cid, "sh", "-c", script])
+        for label, version in (
+            ("kubectl 1.27 (SPDY)", "1.27"),
+            ("kubectl 1.33 (WebSocket)", "1.33"),
+        ):
+            ours = gaps(self.kubectl(version, "exec", "bench", "--", "sh", "-c", script))
+            self.row(
+                f"process exit to client exit, {label}",
+                ms_text(ours),
+                f"docker exec: {ms_text(base)}",
+                statistics.median(base) / statistics.median(ours),
+            )
+
+
+MANIFEST = f"""apiVersion: v1
+kind: Pod
+metadata: {{name: bench}}
+spec:
+  containers:
+  - {{name: main, image: {BUSYBOX}, command: [sleep, "100000"]}}
+  - name: down
+    image: {BUSYBOX}
+    command: [busybox, nc, -ll, -p, "{DOWN}", -e, dd, if=/dev/zero, bs=65536,
+              count={PF_SIZE // 65536}]
+  - name: up
+    image: {BUSYBOX}
+    command: [busybox, nc, -ll, -p, "{UP}", -e, dd, of=/dev/null, bs=65536]
+"""
 
 
 def main() -> None:
@@ -52,66 +379,25 @@ def main() -> None:
     server.start()
     try:
         manifest = tmp / "pod.yaml"
-        manifest.write_text(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: bench}\nspec:\n  containers:\n"
-            f"  - {{name: main, image: {BUSYBOX}, command: [sleep, '100000']}}\n"
-        )
-        assert server.cli("pod", "run", "-f", str(manifest)).returncode == 0
-        cid = subprocess.run(
-            ["docker", "ps", "-q", "--no-trunc", "-f", "label=io.kubernetes.container.name=main"],
-            capture_output=True, text=True, check=True,
-        ).stdout.split()[0]  # fmt: skip
-
-        def kubectl(version: str, *args: str) -> list[str]:
-            return [kubectl_path(version), "--kubeconfig", str(server.kubeconfig),
-                    "--cache-dir", str(tmp / f"kc-{version}"), *args]  # fmt: skip
-
-        rows: list[str] = []
-        base = [SIZE / timed(["docker", "exec", cid, "sh", "-c", DD])[0] for _ in range(RUNS)]
-        b_med, b_min, b_max = summary(base)
-        for label, version in (
-            ("kubectl 1.27 (SPDY)", "1.27"),
-            ("kubectl 1.33 (WebSocket)", "1.33"),
-        ):
-            rates = []
-            for _ in range(RUNS):
-                seconds, total = timed(kubectl(version, "exec", "bench", "--", "sh", "-c", DD))
-                assert total == SIZE, f"{label}: {total} bytes"
-                rates.append(SIZE / seconds)
-            med, lo, hi = summary(rates)
-            ours_text = f"{med / 1e6:.0f} MB/s ({lo / 1e6:.0f}-{hi / 1e6:.0f})"
-            base_text = f"{b_med / 1e6:.0f} MB/s ({b_min / 1e6:.0f}-{b_max / 1e6:.0f})"
-            rows.append(
-                f"| exec stdout 1 GiB, {label} | {ours_text} | docker exec: {base_text} "
-                f"| {med / b_med:.2f} |"
-            )
-
-        def latencies(cmd: list[str]) -> list[float]:
-            out = []
-            for _ in range(LATENCY_RUNS):
-                start = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True)
-                out.append(time.perf_counter() - start)
-            return sorted(out)
-
-        base_lat = latencies(["docker", "exec", cid, "true"])
-        for label, version in (
-            ("kubectl 1.27 (SPDY)", "1.27"),
-            ("kubectl 1.33 (WebSocket)", "1.33"),
-        ):
-            ours = latencies(kubectl(version, "exec", "bench", "--", "true"))
-            p = [ours[len(ours) // 2], ours[int(len(ours) * 0.95) - 1]]
-            q = [base_lat[len(base_lat) // 2], base_lat[int(len(base_lat) * 0.95) - 1]]
-            ours_text = f"{p[0] * 1000:.0f} / {p[1] * 1000:.0f} ms"
-            base_text = f"{q[0] * 1000:.0f} / {q[1] * 1000:.0f} ms"
-            rows.append(
-                f"| exec start `true`, {label}, p50 / p95 | {ours_text} "
-                f"| docker exec: {base_text} | {q[0] / p[0]:.2f} |"
-            )
-        print(f"\nstreamsrv exec benchmark ({RUNS} runs; latency {LATENCY_RUNS} runs)\n")
+        manifest.write_text(MANIFEST)
+        r = server.cli("pod", "run", "-f", str(manifest))
+        assert r.returncode == 0, r.stderr
+        bench = Bench(tmp, server)
+        print(f"\nstreamsrv benchmark ({RUNS} runs per figure; latency {LATENCY_RUNS} runs)\n")
         print("| what | streamsrv (median, min-max) | baseline, same run | ratio |")
-        print("|---|---|---|---|")
-        print("\n".join(rows))
+        print("|---|---|---|---|", flush=True)
+        steps = {
+            1: bench.row1_stdout,
+            2: bench.row2_stdin,
+            3: bench.row3_portforward,
+            4: bench.row4_latency,
+            5: bench.row5_idle_shells,
+            6: bench.row6_many_execs,
+            7: bench.row7_exit_to_exit,
+        }
+        for number, step in steps.items():
+            if number in ROWS:
+                step()
     finally:
         server.stop()
         _remove_everything()

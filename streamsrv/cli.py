@@ -10,6 +10,7 @@ import os
 import signal
 import ssl
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,20 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N: SIGUSR2 logs where memory went
+        loop.add_signal_handler(signal.SIGUSR2, log_memory)
     await stop.wait()
     log.info("shutting down")
     await runner.cleanup()
     return 0
+
+
+def log_memory() -> None:
+    top = tracemalloc.take_snapshot().statistics("traceback")[:15]
+    log.info("memory: %d KiB traced", sum(s.size for s in top) // 1024)
+    for stat in top:
+        where = " < ".join(f.strip() for f in stat.traceback.format(most_recent_first=True)[::2])
+        log.info("%d KiB in %d blocks: %s", stat.size // 1024, stat.count, where)
 
 
 # ------------------------------------------------------------------------------- pod client

@@ -415,7 +415,7 @@ class DockerRuntime:
         try:
             demux = None if tty else Demuxer()
             sinks = {STDOUT: io.stdout, STDERR: io.stderr}
-            while data := await reader.read(1 << 16):
+            while data := await reader.read(1 << 18):
                 if demux is None:
                     if io.stdout is not None:
                         await io.stdout.write(data)
