@@ -433,10 +433,13 @@ def query_bool(request: web.Request, name: str) -> bool:
     return value is not None and value.strip().lower() not in ("0", "false")
 
 
-def pick_container(request: web.Request, pod: Pod) -> tuple[ContainerSpec, str]:
-    """The container named by ``container``, else the annotated default, else the only one."""
+def pick_container(
+    request: web.Request, pod: Pod, name: str | None = None
+) -> tuple[ContainerSpec, str]:
+    """The container named by ``container`` (or ``name``), else the annotated default, else the
+    only one."""
     spec = pod.spec
-    name = request.query.get("container", "")
+    name = request.query.get("container", "") if name is None else name
     if name:
         chosen = spec.container(name)
         if chosen is None:
@@ -455,27 +458,32 @@ def pick_container(request: web.Request, pod: Pod) -> tuple[ContainerSpec, str]:
     return chosen, cid
 
 
-async def _stream(
+async def issue_url(
     request: web.Request, req: StreamRequest | PortForwardRequest
-) -> web.StreamResponse:
-    """Through the same one-time token path a CRI daemon's clients use."""
+) -> tuple[Kind, str]:
+    """A one-time URL for ``req``, with the gateway's answers to a refused request."""
     streams = request.app[STREAMS]
-    kind: Kind
     try:
         if isinstance(req, ExecRequest):
-            kind, url = "exec", await streams.get_exec(req)
-        elif isinstance(req, AttachRequest):
-            kind, url = "attach", await streams.get_attach(req)
-        else:
-            kind, url = "portforward", await streams.get_port_forward(req)
+            return "exec", await streams.get_exec(req)
+        if isinstance(req, AttachRequest):
+            return "attach", await streams.get_attach(req)
+        return "portforward", await streams.get_port_forward(req)
     except InvalidRequest as exc:
         raise StatusError(400, str(exc)) from exc
     except CacheFull as exc:
         raise StatusError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
-    return await streams.serve(request, kind, url.rsplit("/", 1)[1])
 
 
-async def _live_pod(request: web.Request, doing: str) -> Pod:
+async def _stream(
+    request: web.Request, req: StreamRequest | PortForwardRequest
+) -> web.StreamResponse:
+    """Through the same one-time token path a CRI daemon's clients use."""
+    kind, url = await issue_url(request, req)
+    return await request.app[STREAMS].serve(request, kind, url.rsplit("/", 1)[1])
+
+
+async def live_pod(request: web.Request, doing: str) -> Pod:
     """The pod, unless it has completed (kubectl's own wording for the refusal)."""
     pod = await _get_pod(request)
     if pod.phase in ("Succeeded", "Failed"):
@@ -486,7 +494,7 @@ async def _live_pod(request: web.Request, doing: str) -> Pod:
 
 
 async def pod_exec(request: web.Request) -> web.StreamResponse:
-    pod = await _live_pod(request, "exec into")
+    pod = await live_pod(request, "exec into")
     _, cid = pick_container(request, pod)
     tty = query_bool(request, "tty")
     req = ExecRequest(
@@ -501,7 +509,7 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
 
 
 async def pod_attach(request: web.Request) -> web.StreamResponse:
-    pod = await _live_pod(request, "attach")
+    pod = await live_pod(request, "attach")
     spec, cid = pick_container(request, pod)
     tty = query_bool(request, "tty") and spec.tty
     req = AttachRequest(
@@ -565,6 +573,9 @@ def add_routes(
     r.add_post("/api/v1/namespaces/{namespace}/pods", create_pod)
     r.add_get("/api/v1/namespaces/{namespace}/pods/{name}", get_pod)
     r.add_delete("/api/v1/namespaces/{namespace}/pods/{name}", delete_pod)
+    from .webui import add_ui_routes  # it builds on this module
+
+    add_ui_routes(app)
 
 
 def make_app(manager: PodManager, token: str, streams: StreamServer) -> web.Application:

@@ -1,0 +1,94 @@
+"""The browser terminal: a static page (xterm.js) and the endpoint that hands it one-time URLs.
+
+The page holds the bearer token in ``sessionStorage`` (it arrives in the URL fragment, which a
+browser never sends, so no server log sees it) and calls the API with it. To open a shell it
+asks ``POST /api/streamsrv/v1/namespaces/{ns}/pods/{name}/sessions`` for a one-time
+``/exec/{token}`` (or ``/attach/{token}``) path, and opens the WebSocket there: the socket itself
+authenticates with that single-use token only, because browsers cannot set headers on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from .gateway import StatusError, issue_url, live_pod, pick_container
+from .server import AttachRequest, ExecRequest
+
+WEB = Path(__file__).with_name("web")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+        "style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'"  # xterm.js sets inline styles; no inline script runs
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
+    resp: web.StreamResponse = await handler(request)
+    if request.path.startswith("/ui"):
+        resp.headers.update(SECURITY_HEADERS)
+    return resp
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB / "index.html", headers=SECURITY_HEADERS)
+
+
+async def to_index(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/ui/")
+
+
+def _field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    value = body.get(name, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise StatusError(400, f"{name}: expected {kind.__name__}")
+    return value
+
+
+async def create_session(request: web.Request) -> web.Response:
+    """``{"container", "mode": exec|attach, "command", "tty", "stdin"}`` -> ``{"url": path}``."""
+    try:
+        body = json.loads(await request.read() or b"{}")
+    except ValueError as exc:
+        raise StatusError(400, f"the body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise StatusError(400, "the body must be a JSON object")
+    mode = _field(body, "mode", str, "exec")
+    if mode not in ("exec", "attach"):
+        raise StatusError(400, 'mode: expected "exec" or "attach"')
+    container = _field(body, "container", str, "") if body.get("container") is not None else ""
+    tty = _field(body, "tty", bool, True)
+    stdin = _field(body, "stdin", bool, True)
+    pod = await live_pod(request, "exec into" if mode == "exec" else "attach")
+    spec, cid = pick_container(request, pod, container)
+    if mode == "exec":
+        command = _field(body, "command", list, ["sh"])
+        if not command or not all(isinstance(c, str) for c in command):
+            raise StatusError(400, "command: expected a non-empty list of strings")
+        req: ExecRequest | AttachRequest = ExecRequest(
+            cid, tuple(command), stdin=stdin, stdout=True, stderr=not tty, tty=tty
+        )
+    else:
+        tty = tty and spec.tty
+        req = AttachRequest(cid, stdin=stdin and spec.stdin, stdout=True, stderr=not tty, tty=tty)
+    kind, url = await issue_url(request, req)
+    path = f"/{kind}/{url.rsplit('/', 1)[1]}"  # relative: the page knows its own origin
+    return web.json_response({"url": path, "tty": tty}, headers={"Cache-Control": "no-store"})
+
+
+def add_ui_routes(app: web.Application) -> None:
+    app.middlewares.append(_headers)
+    r = app.router
+    r.add_get("/ui", to_index)
+    r.add_get("/ui/", index)
+    r.add_static("/ui/static/", WEB, follow_symlinks=False, append_version=False)
+    r.add_post("/api/streamsrv/v1/namespaces/{namespace}/pods/{name}/sessions", create_session)
