@@ -1,11 +1,14 @@
 // Drives Debian's Chromium (playwright-core, no downloaded browser) through streamsrv's browser
-// terminal. Usage: node terminal.mjs BASE_URL TOKEN POD SCREENSHOT_DIR
+// terminal. Usage: STREAMSRV_TOKEN=... node terminal.mjs BASE_URL POD SCREENSHOT_DIR
+// (the bearer token comes in the environment, not in argv, which every local user can read)
 // Exits non-zero with a message on the first check that fails.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const [base, token, pod, shots] = process.argv.slice(2);
+const [base, pod, shots] = process.argv.slice(2);
+const token = process.env.STREAMSRV_TOKEN;
+if (!token) throw new Error("STREAMSRV_TOKEN is not set");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync"];

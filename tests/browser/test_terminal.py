@@ -47,8 +47,9 @@ def test_browser_terminal(tmp_path: Path, runtime: str) -> None:
     shots = ARTIFACTS / runtime
     with server_with_pod(tmp_path, MANIFEST, runtime) as server:
         r = subprocess.run(
-            [node, str(HERE / "terminal.mjs"), server.url, server.token, "webterm", str(shots)],
+            [node, str(HERE / "terminal.mjs"), server.url, "webterm", str(shots)],
             capture_output=True, text=True, timeout=240, cwd=HERE,
+            env={**os.environ, "STREAMSRV_TOKEN": server.token},
         )  # fmt: skip
         log = server.log.read_text()
     print(r.stdout)
