@@ -116,13 +116,16 @@ class FdWriter:
     """Non-blocking writes to a pipe or a pty master; raises BrokenPipeError once the reader
     has gone."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, alive: Callable[[], bool] = lambda: True) -> None:
         self.fd = fd
+        self._alive = alive  # False once the fd is closed elsewhere: its number may be reused
         os.set_blocking(fd, False)
 
     async def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
+            if not self._alive():
+                raise BrokenPipeError(errno.EPIPE, "the process's input is closed")
             try:
                 n = os.write(self.fd, view)
             except BlockingIOError:
@@ -567,7 +570,12 @@ class ProcessRuntime:
         c.listeners.append(listener)
         helpers: list[asyncio.Task[None]] = []
         if io.resize is not None and c.master is not None:
-            helpers.append(asyncio.create_task(_apply_sizes(c.master, io.resize, None)))
+            master = c.master
+            helpers.append(
+                asyncio.create_task(
+                    _apply_sizes(master, io.resize, None, lambda: c.master == master)
+                )
+            )
         target = c.master if c.master is not None else c.stdin_fd
         if io.stdin is not None and target is not None:
             helpers.append(asyncio.create_task(self._attach_stdin(c, target, io)))
@@ -585,7 +593,8 @@ class ProcessRuntime:
     async def _attach_stdin(self, c: _Container, fd: int, io: StdIO) -> None:
         # stdin EOF is not passed on: it would end the container's process for everyone.
         assert io.stdin is not None
-        writer = FdWriter(fd)
+        # the container's pump closes this fd when the container ends
+        writer = FdWriter(fd, lambda: fd in (c.master, c.stdin_fd))
         with contextlib.suppress(BrokenPipeError):
             while data := await io.stdin.read():
                 async with c.stdin_lock:  # whole chunks from each attached client
@@ -603,11 +612,16 @@ class _StartError(Exception):
         self.code, self.message = code, message
 
 
-async def _apply_sizes(fd: int, sizes: Resizes, sized: asyncio.Event | None) -> None:
+async def _apply_sizes(
+    fd: int,
+    sizes: Resizes,
+    sized: asyncio.Event | None,
+    alive: Callable[[], bool] = lambda: True,
+) -> None:
     """Apply the client's terminal sizes to a pty; ``sized`` is set after the first one."""
     try:
         async for size in sizes:
-            if size.width and size.height:
+            if size.width and size.height and alive():
                 with contextlib.suppress(OSError):
                     set_winsize(fd, size)
             if sized is not None:
