@@ -46,6 +46,8 @@ ensure_venv() {
         want="$hash $extras"
     fi
     log "installing the Python environment in $VENV"
+    # Debian's python3 makes venvs only with python3-venv (ensurepip) installed
+    python3 -c "import ensurepip" 2>/dev/null || ensure_apt python3-venv
     [ -x "$PY" ] || python3 -m venv "$VENV"
     "$PY" -m pip install -q --disable-pip-version-check -e "$ROOT${extras:+[$extras]}" 2>&1 |
         grep -v "is neither a file nor a directory" >&2 || true
