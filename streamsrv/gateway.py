@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -493,17 +493,35 @@ async def live_pod(request: web.Request, doing: str) -> Pod:
     return pod
 
 
+def exec_request(
+    cid: str, cmd: Sequence[str], *, stdin: bool, stdout: bool, stderr: bool, tty: bool
+) -> ExecRequest:
+    """An exec as the kubelet takes it: a tty has no separate stderr."""
+    return ExecRequest(
+        cid, tuple(cmd), stdin=stdin, stdout=stdout, stderr=stderr and not tty, tty=tty
+    )
+
+
+def attach_request(
+    spec: ContainerSpec, cid: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool
+) -> AttachRequest:
+    """An attach limited to what the container has: no tty or stdin unless its spec opens them."""
+    tty = tty and spec.tty
+    return AttachRequest(
+        cid, stdin=stdin and spec.stdin, stdout=stdout, stderr=stderr and not tty, tty=tty
+    )
+
+
 async def pod_exec(request: web.Request) -> web.StreamResponse:
     pod = await live_pod(request, "exec into")
     _, cid = pick_container(request, pod)
-    tty = query_bool(request, "tty")
-    req = ExecRequest(
+    req = exec_request(
         cid,
-        tuple(request.query.getall("command", [])),
+        request.query.getall("command", []),
         stdin=query_bool(request, "stdin"),
         stdout=query_bool(request, "stdout"),
-        stderr=query_bool(request, "stderr") and not tty,  # the kubelet drops stderr for a tty
-        tty=tty,
+        stderr=query_bool(request, "stderr"),
+        tty=query_bool(request, "tty"),
     )
     return await _stream(request, req)
 
@@ -511,13 +529,13 @@ async def pod_exec(request: web.Request) -> web.StreamResponse:
 async def pod_attach(request: web.Request) -> web.StreamResponse:
     pod = await live_pod(request, "attach")
     spec, cid = pick_container(request, pod)
-    tty = query_bool(request, "tty") and spec.tty
-    req = AttachRequest(
+    req = attach_request(
+        spec,
         cid,
-        stdin=query_bool(request, "stdin") and spec.stdin,
+        stdin=query_bool(request, "stdin"),
         stdout=query_bool(request, "stdout"),
-        stderr=query_bool(request, "stderr") and not tty,
-        tty=tty,
+        stderr=query_bool(request, "stderr"),
+        tty=query_bool(request, "tty"),
     )
     return await _stream(request, req)
 

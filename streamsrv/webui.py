@@ -15,7 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .gateway import StatusError, issue_url, live_pod, pick_container
+from .gateway import (
+    StatusError,
+    attach_request,
+    exec_request,
+    issue_url,
+    live_pod,
+    pick_container,
+)
 from .server import AttachRequest, ExecRequest
 
 WEB = Path(__file__).with_name("web")
@@ -40,7 +47,7 @@ async def _headers(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 async def index(request: web.Request) -> web.FileResponse:
-    return web.FileResponse(WEB / "index.html", headers=SECURITY_HEADERS)
+    return web.FileResponse(WEB / "index.html")  # the middleware adds SECURITY_HEADERS
 
 
 async def to_index(request: web.Request) -> web.StreamResponse:
@@ -49,7 +56,7 @@ async def to_index(request: web.Request) -> web.StreamResponse:
 
 def _field(body: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     value = body.get(name, default)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if not isinstance(value, kind):
         raise StatusError(400, f"{name}: expected {kind.__name__}")
     return value
 
@@ -70,19 +77,17 @@ async def create_session(request: web.Request) -> web.Response:
     stdin = _field(body, "stdin", bool, True)
     pod = await live_pod(request, "exec into" if mode == "exec" else "attach")
     spec, cid = pick_container(request, pod, container)
+    req: ExecRequest | AttachRequest
     if mode == "exec":
         command = _field(body, "command", list, ["sh"])
         if not command or not all(isinstance(c, str) for c in command):
             raise StatusError(400, "command: expected a non-empty list of strings")
-        req: ExecRequest | AttachRequest = ExecRequest(
-            cid, tuple(command), stdin=stdin, stdout=True, stderr=not tty, tty=tty
-        )
+        req = exec_request(cid, command, stdin=stdin, stdout=True, stderr=True, tty=tty)
     else:
-        tty = tty and spec.tty
-        req = AttachRequest(cid, stdin=stdin and spec.stdin, stdout=True, stderr=not tty, tty=tty)
+        req = attach_request(spec, cid, stdin=stdin, stdout=True, stderr=True, tty=tty)
     kind, url = await issue_url(request, req)
     path = f"/{kind}/{url.rsplit('/', 1)[1]}"  # relative: the page knows its own origin
-    return web.json_response({"url": path, "tty": tty}, headers={"Cache-Control": "no-store"})
+    return web.json_response({"url": path, "tty": req.tty}, headers={"Cache-Control": "no-store"})
 
 
 def add_ui_routes(app: web.Application) -> None:
