@@ -606,7 +606,9 @@ class ProcessRuntime:
         return await asyncio.to_thread(connect_loopback, port, 10.0)
 
 
-class _StartError(Exception):
+class _StartError(BackendError):
+    """A program that cannot be started; ``code`` is the shell's 126 or 127."""
+
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message

@@ -109,6 +109,18 @@ async def test_container_without_command_is_refused_and_nothing_is_left(
     assert list(rt.root.iterdir()) == []
 
 
+async def test_container_whose_program_is_missing_is_refused_and_nothing_is_left(
+    rt: ProcessRuntime,
+) -> None:
+    manager = PodManager(rt)
+    ok = container("ok", "sleep", "1000")
+    bad = container("bad", "no-such-program-x")
+    with pytest.raises(BackendError, match='"no-such-program-x": executable file not found'):
+        await manager.create(parse_pod(pod_manifest(unique("nf"), ok, bad)))
+    assert await rt.list_pod_sandboxes() == []
+    assert await rt.list_containers() == []
+
+
 async def test_exec_runs_in_the_pod_directory_with_its_env(rt: ProcessRuntime) -> None:
     env = [{"name": "GREETING", "value": "hi there"}]
     pod = await PodManager(rt).create(
