@@ -178,6 +178,10 @@ class _Sandbox:
     directory: Path
     created: datetime = field(default_factory=_now)
     running: bool = True
+    labels: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.labels = self.pod.sandbox_labels()  # serialises the manifest: once, not per list
 
 
 @dataclass(eq=False)
@@ -269,7 +273,7 @@ class ProcessRuntime:
         out = [
             SandboxState(s.id, s.pod, s.running, s.created, "127.0.0.1")
             for s in self._sandboxes.values()
-            if _matches(s.pod.sandbox_labels(), labels)
+            if _matches(s.labels, labels)
         ]
         out.sort(key=lambda s: (s.pod.namespace, s.pod.name))
         return out
@@ -402,8 +406,7 @@ class ProcessRuntime:
             log.info("container %s exited with %d", c.spec.name, code)
         finally:
             _close_fds([r.fd for r, _ in outputs])
-            if c.master is not None:  # its fd was one of the outputs
-                c.master = None
+            c.master = None  # closed above: it was one of the outputs
             _close_fds([c.stdin_fd])
             c.stdin_fd = None
             c.exited.set()
