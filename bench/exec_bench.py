@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.conftest import BUSYBOX, Server, _remove_everything, kubectl_path  # noqa: E402
+from bench.pyclient import rss_kib  # noqa: E402
+from tests.conftest import BUSYBOX, Server, _remove_everything, free_port, kubectl_path  # noqa: E402
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 LATENCY_RUNS = int(os.environ.get("BENCH_LATENCY_RUNS", "50"))
@@ -47,12 +48,6 @@ DD_OUT = f"dd if=/dev/zero bs=65536 count={OUT_SIZE // 65536} 2>/dev/null"
 DD_IN = "dd of=/dev/null bs=65536 2>/dev/null"
 DOWN, UP = 7100, 7101
 PYCLIENT = Path(__file__).with_name("pyclient.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def timed(cmd: list[str], stdin_path: Path | None = None) -> tuple[float, int]:
@@ -88,13 +83,6 @@ def rate_text(values: list[float]) -> str:
 def ms_text(values: list[float]) -> str:
     med, lo, hi = summary(values)
     return f"{med * 1000:.0f} ms ({lo * 1000:.0f}-{hi * 1000:.0f})"
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 # ------------------------------------------------------------------------- port-forward clients

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,6 +87,30 @@ def _remove_everything() -> None:
     for c in client.containers.list(all=True, filters={"label": LABEL_TYPE}):
         c.remove(force=True)
     client.close()
+
+
+def proc_table() -> dict[int, tuple[int, str]]:
+    """Every process on this host: pid -> (parent pid, command line with spaces)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+                ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+                table[int(entry)] = (ppid, raw.replace(b"\0", b" ").decode(errors="replace"))
+    return table
+
+
+def host_processes(pattern: str) -> list[int]:
+    """Pids of this host's processes whose command line holds ``pattern``."""
+    return [pid for pid, (_, args) in proc_table().items() if pattern in args]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def require_runtime(runtime: str) -> None:
@@ -188,20 +213,12 @@ class Server:
                 client.close()
         else:  # the process runtime's pods are the server's descendants on this host
             assert self.proc is not None
-            parents: dict[int, int] = {}
-            cmdlines: dict[int, str] = {}
-            for entry in os.listdir("/proc"):
-                if entry.isdigit():
-                    with contextlib.suppress(OSError):
-                        stat = Path(f"/proc/{entry}/stat").read_bytes()
-                        parents[int(entry)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
-                        raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-                        cmdlines[int(entry)] = raw.replace(b"\0", b" ").decode(errors="replace")
+            table = proc_table()
             lines = []
-            for pid, args in cmdlines.items():
-                ancestor = parents.get(pid, 0)
+            for pid, (_, args) in table.items():
+                ancestor = table.get(pid, (0, ""))[0]
                 while ancestor > 1 and ancestor != self.proc.pid:
-                    ancestor = parents.get(ancestor, 0)
+                    ancestor = table.get(ancestor, (0, ""))[0]
                 if ancestor == self.proc.pid:
                     lines.append(f"{pid} {args.strip()}")
         return [line for line in lines if pattern in line and "ps -o" not in line]

@@ -29,18 +29,13 @@ from tests.conftest import (
     BUSYBOX,
     RUNTIMES,
     Server,
+    free_port,
     kubectl_path,
     server_with_pod,
 )
 from tests.interop.test_exec_kubectl import sessions
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 POD = "pfpod"

@@ -20,6 +20,7 @@ from tests.conftest import (
     PAUSE,
     RUNTIMES,
     _remove_everything,
+    host_processes,
     pod_manifest,
     require_runtime,
     sleeper,
@@ -43,23 +44,16 @@ async def runtime(
         _remove_everything()
 
 
-def running(runtime: StreamingRuntime, container: str, pattern: bytes) -> bool:
+def running(runtime: StreamingRuntime, container: str, pattern: str) -> bool:
     """Whether a process whose command line holds ``pattern`` runs in the container."""
     if isinstance(runtime, DockerRuntime):
         client = docker.from_env()
         try:
             _, out = client.containers.get(container).exec_run(["ps", "-o", "args"])
-            return pattern in out
+            return pattern.encode() in out
         finally:
             client.close()
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if pattern in f.read().replace(b"\0", b" "):
-                    return True
-        except (OSError, ValueError):
-            continue
-    return False
+    return bool(host_processes(pattern))
 
 
 class Buffer:
@@ -139,14 +133,14 @@ async def test_cancel_kills_the_exec_process(runtime: StreamingRuntime, containe
         runtime.exec(container, ["sleep", "54321"], StdIO(stdout=Buffer()), tty=False)
     )
     for _ in range(100):
-        if await asyncio.to_thread(running, runtime, container, b"sleep 54321"):
+        if await asyncio.to_thread(running, runtime, container, "sleep 54321"):
             break
         await asyncio.sleep(0.05)
-    assert await asyncio.to_thread(running, runtime, container, b"sleep 54321")
+    assert await asyncio.to_thread(running, runtime, container, "sleep 54321")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert not await asyncio.to_thread(running, runtime, container, b"sleep 54321")
+    assert not await asyncio.to_thread(running, runtime, container, "sleep 54321")
 
 
 async def test_exec_in_missing_container(runtime: StreamingRuntime) -> None:

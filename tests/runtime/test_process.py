@@ -15,7 +15,7 @@ from streamsrv.pods import PodManager, parse_pod
 from streamsrv.protocol.resize import TerminalSize
 from streamsrv.runtime.base import BackendError, Pipe, Resizes, StdIO
 from streamsrv.runtime.process import ProcessRuntime
-from tests.conftest import Server, pod_manifest, unique
+from tests.conftest import Server, host_processes, pod_manifest, unique
 
 
 class Buffer:
@@ -30,19 +30,6 @@ class Buffer:
         while needle not in self.data:
             assert time.monotonic() < deadline, bytes(self.data[-500:])
             await asyncio.sleep(0.02)
-
-
-def host_processes(pattern: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if pattern.encode() in raw.replace(b"\0", b" "):
-                found.append(int(entry))
-    return found
 
 
 async def gone(pattern: str, within: float = 5) -> bool:
