@@ -113,6 +113,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[Any], sig: int, grace: float = 10) -> None:
+    """Ask ``proc`` to stop with ``sig``; SIGKILL it if it has not within ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def require_runtime(runtime: str) -> None:
     if runtime == "docker":
         require_docker()
@@ -189,13 +200,8 @@ class Server:
         return self.state_dir / "ca.crt"
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc, signal.SIGTERM)
         self.proc = None
 
     def processes(self, pattern: str, container: str = "main") -> list[str]:

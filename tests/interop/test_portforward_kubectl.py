@@ -32,6 +32,7 @@ from tests.conftest import (
     free_port,
     kubectl_path,
     server_with_pod,
+    stop_process,
 )
 from tests.interop.test_exec_kubectl import sessions
 
@@ -142,13 +143,7 @@ class Forward:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, signal.SIGINT)
         self.logf.close()
 
 
