@@ -55,6 +55,10 @@ class UsageError(Exception):
     pass
 
 
+def docker_endpoint() -> str:
+    return os.environ.get("DOCKER_HOST") or "the default socket"
+
+
 async def pick_runtime(kind: str, pause_image: str, state_dir: Path) -> StreamingRuntime:
     """The runtime asked for; ``auto`` is Docker when an engine answers, else local processes."""
     if kind == "process":
@@ -67,7 +71,7 @@ async def pick_runtime(kind: str, pause_image: str, state_dir: Path) -> Streamin
     except Exception as exc:
         if runtime is not None:
             await runtime.close()
-        where = os.environ.get("DOCKER_HOST", "the default socket")
+        where = docker_endpoint()
         if kind == "docker":
             raise UsageError(f"no Docker engine answered at {where}: {exc}") from exc
         log.warning(
@@ -81,8 +85,7 @@ async def pick_runtime(kind: str, pause_image: str, state_dir: Path) -> Streamin
 
 async def describe(runtime: StreamingRuntime) -> str:
     if isinstance(runtime, DockerRuntime):
-        where = os.environ.get("DOCKER_HOST") or "the default socket"
-        return f"docker {await runtime.version()} at {where}"
+        return f"docker {await runtime.version()} at {docker_endpoint()}"
     return "process (local processes, NO isolation: every container runs as this user on this host)"
 
 
