@@ -33,7 +33,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.pyclient import rss_kib  # noqa: E402
-from tests.conftest import BUSYBOX, Server, _remove_everything, free_port, kubectl_path  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    BUSYBOX,
+    Server,
+    _remove_everything,
+    free_port,
+    kubectl_path,
+    wait_forwarding,
+)
 
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 LATENCY_RUNS = int(os.environ.get("BENCH_LATENCY_RUNS", "50"))
@@ -211,17 +218,15 @@ class Bench:
                 p.kill()
                 p.wait()
         for label, version in (("kubectl 1.27 (SPDY)", "1.27"), ("kubectl 1.33 (tunnel)", "1.33")):
-            ldown, lup = free_port(), free_port()
-            log = (self.tmp / f"pf-{version}.log").open("w")
+            log_path = self.tmp / f"pf-{version}.log"
+            log = log_path.open("w")
             proc = subprocess.Popen(
-                self.kubectl(version, "port-forward", "bench", f"{ldown}:{DOWN}", f"{lup}:{UP}"),
+                self.kubectl(version, "port-forward", "bench", f":{DOWN}", f":{UP}"),
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
             try:
-                deadline = time.monotonic() + 30
-                while (self.tmp / f"pf-{version}.log").read_text().count("Forwarding") < 2:
-                    assert time.monotonic() < deadline and proc.poll() is None
-                    time.sleep(0.05)
+                local = wait_forwarding(proc, log_path, [DOWN, UP])
+                ldown, lup = local[DOWN], local[UP]
                 ours_down = self._pf_rates(lambda p=ldown: download(p), PF_SIZE, True)  # type: ignore[misc]
                 ours_up = self._pf_rates(lambda p=lup: upload(p, PF_SIZE), PF_SIZE, False)  # type: ignore[misc]
             finally:

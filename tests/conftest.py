@@ -113,6 +113,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)")
+
+
+def wait_forwarding(
+    proc: subprocess.Popen[Any], log: Path, ports: list[int], timeout: float = 30
+) -> dict[int, int]:
+    """Wait until a `kubectl port-forward :PORT...` logs a local port for every remote one.
+
+    kubectl picks each local port itself: a port chosen by the test and closed again can be
+    taken before kubectl binds it (CI once saw "address already in use").
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        text = log.read_text()
+        local = {int(remote): int(port) for port, remote in FORWARDING.findall(text)}
+        if set(local) >= set(ports):
+            return local
+        assert proc.poll() is None, text[-3000:]
+        assert time.monotonic() < deadline, text[-3000:]
+        time.sleep(0.05)
+
+
 def stop_process(proc: subprocess.Popen[Any], sig: int, grace: float = 10) -> None:
     """Ask ``proc`` to stop with ``sig``; SIGKILL it if it has not within ``grace`` seconds."""
     if proc.poll() is None:

@@ -30,6 +30,7 @@ from tests.conftest import (
     RUNTIMES,
     Server,
     free_port,
+    wait_forwarding,
     kubectl_path,
     server_with_pod,
     stop_process,
@@ -111,23 +112,18 @@ class Forward:
     def __init__(
         self, server: Server, client: Client, ports: list[int], log: Path, pod: str = POD
     ) -> None:
-        self.local = {p: free_port() for p in ports}
         env = dict(os.environ)
         if client.forced:
             env["KUBECTL_PORT_FORWARD_WEBSOCKETS"] = "false"
         cmd = [kubectl_path(client.version), "--kubeconfig", str(server.kubeconfig),
                "--cache-dir", str(server.state_dir / f"kc-{client.version}"), "-v=6",
                "port-forward", "--address", "127.0.0.1", pod,
-               *[f"{local}:{remote}" for remote, local in self.local.items()]]  # fmt: skip
+               *[f":{remote}" for remote in ports]]  # fmt: skip
         self.log_path = log
         self.logf = log.open("w")
         self.proc = subprocess.Popen(cmd, stdout=self.logf, stderr=subprocess.STDOUT, env=env)
         try:
-            deadline = time.monotonic() + 30
-            while log.read_text().count("Forwarding from") < len(ports):
-                assert self.proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.05)
+            self.local = wait_forwarding(self.proc, log, ports)
         except BaseException:
             self.stop()
             raise
