@@ -30,10 +30,10 @@ from tests.conftest import (
     RUNTIMES,
     Server,
     free_port,
-    wait_forwarding,
     kubectl_path,
     server_with_pod,
     stop_process,
+    wait_forwarding,
 )
 from tests.interop.test_exec_kubectl import sessions
 
