@@ -21,7 +21,10 @@ class Demuxer:
     """Split a multiplexed byte stream into ``(stream, payload)`` pieces.
 
     Payloads are handed out as soon as bytes arrive (a frame's payload may come in several
-    pieces), so a large frame is never held back, and no byte is copied more than once.
+    pieces), so a large frame is never held back. Consecutive frames of one stream within one
+    ``feed`` come out as one piece: the engine frames each of its reads from the process (about
+    32 KiB, often less), and every piece costs the transport a message, a TLS record and a
+    ``send``; joining them is one copy. A piece that is all of ``data`` is ``data`` itself.
     """
 
     __slots__ = ("_buf", "_stream", "_remaining")
@@ -41,12 +44,18 @@ class Demuxer:
         if self._buf:
             data = self._buf + data
             self._buf = b""
+        view = memoryview(data)
+        run: list[memoryview] = []  # payload slices of one stream, not yet handed out
+        run_stream = -1
         pos, end = 0, len(data)
         while pos < end:
             if self._remaining:
                 take = min(self._remaining, end - pos)
-                piece = data if (pos == 0 and take == end) else data[pos : pos + take]
-                out.append((self._stream, piece))
+                if run and run_stream != self._stream:
+                    out.append((run_stream, _join(run, data)))
+                    run = []
+                run_stream = self._stream
+                run.append(view[pos : pos + take])
                 self._remaining -= take
                 pos += take
                 continue
@@ -58,7 +67,15 @@ class Demuxer:
                 raise DemuxError(f"unknown stream {stream} in a multiplexed Docker stream")
             pos += _HEADER.size
             self._stream, self._remaining = stream, length
+        if run:
+            out.append((run_stream, _join(run, data)))
         return out
+
+
+def _join(parts: list[memoryview], data: bytes) -> bytes:
+    if len(parts) == 1 and len(parts[0]) == len(data):
+        return data
+    return b"".join(parts)
 
 
 def mux(stream: int, payload: bytes) -> bytes:

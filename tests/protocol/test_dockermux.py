@@ -60,7 +60,38 @@ def test_any_chunking_gives_the_same_streams(
     pieces: list[tuple[int, bytes]] = []
     last = 0
     for cut in sorted(c % (len(wire) + 1) for c in cuts) + [len(wire)]:
-        pieces += d.feed(wire[last:cut])
+        fed = d.feed(wire[last:cut])
+        # One piece per run of one stream within a feed, none empty.
+        assert all(p for _, p in fed)
+        assert all(a[0] != b[0] for a, b in zip(fed, fed[1:], strict=False))
+        pieces += fed
         last = cut
     assert {k: v for k, v in collect(pieces).items() if v} == expected
+    # The order between the streams is kept: the same runs as the frames, merged.
+    assert runs(pieces) == runs([f for f in frames if f[1]])
     assert d.idle
+
+
+def runs(pieces: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    for stream, data in pieces:
+        if out and out[-1][0] == stream:
+            out[-1] = (stream, out[-1][1] + data)
+        else:
+            out.append((stream, data))
+    return out
+
+
+def test_frames_of_one_stream_in_one_read_come_out_as_one_piece() -> None:
+    d = Demuxer()
+    wire = mux(STDOUT, b"a" * 10) + mux(STDOUT, b"b" * 20) + mux(STDERR, b"!") + mux(STDOUT, b"c")
+    assert d.feed(wire) == [(1, b"a" * 10 + b"b" * 20), (2, b"!"), (1, b"c")]
+
+
+def test_a_whole_payload_read_is_handed_on_without_a_copy() -> None:
+    d = Demuxer()
+    frame = mux(STDOUT, b"x" * 100)
+    d.feed(frame[:8])
+    rest = frame[8:]
+    [(stream, piece)] = d.feed(rest)
+    assert stream == STDOUT and piece is rest
