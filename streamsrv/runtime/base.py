@@ -124,13 +124,21 @@ class Pipe:
         self._writable.set()
 
     async def read(self) -> bytes:
-        """The next chunk, or ``b""`` once closed and drained."""
+        """Everything queued, as one chunk, or ``b""`` once closed and drained.
+
+        Chunks that queued up while the backend was busy go on as one write: a client's
+        messages are often small (kubectl reads its stdin 32 KiB at a time).
+        """
         while not self._chunks:
             if self._closed:
                 return b""
             self._readable.clear()
             await self._readable.wait()
-        data = self._chunks.popleft()
+        if len(self._chunks) == 1:
+            data = self._chunks.popleft()
+        else:
+            data = b"".join(self._chunks)
+            self._chunks.clear()
         self._size -= len(data)
         if self._size <= self._limit:
             self._writable.set()
