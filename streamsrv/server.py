@@ -117,18 +117,38 @@ class Metrics:
 
 
 TLS_READ_BUFFER = 16 * 1024
+TLS_BUSY_READ_BUFFER = 256 * 1024
 
 
-def limit_tls_read_buffers(size: int = TLS_READ_BUFFER) -> None:
-    """Give asyncio's TLS connections a ``size`` read buffer instead of 256 KiB.
+def limit_tls_read_buffers(idle: int = TLS_READ_BUFFER, busy: int = TLS_BUSY_READ_BUFFER) -> None:
+    """Give asyncio's TLS connections an ``idle``-sized read buffer, ``busy`` once they are.
 
-    ``asyncio.sslproto.SSLProtocol`` allocates (and zero-fills) ``max_size`` bytes per connection
-    as it is made: 250 MB for 1000 idle interactive sessions. `scripts/bench` row 5 measured 328
-    KiB of server RSS per idle session with the default, 83 KiB with 16 KiB. A TLS record holds at
-    most 16 KiB, so 16 KiB reads lose little. This sets a class attribute: it applies to every
-    TLS connection of the process.
+    ``asyncio.sslproto.SSLProtocol`` allocates (and zero-fills) ``max_size`` (256 KiB) per
+    connection as it is made: 250 MB for 1000 idle interactive sessions. `scripts/bench` row 5
+    measured 328 KiB of server RSS per idle session with the default, 83 KiB with 16 KiB. But a
+    client that uploads (exec stdin, port-forward) through 16 KiB reads costs a ``recv`` and a
+    trip through the TLS and WebSocket layers per 16 KiB. So a connection starts with ``idle``
+    and switches to ``busy`` for good once a read fills its buffer. This patches the class: it
+    applies to every TLS connection of the process; calling it again only changes the sizes.
     """
-    asyncio.sslproto.SSLProtocol.max_size = size
+    cls = asyncio.sslproto.SSLProtocol
+    cls.max_size = idle
+    _TLS_BUFFERS["busy"] = busy
+    if getattr(cls.buffer_updated, "__streamsrv__", False):
+        return
+    original = cls.buffer_updated
+
+    def buffer_updated(self: Any, nbytes: int) -> None:  # asyncio's private attributes
+        original(self, nbytes)
+        # A full buffer: more was waiting. The next get_buffer() allocates the larger one.
+        if nbytes >= len(self._ssl_buffer) and self.max_size < _TLS_BUFFERS["busy"]:
+            self.max_size = _TLS_BUFFERS["busy"]
+
+    buffer_updated.__streamsrv__ = True  # type: ignore[attr-defined]
+    cls.buffer_updated = buffer_updated  # type: ignore[method-assign]
+
+
+_TLS_BUFFERS = {"busy": TLS_BUSY_READ_BUFFER}
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
