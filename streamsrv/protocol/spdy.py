@@ -831,25 +831,33 @@ class SpdyConnection:
         if isinstance(data, memoryview):
             data = bytes(data)
         buf = self._buf
-        src: bytes | bytearray
-        if buf:
-            buf += data
-            if len(buf) < self._need:
-                return []
-            src = buf
-        else:
-            src = data
         events: list[Event] = []
         try:
-            with memoryview(src) as view:
-                pos = self._parse(view, events)
+            with memoryview(data) as view:
+                off, end = 0, len(view)
+                # A frame left incomplete by the last call: add only the bytes it still needs
+                # (never the whole input, which would then be copied and shifted out again).
+                while buf:
+                    take = self._need - len(buf)
+                    if end - off < take:
+                        buf += view[off:]
+                        return events
+                    buf += view[off : off + take]
+                    off += take
+                    with memoryview(buf) as held:
+                        pos = self._parse(held, events)
+                    del buf[:pos]
+                    if self._input_closed:
+                        return events
+                # The rest is parsed where it lies; only a trailing partial frame is kept.
+                if off < end:
+                    with view[off:] as rest:
+                        pos = self._parse(rest, events)
+                        if pos < len(rest) and not self._input_closed:
+                            buf += rest[pos:]
         except RemoteProtocolError as exc:
             self._fail(exc, events)
             raise
-        if src is buf:
-            del buf[:pos]
-        elif pos < len(src):
-            buf += memoryview(src)[pos:]
         return events
 
     def _again(self) -> RemoteProtocolError:

@@ -1303,3 +1303,25 @@ def test_structured_fuzz(specs: list[Any], role: Role, cuts: list[int]) -> None:
     _only_remote_errors(SpdyConnection(role), data)
     whole = _feed(data, [])
     assert _feed(data, cuts) == whole
+
+
+def test_input_after_a_partial_frame_is_parsed_in_place_and_only_a_partial_tail_is_kept() -> None:
+    p = Pair()
+    sid = p.open()
+    for i in range(10):
+        p.client.send_data(sid, bytes([i]) * 32768)
+    wire = p.client.data_to_send()
+    frame = 8 + 32768
+    assert len(wire) == 10 * frame
+    # 1.5 frames, then the rest but 100 bytes, then those: every payload arrives whole and
+    # the codec never holds more than the frame that is still incomplete.
+    cuts = [frame + frame // 2, len(wire) - 100, len(wire)]
+    events: list[Event] = []
+    last = 0
+    held = []
+    for cut in cuts:
+        events += p.server.receive_data(wire[last:cut])
+        held.append(len(p.server._buf))
+        last = cut
+    assert events == [DataReceived(sid, bytes([i]) * 32768) for i in range(10)]
+    assert held == [frame // 2, frame - 100, 0]
