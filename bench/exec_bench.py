@@ -92,6 +92,60 @@ def ms_text(values: list[float]) -> str:
     return f"{med * 1000:.0f} ms ({lo * 1000:.0f}-{hi * 1000:.0f})"
 
 
+# ------------------------------------------------------------------------- CPU by process
+
+ENGINE = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and of its children it has waited for."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return sum(int(f) for f in fields[11:15]) / TICK
+
+
+def engine_pids() -> list[int]:
+    """dockerd, containerd and the shims (whose reaped children are the exec'd commands)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in ENGINE:
+                pids.append(int(entry))
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds spent by the engine, the server and the client during one measured run."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+
+    def __enter__(self) -> CpuMeter:
+        self.engine = engine_pids()
+        self._start = self._now()
+        return self
+
+    def _now(self) -> tuple[float, float, float]:
+        t = os.times()
+        return (
+            sum(cpu_seconds(p) for p in self.engine),
+            cpu_seconds(self.server_pid),
+            t.children_user + t.children_system,  # the client, once waited for
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        end = self._now()
+        self.spent = tuple(b - a for a, b in zip(self._start, end, strict=True))
+
+
 # ------------------------------------------------------------------------- port-forward clients
 
 
@@ -119,6 +173,7 @@ class Bench:
     def __init__(self, tmp: Path, server: Server) -> None:
         self.tmp, self.server = tmp, server
         self.rows: list[str] = []
+        self.cpu_rows: list[str] = []
         self.cid = subprocess.run(
             ["docker", "ps", "-q", "--no-trunc", "-f", "label=io.kubernetes.container.name=main"],
             capture_output=True, text=True, check=True,
@@ -140,18 +195,30 @@ class Bench:
         self, what: str, size: int, base_cmd: list[str], clients: list[tuple[str, list[str]]],
         stdin: Path | None = None,
     ) -> None:  # fmt: skip
-        def rates(cmd: list[str]) -> list[float]:
+        assert self.server.proc is not None
+        gib = size / (1 << 30)
+
+        def rates(label: str, cmd: list[str]) -> list[float]:
             out = []
+            spent = []
             for _ in range(RUNS):
-                seconds, total = timed(cmd, stdin)
+                with CpuMeter(self.server.proc.pid) as meter:  # type: ignore[union-attr]
+                    seconds, total = timed(cmd, stdin)
                 if stdin is None and cmd[1] != str(PYCLIENT):  # pyclient checks itself
                     assert total == size, f"{cmd[:2]}: {total} bytes"
                 out.append(size / seconds)
+                spent.append((*meter.spent, seconds))
+            columns = zip(*spent, strict=True)
+            engine, server, client, wall = (statistics.median(x) / gib for x in columns)
+            self.cpu_rows.append(
+                f"| {what}, {label} | {engine:.2f} | {server:.2f} | {client:.2f} "
+                f"| {engine + server + client:.2f} | {wall:.2f} |"
+            )
             return out
 
-        base = rates(base_cmd)
+        base = rates("docker exec", base_cmd)
         for label, cmd in clients:
-            ours = rates(cmd)
+            ours = rates(label, cmd)
             self.row(
                 f"{what}, {label}",
                 rate_text(ours),
@@ -391,6 +458,14 @@ def main() -> None:
         for number, step in steps.items():
             if number in ROWS:
                 step()
+        if bench.cpu_rows:
+            print(
+                "\nCPU seconds per GiB moved, by process (medians of the same runs; the engine"
+                " column holds dockerd, containerd and the shims with the command they ran):\n"
+            )
+            print("| run | engine | streamsrv | client | all | wall seconds per GiB |")
+            print("|---|---|---|---|---|---|")
+            print("\n".join(bench.cpu_rows), flush=True)
     finally:
         server.stop()
         _remove_everything()
