@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streamsrv.runtime.base import Pipe
+from streamsrv.runtime.base import JOIN_LIMIT, Pipe
 
 
 async def test_queued_chunks_are_read_as_one_in_order() -> None:
@@ -16,6 +16,18 @@ async def test_queued_chunks_are_read_as_one_in_order() -> None:
     pipe.close()
     assert await pipe.read() == b"g"
     assert await pipe.read() == b""
+
+
+async def test_joins_stop_at_the_limit_and_a_large_chunk_goes_on_whole() -> None:
+    pipe = Pipe(limit=10 * JOIN_LIMIT)
+    half = JOIN_LIMIT // 2
+    big = b"B" * (2 * JOIN_LIMIT)
+    for chunk in (b"a" * half, b"b" * half, b"c", big, b"d"):
+        pipe.feed_nowait(chunk)
+    assert await pipe.read() == b"a" * half + b"b" * half
+    assert await pipe.read() == b"c"
+    assert await pipe.read() is big
+    assert await pipe.read() == b"d"
 
 
 async def test_the_source_is_paused_over_the_limit_and_resumed_when_read() -> None:
