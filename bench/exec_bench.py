@@ -344,6 +344,15 @@ class Bench:
                 f"docker exec: {base[0] * 1000:.0f} / {base[1] * 1000:.0f} ms",
                 base[0] / ours[0],
             )
+        # The floor under those rows: kubectl starting and reading its kubeconfig, with no
+        # request to any server, next to the same docker exec figures.
+        alone = pct(latencies(self.kubectl("1.33", "version", "--client")))
+        self.row(
+            "kubectl 1.33 alone, no server (`version --client`), p50 / p95",
+            f"{alone[0] * 1000:.0f} / {alone[1] * 1000:.0f} ms",
+            f"docker exec: {base[0] * 1000:.0f} / {base[1] * 1000:.0f} ms",
+            base[0] / alone[0],
+        )
 
     def row5_idle_shells(self) -> None:
         assert self.server.proc is not None
