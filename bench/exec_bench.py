@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -122,28 +123,39 @@ def engine_pids() -> list[int]:
     return pids
 
 
-class CpuMeter:
-    """CPU seconds spent by the engine, the server and the client during one measured run."""
+def children_cpu() -> float:
+    """CPU of this process's children that have been waited for (a finished client)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
-    def __init__(self, server_pid: int) -> None:
-        self.server_pid = server_pid
+
+def own_cpu() -> float:
+    """CPU of this process (the benchmark's own socket client)."""
+    t = os.times()
+    return t.user + t.system
+
+
+class CpuMeter:
+    """CPU seconds each part spent during one measured run (parts give cumulative seconds)."""
+
+    def __init__(self, parts: dict[str, Callable[[], float]]) -> None:
+        self.parts = parts
+        self.spent: dict[str, float] = {}
 
     def __enter__(self) -> CpuMeter:
-        self.engine = engine_pids()
-        self._start = self._now()
+        self._start = {name: read() for name, read in self.parts.items()}
         return self
 
-    def _now(self) -> tuple[float, float, float]:
-        t = os.times()
-        return (
-            sum(cpu_seconds(p) for p in self.engine),
-            cpu_seconds(self.server_pid),
-            t.children_user + t.children_system,  # the client, once waited for
-        )
-
     def __exit__(self, *exc: object) -> None:
-        end = self._now()
-        self.spent = tuple(b - a for a, b in zip(self._start, end, strict=True))
+        self.spent = {name: read() - self._start[name] for name, read in self.parts.items()}
+
+
+def cpu_row(what: str, runs: list[dict[str, float]], walls: list[float], size: int) -> str:
+    """A Markdown row: median CPU seconds per GiB of each part, their sum, wall seconds per GiB."""
+    gib = size / (1 << 30)
+    cells = [statistics.median(r[name] for r in runs) / gib for name in runs[0]]
+    wall = statistics.median(walls) / gib
+    return f"| {what} | " + " | ".join(f"{c:.2f}" for c in [*cells, sum(cells), wall]) + " |"
 
 
 # ------------------------------------------------------------------------- port-forward clients
@@ -158,7 +170,7 @@ def download(port: int) -> int:
         return total
 
 
-def upload(port: int, size: int) -> None:
+def upload(port: int, size: int = PF_SIZE) -> int:
     """Send ``size`` bytes, half-close, wait for the server's close (it has read them all)."""
     block = bytes(1 << 16)
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
@@ -167,6 +179,7 @@ def upload(port: int, size: int) -> None:
         s.shutdown(socket.SHUT_WR)
         while s.recv(65536):
             pass
+    return size
 
 
 class Bench:
@@ -174,6 +187,7 @@ class Bench:
         self.tmp, self.server = tmp, server
         self.rows: list[str] = []
         self.cpu_rows: list[str] = []
+        self.pf_cpu_rows: list[str] = []
         self.cid = subprocess.run(
             ["docker", "ps", "-q", "--no-trunc", "-f", "label=io.kubernetes.container.name=main"],
             capture_output=True, text=True, check=True,
@@ -196,24 +210,25 @@ class Bench:
         stdin: Path | None = None,
     ) -> None:  # fmt: skip
         assert self.server.proc is not None
-        gib = size / (1 << 30)
+        server_pid = self.server.proc.pid
 
         def rates(label: str, cmd: list[str]) -> list[float]:
-            out = []
-            spent = []
+            engine = engine_pids()
+            parts = {
+                "engine": lambda: sum(cpu_seconds(p) for p in engine),
+                "streamsrv": lambda: cpu_seconds(server_pid),
+                "client": children_cpu,
+            }
+            out, runs, walls = [], [], []
             for _ in range(RUNS):
-                with CpuMeter(self.server.proc.pid) as meter:  # type: ignore[union-attr]
+                with CpuMeter(parts) as meter:
                     seconds, total = timed(cmd, stdin)
                 if stdin is None and cmd[1] != str(PYCLIENT):  # pyclient checks itself
                     assert total == size, f"{cmd[:2]}: {total} bytes"
                 out.append(size / seconds)
-                spent.append((*meter.spent, seconds))
-            columns = zip(*spent, strict=True)
-            engine, server, client, wall = (statistics.median(x) / gib for x in columns)
-            self.cpu_rows.append(
-                f"| {what}, {label} | {engine:.2f} | {server:.2f} | {client:.2f} "
-                f"| {engine + server + client:.2f} | {wall:.2f} |"
-            )
+                runs.append(meter.spent)
+                walls.append(seconds)
+            self.cpu_rows.append(cpu_row(f"{what}, {label}", runs, walls, size))
             return out
 
         base = rates("docker exec", base_cmd)
@@ -278,8 +293,9 @@ class Bench:
         ]  # fmt: skip
         try:
             time.sleep(0.5)
-            base_down = self._pf_rates(lambda: download(down), PF_SIZE, True)
-            base_up = self._pf_rates(lambda: upload(up, PF_SIZE), PF_SIZE, False)
+            parts = self._pf_parts(None)
+            base_down = self._pf_rates("loopback TCP, to client", parts, partial(download, down))
+            base_up = self._pf_rates("loopback TCP, to service", parts, partial(upload, up))
         finally:
             for p in services:
                 p.kill()
@@ -293,9 +309,13 @@ class Bench:
             )  # fmt: skip
             try:
                 local = wait_forwarding(proc, log_path, [DOWN, UP])
-                ldown, lup = local[DOWN], local[UP]
-                ours_down = self._pf_rates(lambda p=ldown: download(p), PF_SIZE, True)  # type: ignore[misc]
-                ours_up = self._pf_rates(lambda p=lup: upload(p, PF_SIZE), PF_SIZE, False)  # type: ignore[misc]
+                parts = self._pf_parts(proc.pid)
+                ours_down = self._pf_rates(
+                    f"{label}, pod to client", parts, partial(download, local[DOWN])
+                )
+                ours_up = self._pf_rates(
+                    f"{label}, client to pod", parts, partial(upload, local[UP])
+                )
             finally:
                 proc.terminate()
                 proc.wait()
@@ -309,15 +329,31 @@ class Bench:
                     statistics.median(ours) / statistics.median(base),
                 )
 
-    @staticmethod
-    def _pf_rates(fn: Callable[[], object], size: int, check: bool) -> list[float]:
-        out = []
+    def _pf_parts(self, kubectl: int | None) -> dict[str, Callable[[], float]]:
+        """The server, kubectl and our socket client (the `dd`s behind `nc` are not counted:
+        busybox nc does not wait for them, and they are the same programs in both runs)."""
+        assert self.server.proc is not None
+        server_pid = self.server.proc.pid
+        return {
+            "streamsrv": lambda: cpu_seconds(server_pid),
+            "kubectl": lambda: cpu_seconds(kubectl) if kubectl else 0.0,
+            "client": own_cpu,
+        }
+
+    def _pf_rates(
+        self, what: str, parts: dict[str, Callable[[], float]], fn: Callable[[], int]
+    ) -> list[float]:
+        out, runs, walls = [], [], []
         for _ in range(RUNS):
-            start = time.perf_counter()
-            got = fn()
-            out.append(size / (time.perf_counter() - start))
-            if check:
-                assert got == size, got
+            with CpuMeter(parts) as meter:
+                start = time.perf_counter()
+                got = fn()
+                seconds = time.perf_counter() - start
+            assert got == PF_SIZE, got
+            out.append(PF_SIZE / seconds)
+            runs.append(meter.spent)
+            walls.append(seconds)
+        self.pf_cpu_rows.append(cpu_row(what, runs, walls, PF_SIZE))
         return out
 
     def row4_latency(self) -> None:
@@ -475,6 +511,14 @@ def main() -> None:
             print("| run | engine | streamsrv | client | all | wall seconds per GiB |")
             print("|---|---|---|---|---|---|")
             print("\n".join(bench.cpu_rows), flush=True)
+        if bench.pf_cpu_rows:
+            print(
+                "\nPort-forward CPU seconds per GiB, by process (medians of the same runs; the"
+                " pod's services are left out, they are the same programs in both):\n"
+            )
+            print("| run | streamsrv | kubectl | client | all | wall seconds per GiB |")
+            print("|---|---|---|---|---|---|")
+            print("\n".join(bench.pf_cpu_rows), flush=True)
     finally:
         server.stop()
         _remove_everything()
