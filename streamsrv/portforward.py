@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PORTFORWARD_V1 = "portforward.k8s.io"
-CHUNK = 64 * 1024
+CHUNK = 256 * 1024
 SOCKET_HIGH_WATER = 1 << 20
 TUNNEL_HIGH_WATER = 4 << 20
 
