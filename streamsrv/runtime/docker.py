@@ -45,6 +45,7 @@ T = TypeVar("T")
 DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 LOCAL_PAUSE_IMAGE = "streamsrv/pause:local"
 FIRST_SIZE_WAIT = 1.0  # seconds a tty session's input waits for the client's first size
+INSPECT_CACHE_SIZE = 4096  # container inspections kept for pod lookups
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -79,6 +80,8 @@ class DockerRuntime:
         self._local = self._endpoint.startswith("unix://")
         self.pause_image = pause_image
         self._pause_resolved: str | None = None
+        # container id -> (its listing's State and Status, its inspection); see _inspect_all
+        self._inspected: dict[str, tuple[tuple[Any, Any], dict[str, Any]]] = {}
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
@@ -172,6 +175,7 @@ class DockerRuntime:
         await self._remove(sandbox_id)
 
     async def _remove(self, container_id: str) -> None:
+        self._inspected.pop(container_id, None)
         try:
             await asyncio.to_thread(self.api.remove_container, container_id, v=True, force=True)
         except docker.errors.NotFound:
@@ -186,15 +190,33 @@ class DockerRuntime:
         )
         return found
 
-    async def _inspect_all(self, ids: list[str]) -> list[dict[str, Any]]:
-        async def one(cid: str) -> dict[str, Any] | None:
+    async def _inspect_all(self, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Inspect listed containers, reusing an inspection while the listing shows no change.
+
+        Every pod lookup (each kubectl exec makes two) lists the pod's sandbox and containers
+        and needs each one's inspection (exit code, start and finish times): 6 ms for a
+        three-container pod, against 1 ms for a list. The listing's State and Status
+        ("Up 2 minutes", "Exited (3) 5 seconds ago") change whenever a container starts,
+        stops or ages, so an inspection is reused only while both read the same.
+        """
+
+        async def one(summary: dict[str, Any]) -> dict[str, Any] | None:
+            cid = summary["Id"]
+            seen = (summary.get("State"), summary.get("Status"))
+            cached = self._inspected.get(cid)
+            if cached is not None and cached[0] == seen:
+                return cached[1]
             try:
                 info: dict[str, Any] = await asyncio.to_thread(self.api.inspect_container, cid)
-                return info
             except docker.errors.NotFound:
+                self._inspected.pop(cid, None)
                 return None  # removed between list and inspect
+            self._inspected[cid] = (seen, info)
+            if len(self._inspected) > INSPECT_CACHE_SIZE:
+                del self._inspected[next(iter(self._inspected))]  # the oldest
+            return info
 
-        results = await asyncio.gather(*(one(c) for c in ids))
+        results = await asyncio.gather(*(one(c) for c in summaries))
         return [r for r in results if r is not None]
 
     async def list_pod_sandboxes(
@@ -202,7 +224,7 @@ class DockerRuntime:
     ) -> list[SandboxState]:
         summaries = await self._list(TYPE_SANDBOX, labels)
         out: list[SandboxState] = []
-        for info in await self._inspect_all([s["Id"] for s in summaries]):
+        for info in await self._inspect_all(summaries):
             try:
                 pod = pod_from_labels(info["Config"]["Labels"])
             except (KeyError, ValueError) as exc:
@@ -256,7 +278,7 @@ class DockerRuntime:
     ) -> list[ContainerState]:
         summaries = await self._list(TYPE_CONTAINER, labels)
         out = []
-        for info in await self._inspect_all([s["Id"] for s in summaries]):
+        for info in await self._inspect_all(summaries):
             state = info.get("State", {})
             status = str(state.get("Status", "unknown"))
             kind = {"running": "running", "created": "created", "exited": "exited"}.get(

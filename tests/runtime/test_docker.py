@@ -222,3 +222,44 @@ async def test_exited_containers_give_the_pod_phase(runtime: DockerRuntime) -> N
     statuses = {s["name"]: s for s in got.render()["status"]["containerStatuses"]}
     assert statuses["bad"]["state"]["terminated"]["exitCode"] == 3
     assert statuses["ok"]["state"]["terminated"]["exitCode"] == 0
+
+
+async def test_pod_lookups_reuse_inspections_until_the_listing_changes(
+    runtime: DockerRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = PodManager(runtime)
+    stopper = {"name": "stopper", "image": BUSYBOX, "command": ["sleep", "100000"]}
+    pod = await manager.create(parse_pod(pod_manifest(unique("cache"), sleeper(), stopper)))
+    inspected: list[str] = []
+    real = runtime.api.inspect_container
+
+    def counting(cid: str) -> dict[str, object]:
+        inspected.append(cid)
+        return real(cid)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(runtime.api, "inspect_container", counting)
+    ns, name = pod.spec.namespace, pod.spec.name
+    # Two lookups within the same second of the listing's Status text ("Up 2 seconds"):
+    # retried until a pair of lookups happens without a Status change in between.
+    for _ in range(20):
+        await manager.get(ns, name)
+        inspected.clear()
+        again = await manager.get(ns, name)
+        if not inspected:
+            break
+    assert again is not None and again.phase == "Running"
+    assert inspected == []
+
+    # The listing changes when a container stops: that one is inspected afresh.
+    stopper_id = pod.container_id("stopper")
+    assert stopper_id
+    await asyncio.to_thread(runtime.api.kill, stopper_id)
+    for _ in range(100):
+        got = await manager.get(ns, name)
+        assert got is not None
+        state = {c.name: c for c in got.containers}["stopper"]
+        if state.state == "exited":
+            break
+        await asyncio.sleep(0.1)
+    assert state.state == "exited" and state.exit_code == 137
+    assert stopper_id in inspected
