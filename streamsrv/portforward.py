@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PORTFORWARD_V1 = "portforward.k8s.io"
-CHUNK = 256 * 1024
+CHUNK = 256 * 1024  # bytes per read from a pod socket: one SPDY frame or message each
 SOCKET_HIGH_WATER = 1 << 20
 TUNNEL_HIGH_WATER = 4 << 20
 
