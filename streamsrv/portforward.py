@@ -121,7 +121,10 @@ class TunnelLink:
 
 
 class _Pair:
-    __slots__ = ("request_id", "port", "error", "data", "writer", "task", "timer", "eof")
+    __slots__ = (
+        "request_id", "port", "error", "data", "writer", "task", "timer", "eof", "early",
+        "early_size", "settled",
+    )  # fmt: skip
 
     def __init__(self, request_id: str, port: int) -> None:
         self.request_id = request_id
@@ -132,6 +135,11 @@ class _Pair:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.eof = False  # the client half-closed the data stream before the dial finished
+        # Data the client sent before the pod's port was dialled: SPDY lets a client send on a
+        # stream before its reply (kubectl waits; others need not). Written first, in order.
+        self.early: list[bytes] = []
+        self.early_size = 0
+        self.settled = asyncio.Event()  # dialled, failed or forgotten: no more early data
 
 
 class SpdyForwarder:
@@ -158,11 +166,18 @@ class SpdyForwarder:
             self._opened(event)
         elif isinstance(event, spdy.DataReceived):
             pair = self.by_stream.get(event.stream_id)
-            if pair is not None and event.stream_id == pair.data and pair.writer is not None:
+            if pair is None or event.stream_id != pair.data:
+                pass
+            elif pair.writer is not None:
                 pair.writer.write(event.data)
                 full = pair.writer.transport.get_write_buffer_size() > SOCKET_HIGH_WATER
                 if full and self.link is not None:
                     self.read_pause.pause_until(self.link, pair.writer.drain)
+            elif not pair.settled.is_set():
+                pair.early.append(event.data)
+                pair.early_size += len(event.data)
+                if pair.early_size > SOCKET_HIGH_WATER and self.link is not None:
+                    self.read_pause.pause_until(self.link, pair.settled.wait)
         elif isinstance(event, spdy.StreamEnded):
             pair = self.by_stream.get(event.stream_id)
             if pair is not None and event.stream_id == pair.data:
@@ -230,6 +245,8 @@ class SpdyForwarder:
         self._forget(pair)
 
     def _forget(self, pair: _Pair) -> None:
+        pair.settled.set()
+        pair.early.clear()
         self.pairs.pop(pair.request_id, None)
         for sid in (pair.error, pair.data):
             if sid is not None:
@@ -257,6 +274,10 @@ class SpdyForwarder:
             return
         reader, writer = await asyncio.open_connection(sock=sock, limit=CHUNK)
         pair.writer = writer
+        if pair.early:
+            writer.write(b"".join(pair.early))
+            pair.early.clear()
+        pair.settled.set()
         self.server.metrics.forwarded += 1
         try:
             self._send(lambda: conn.reply_stream(data))
