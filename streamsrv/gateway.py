@@ -433,6 +433,11 @@ def query_bool(request: web.Request, name: str) -> bool:
     return value is not None and value.strip().lower() not in ("0", "false")
 
 
+def query_streams(request: web.Request) -> dict[str, bool]:
+    """Which of stdin, stdout, stderr and tty an exec or attach request asks for."""
+    return {name: query_bool(request, name) for name in ("stdin", "stdout", "stderr", "tty")}
+
+
 def pick_container(
     request: web.Request, pod: Pod, name: str | None = None
 ) -> tuple[ContainerSpec, str]:
@@ -515,29 +520,14 @@ def attach_request(
 async def pod_exec(request: web.Request) -> web.StreamResponse:
     pod = await live_pod(request, "exec into")
     _, cid = pick_container(request, pod)
-    req = exec_request(
-        cid,
-        request.query.getall("command", []),
-        stdin=query_bool(request, "stdin"),
-        stdout=query_bool(request, "stdout"),
-        stderr=query_bool(request, "stderr"),
-        tty=query_bool(request, "tty"),
-    )
+    req = exec_request(cid, request.query.getall("command", []), **query_streams(request))
     return await _stream(request, req)
 
 
 async def pod_attach(request: web.Request) -> web.StreamResponse:
     pod = await live_pod(request, "attach")
     spec, cid = pick_container(request, pod)
-    req = attach_request(
-        spec,
-        cid,
-        stdin=query_bool(request, "stdin"),
-        stdout=query_bool(request, "stdout"),
-        stderr=query_bool(request, "stderr"),
-        tty=query_bool(request, "tty"),
-    )
-    return await _stream(request, req)
+    return await _stream(request, attach_request(spec, cid, **query_streams(request)))
 
 
 async def pod_portforward(request: web.Request) -> web.StreamResponse:
