@@ -302,24 +302,23 @@ class DockerRuntime:
 
     # ----------------------------------------------------------------------------- streaming
 
-    async def _hijack(
-        self, path: str, body: dict[str, Any] | None = None
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _hijack(self, path: str, body: dict[str, Any] | None = None) -> _EngineStream:
         """POST ``path`` with ``Upgrade: tcp`` and return the raw connection after the 101.
 
-        Done on our own asyncio connection rather than the SDK's ``socket=True``: the SDK
-        reads the response headers through a buffered reader, and output that arrives with
-        them (``echo hello`` does) would be lost when it hands over the raw socket.
+        Done on our own connection rather than the SDK's ``socket=True``: the SDK reads the
+        response headers through a buffered reader, and output that arrives with them
+        (``echo hello`` does) would be lost when it hands over the raw socket.
         """
         url = urllib.parse.urlsplit(self._endpoint)
         if url.scheme in ("unix", "http+unix"):
-            reader, writer = await asyncio.open_unix_connection(url.path, limit=1 << 20)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: Any = url.path
         elif url.scheme in ("tcp", "http"):
-            reader, writer = await asyncio.open_connection(
-                url.hostname, url.port or 2375, limit=1 << 20
-            )
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (url.hostname, url.port or 2375)
         else:
             raise BackendError(f"streaming over {url.scheme}:// Docker endpoints is not supported")
+        stream = _EngineStream(sock)
         payload = json.dumps(body or {}).encode()
         head = (
             f"POST /v{self.api.api_version}{path} HTTP/1.1\r\n"
@@ -328,11 +327,12 @@ class DockerRuntime:
             f"Content-Length: {len(payload)}\r\n\r\n"
         )
         try:
-            writer.write(head.encode() + payload)
-            raw = await reader.readuntil(b"\r\n\r\n")
+            await stream.loop.sock_connect(sock, address)
+            await stream.write(head.encode() + payload)
+            raw = await stream.read_head()
             status = int(raw.split(b" ", 2)[1])
             if status not in (101, 200):
-                rest = await asyncio.wait_for(reader.read(65536), 5)
+                rest = await asyncio.wait_for(stream.read(), 5)
                 message = rest.decode(errors="replace").strip()
                 with contextlib.suppress(ValueError):
                     message = json.loads(message.splitlines()[-1]).get("message", message)
@@ -340,9 +340,9 @@ class DockerRuntime:
                     raise ContainerNotFound(message)
                 raise BackendError(f"docker answered {status}: {message}")
         except BaseException:
-            writer.close()
+            stream.close()
             raise
-        return reader, writer
+        return stream
 
     async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
         created = await self._call(
@@ -355,17 +355,17 @@ class DockerRuntime:
             tty=tty,
         )
         exec_id: str = created["Id"]
-        reader, writer = await self._hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
+        stream = await self._hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
         try:
             await self._pump(
-                reader, writer, io, tty, lambda h, w: self.api.exec_resize(exec_id, h, w), eof=True
+                stream, io, tty, lambda h, w: self.api.exec_resize(exec_id, h, w), eof=True
             )
             return await self._exit_code(exec_id)
         except asyncio.CancelledError:
             await asyncio.shield(self._kill_exec(exec_id))
             raise
         finally:
-            writer.close()
+            stream.close()
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
         query = urllib.parse.urlencode(
@@ -376,19 +376,18 @@ class DockerRuntime:
                 "stderr": int(io.stderr is not None),
             }
         )
-        reader, writer = await self._hijack(f"/containers/{container_id}/attach?{query}")
+        stream = await self._hijack(f"/containers/{container_id}/attach?{query}")
         try:
             # stdin EOF is not passed on: it would end the container's main process for all.
             await self._pump(
-                reader, writer, io, tty, lambda h, w: self.api.resize(container_id, h, w), eof=False
+                stream, io, tty, lambda h, w: self.api.resize(container_id, h, w), eof=False
             )
         finally:
-            writer.close()
+            stream.close()
 
     async def _pump(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        stream: _EngineStream,
         io: StdIO,
         tty: bool,
         resize: Callable[[int, int], object],
@@ -408,15 +407,13 @@ class DockerRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
             while data := await io.stdin.read():
-                writer.write(data)
-                await writer.drain()
+                await stream.write(data)
             if not eof:
                 return
             if tty:
-                writer.write(b"\x04")  # a terminal has no half-close: EOT at a line start
-                await writer.drain()
-            elif writer.can_write_eof():
-                writer.write_eof()
+                await stream.write(b"\x04")  # a terminal has no half-close: EOT at a line start
+            else:
+                stream.write_eof()
 
         async def resizes() -> None:
             assert io.resize is not None
@@ -437,13 +434,13 @@ class DockerRuntime:
         try:
             demux = None if tty else Demuxer()
             sinks = {STDOUT: io.stdout, STDERR: io.stderr}
-            while data := await reader.read(1 << 18):
+            while data := await stream.read():
                 if demux is None:
                     if io.stdout is not None:
                         await io.stdout.write(data)
                     continue
-                for stream, piece in demux.feed(data):
-                    sink = sinks.get(stream)
+                for number, piece in demux.feed(data):
+                    sink = sinks.get(number)
                     if sink is not None and piece:
                         await sink.write(piece)
         finally:
@@ -503,6 +500,54 @@ class DockerRuntime:
 
 _CLONE_NEWNET = 0x40000000
 _libc: ctypes.CDLL | None = None
+
+
+class _EngineStream:
+    """A hijacked engine connection, used through the event loop's socket calls.
+
+    No asyncio transport and StreamReader: those copy every byte of output twice more (into
+    the reader's buffer and out of it again), and buffer what the socket could not take of a
+    write. ``sock_recv`` hands over the bytes the kernel gave; ``sock_sendall`` waits until a
+    write is out, which is the back-pressure stdin needs.
+    """
+
+    READ = 1 << 18  # bytes per read: larger reads, fewer messages to the client
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self._pending = b""  # output that came in with the response head
+
+    async def read_head(self) -> bytes:
+        """The HTTP response head; what follows it is kept for :meth:`read`."""
+        buf = b""
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            if len(buf) > 65536:
+                raise BackendError("docker sent an oversized response head")
+            chunk = await self.loop.sock_recv(self.sock, 65536)
+            if not chunk:
+                raise BackendError("docker closed the connection before answering")
+            buf += chunk
+        self._pending = buf[end + 4 :]
+        return buf[: end + 4]
+
+    async def read(self) -> bytes:
+        """The next output bytes; ``b""`` at the end."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        return await self.loop.sock_recv(self.sock, self.READ)
+
+    async def write(self, data: bytes) -> None:
+        await self.loop.sock_sendall(self.sock, data)
+
+    def write_eof(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _setns(fd: int) -> None:
