@@ -1,4 +1,4 @@
-"""The signed single-use request cache behind stream URLs (protocol.md §1.3), on a fake clock."""
+"""The signed single-use request cache behind stream URLs (docs/protocol.md §1.3), fake clock."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import re
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from itsdangerous import TimestampSigner
 
+from streamsrv.errors import RequestError, StreamsrvError
 from streamsrv.tokens import CacheFull, RequestCache, TokenError, TokenNotFound
 
 SECRET = b"s" * 32
@@ -249,7 +252,21 @@ def test_bad_settings(ttl: float, max_in_flight: int) -> None:
         RequestCache(SECRET, ttl=ttl, max_in_flight=max_in_flight)
 
 
+@pytest.mark.parametrize(
+    ("capacity", "fragment"),
+    [
+        ({"browser": 0}, "'browser' must be at least 1, not 0"),
+        ({"browser": 5, "batch": -1}, "'batch' must be at least 1, not -1"),
+        ({"default": 5}, "max_in_flight"),
+    ],
+)
+def test_bad_capacity(capacity: dict[str, int], fragment: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        RequestCache(SECRET, capacity=capacity)
+
+
 def test_http_mapping() -> None:
+    assert issubclass(TokenError, RequestError) and issubclass(TokenError, StreamsrvError)
     assert issubclass(TokenNotFound, TokenError) and issubclass(CacheFull, TokenError)
     assert TokenNotFound.http_status == 404
     assert CacheFull.http_status == 429
@@ -269,3 +286,234 @@ def test_a_nonce_already_in_flight_is_drawn_again(
     assert second.split(".")[0] == "other-nonce0"
     assert cache.consume("exec", second) == "second"
     assert cache.consume("exec", first) == "first"
+
+
+# ---------------------------------------------------------------------------- purposes
+
+
+@pytest.fixture
+def purposes(clock: Clock) -> RequestCache[str]:
+    return RequestCache(
+        SECRET, max_in_flight=5, capacity={"browser": 3}, clock=clock, wall_clock=clock
+    )
+
+
+def test_default_purpose_and_capacity(cache: RequestCache[str]) -> None:
+    token = cache.insert("exec", "request")
+    assert cache.in_flight() == cache.in_flight("default") == 1
+    assert cache.in_flight("browser") == 0
+    assert dict(cache.capacity) == {}
+    cache.consume("exec", token)
+    assert cache.in_flight() == 0
+
+
+def test_a_full_purpose_does_not_block_the_default_one(purposes: RequestCache[str]) -> None:
+    for i in range(3):
+        purposes.insert("exec", f"browser{i}", purpose="browser")
+    with pytest.raises(CacheFull) as info:
+        purposes.insert("exec", "one too many", purpose="browser")
+    assert info.value.purpose == "browser"
+    assert info.value.retry_after == 60
+    assert str(info.value) == "maximum number of in-flight requests exceeded"
+    token = purposes.insert("exec", "kubectl")  # the default purpose has its own 5 slots
+    assert purposes.in_flight("browser") == 3
+    assert purposes.in_flight("default") == 1
+    assert len(purposes) == 4
+    assert purposes.consume("exec", token) == "kubectl"
+
+
+def test_the_default_purpose_is_capped_by_max_in_flight(purposes: RequestCache[str]) -> None:
+    purposes.insert("exec", "browser", purpose="browser")
+    for i in range(5):
+        purposes.insert("exec", str(i))
+    with pytest.raises(CacheFull) as info:
+        purposes.insert("exec", "one too many")
+    assert info.value.purpose == "default"
+    purposes.insert("exec", "browser still fits", purpose="browser")
+
+
+def test_an_unnamed_purpose_gets_max_in_flight_of_its_own(purposes: RequestCache[str]) -> None:
+    for i in range(5):
+        purposes.insert("exec", str(i))
+    for i in range(5):
+        purposes.insert("exec", f"batch{i}", purpose="batch")
+    with pytest.raises(CacheFull) as info:
+        purposes.insert("exec", "one too many", purpose="batch")
+    assert info.value.purpose == "batch"
+    assert (purposes.in_flight("default"), purposes.in_flight("batch")) == (5, 5)
+    assert len(purposes) == 10
+
+
+def test_consuming_frees_a_slot_of_the_entrys_purpose(purposes: RequestCache[str]) -> None:
+    tokens = [purposes.insert("exec", f"b{i}", purpose="browser") for i in range(3)]
+    purposes.insert("exec", "kubectl")
+    assert purposes.consume("exec", tokens[1]) == "b1"  # no purpose given: the entry knows it
+    assert purposes.in_flight("browser") == 2
+    assert purposes.in_flight("default") == 1
+    purposes.insert("exec", "fits again", purpose="browser")
+    with pytest.raises(CacheFull):
+        purposes.insert("exec", "full again", purpose="browser")
+
+
+def test_expiry_frees_a_slot_of_the_entrys_purpose(
+    purposes: RequestCache[str], clock: Clock
+) -> None:
+    old = purposes.insert("exec", "old", purpose="browser")
+    clock.now += 30
+    for i in range(2):
+        purposes.insert("exec", f"new{i}", purpose="browser")
+    kubectl = purposes.insert("exec", "kubectl")
+    with pytest.raises(CacheFull):
+        purposes.insert("exec", "full", purpose="browser")
+    clock.now += 30  # "old" reaches its expiry: collected on the next insert, of any purpose
+    assert purposes.in_flight("browser") == 3  # not collected yet
+    purposes.insert("exec", "kubectl2")
+    assert purposes.in_flight("browser") == 2
+    assert purposes.in_flight("default") == 2
+    purposes.insert("exec", "room again", purpose="browser")
+    assert purposes.in_flight("browser") == 3
+    with pytest.raises(TokenNotFound):
+        purposes.consume("exec", old)
+    assert purposes.in_flight("browser") == 3  # it was gone already: nothing freed twice
+    assert purposes.consume("exec", kubectl) == "kubectl"
+    assert len(purposes) == 4
+
+
+def test_consuming_an_expired_entry_frees_its_slot(clock: Clock) -> None:
+    # Only the monotonic clock moves: the signature passes, the cache's expiry does not.
+    wall = Clock(clock.now)
+    cache: RequestCache[str] = RequestCache(
+        SECRET, capacity={"browser": 1}, clock=clock, wall_clock=wall
+    )
+    token = cache.insert("exec", "request", purpose="browser")
+    clock.now += 60.5
+    with pytest.raises(TokenNotFound):
+        cache.consume("exec", token)
+    assert cache.in_flight("browser") == 0  # freed by the consume, before any collection
+    assert len(cache) == 0
+    cache.insert("exec", "next", purpose="browser")
+    assert cache.in_flight("browser") == 1
+
+
+def test_a_wrong_kind_consume_keeps_the_entry_and_its_slot(purposes: RequestCache[str]) -> None:
+    tokens = [purposes.insert("exec", f"b{i}", purpose="browser") for i in range(3)]
+    with pytest.raises(TokenNotFound):
+        purposes.consume("attach", tokens[0])
+    assert purposes.in_flight("browser") == 3
+    with pytest.raises(CacheFull):
+        purposes.insert("exec", "still full", purpose="browser")
+    assert purposes.consume("exec", tokens[0]) == "b0"
+    assert purposes.in_flight("browser") == 2
+
+
+def test_a_kind_mismatch_in_the_entry_frees_its_slot(purposes: RequestCache[str]) -> None:
+    # Past the signature (someone holding the secret), the lookup uses the entry up.
+    token = purposes.insert("exec", "request", purpose="browser")
+    nonce = token.split(".")[0]
+    forged = TimestampSigner(SECRET, salt="streamsrv.tokens.attach", key_derivation="hmac")
+    forged.get_timestamp = lambda: 1_700_000_000  # type: ignore[method-assign]
+    with pytest.raises(TokenNotFound):
+        purposes.consume("attach", forged.sign(nonce).decode())
+    assert purposes.in_flight("browser") == 0
+
+
+def test_a_refused_insert_takes_no_slot(purposes: RequestCache[str]) -> None:
+    for i in range(3):
+        purposes.insert("exec", str(i), purpose="browser")
+    for _ in range(3):
+        with pytest.raises(CacheFull):
+            purposes.insert("exec", "refused", purpose="browser")
+    assert purposes.in_flight("browser") == 3
+    assert len(purposes) == 3
+
+
+def test_capacity_is_read_only(purposes: RequestCache[str]) -> None:
+    assert dict(purposes.capacity) == {"browser": 3}
+    with pytest.raises(TypeError):
+        purposes.capacity["browser"] = 10  # type: ignore[index]
+
+
+# One step of the property below: ("insert", purpose, kind), ("consume", token index, kind),
+# or ("advance", seconds, "").
+_KINDS = st.sampled_from(["exec", "attach"])
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("insert"), st.sampled_from(["default", "browser"]), _KINDS),
+        st.tuples(st.just("consume"), st.integers(0, 40), _KINDS),
+        st.tuples(st.just("advance"), st.sampled_from([0.5, 1, 5, 10, 11]), st.just("")),
+    ),
+    min_size=10,  # hypothesis draws short lists otherwise, which rarely fill a purpose
+    max_size=80,
+)
+
+
+@dataclass
+class _Issued:
+    token: str
+    kind: str
+    purpose: str
+    expires: float
+    gone: bool = False  # consumed, refused for its expiry (removed as well), or collected
+
+
+@given(steps=_STEPS)
+def test_in_flight_matches_a_model_of_unexpired_unconsumed_entries(
+    steps: list[tuple[str, object, str]],
+) -> None:
+    clock = Clock()
+    wall = Clock(clock.now)  # frozen: the cache's own expiry decides, not the signature
+    caps = {"default": 4, "browser": 2}
+    cache: RequestCache[int] = RequestCache(
+        SECRET,
+        ttl=10,
+        max_in_flight=caps["default"],
+        capacity={"browser": caps["browser"]},
+        clock=clock,
+        wall_clock=wall,
+    )
+    issued: list[_Issued] = []
+
+    def live(purpose: str) -> int:
+        return sum(
+            1 for e in issued if e.purpose == purpose and not e.gone and clock.now < e.expires
+        )
+
+    for action, arg, kind in steps:
+        if action == "advance":
+            assert isinstance(arg, int | float)
+            clock.now += arg
+        elif action == "insert":
+            assert isinstance(arg, str)
+            for e in issued:  # every insert collects what has reached its expiry, of any purpose
+                e.gone = e.gone or clock.now >= e.expires
+            expect_full = live(arg) >= caps[arg]
+            try:
+                token = cache.insert(kind, len(issued), purpose=arg)
+            except CacheFull as full:
+                assert expect_full and full.purpose == arg
+            else:
+                assert not expect_full
+                issued.append(_Issued(token, kind, arg, clock.now + 10))
+            # The insert collected: held entries are exactly the unexpired, unconsumed ones.
+            for purpose in caps:
+                assert cache.in_flight(purpose) == live(purpose)
+        elif issued:
+            assert isinstance(arg, int)
+            index = arg % len(issued)
+            entry = issued[index]
+            # Consume still takes an entry at its expiry exactly, if no insert collected it.
+            expect = entry.kind == kind and not entry.gone and clock.now <= entry.expires
+            try:
+                got = cache.consume(kind, entry.token)
+            except TokenNotFound:
+                assert not expect
+            else:
+                assert expect and got == index
+            if entry.kind == kind:  # another kind fails its signature and leaves the entry be
+                entry.gone = True
+        # Between inserts the counts also include expired entries not collected yet.
+        for purpose in caps:
+            held = sum(1 for e in issued if e.purpose == purpose and not e.gone)
+            assert cache.in_flight(purpose) == held
+            assert live(purpose) <= held
+        assert len(cache) == sum(cache.in_flight(p) for p in caps)

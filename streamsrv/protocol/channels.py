@@ -1,4 +1,4 @@
-"""The Kubernetes WebSocket channel protocols, sans-IO (protocol.md §3 and §5a).
+"""The Kubernetes WebSocket channel protocols, sans-IO (docs/protocol.md §3 and §5a).
 
 Every WebSocket message carries one channel. The binary subprotocols (``""``,
 ``channel.k8s.io``, ``v4.channel.k8s.io``, ``v5.channel.k8s.io``) prefix the payload with the
@@ -23,6 +23,8 @@ import binascii
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from ..errors import ProtocolError
 
 # Subprotocol names, in the order this server prefers them (Go's SupportedStreamingProtocols
 # style). The client's order decides which one is used, see negotiate().
@@ -68,7 +70,7 @@ _MAX_BASE64_CHANNELS = 0x80 - ord("0")
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 
-class ChannelProtocolError(ValueError):
+class ChannelProtocolError(ProtocolError, ValueError):
     """The peer broke the channel protocol badly enough that the connection must end.
 
     Go's ``wsstream.Conn.handle`` breaks out of its read loop (and so closes the connection) on
@@ -119,7 +121,7 @@ def parse_protocol_header(values: str | Iterable[str]) -> list[str]:
 
 
 def negotiate(offered: Sequence[str], supported: Sequence[str]) -> str | None:
-    """Pick a subprotocol the way Go's ``wsstream.handshake`` does (protocol.md §3.1).
+    """Pick a subprotocol the way Go's ``wsstream.handshake`` does (docs/protocol.md §3.1).
 
     The *client's* list is walked in order and its first entry the server supports wins; the
     server's order does not matter. A client that offered nothing gets :data:`NO_PROTOCOL`

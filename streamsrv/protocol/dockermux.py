@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import struct
 
+from ..errors import ProtocolError
+
 STDIN, STDOUT, STDERR = 0, 1, 2
 _HEADER = struct.Struct(">BxxxL")
 
 
-class DemuxError(ValueError):
+class DemuxError(ProtocolError, ValueError):
     """The engine sent a frame header that is not one (unknown stream number)."""
 
 

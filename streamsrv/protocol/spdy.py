@@ -1,4 +1,4 @@
-"""SPDY/3.1 as moby/spdystream speaks it (protocol.md §6): a sans-IO, role-symmetric codec.
+"""SPDY/3.1 as moby/spdystream speaks it (docs/protocol.md §6): a sans-IO, role-symmetric codec.
 
 :class:`SpdyConnection` follows h2's shape. :meth:`~SpdyConnection.receive_data` takes bytes in
 any chunking and returns events; the ``send_*``/``open_stream``/``reply_stream``/... calls queue
@@ -13,9 +13,14 @@ What the codec does, and where it follows spdystream rather than the SPDY/3.1 dr
   with the SPDY/3 dictionary, and every block is sync-flushed. Received header values are
   ``dict[str, str]``: a name that carries several values keeps them NUL-joined, exactly as on
   the wire (Kubernetes only uses the single-valued ``streamtype``, ``port`` and ``requestid``).
-  A name sent twice is merged the same way. An inflated block larger than
-  ``max_header_block_size`` (1 MiB by default) is fatal, so a decompression bomb costs at most
-  that much memory.
+  A name sent twice is merged the same way (in linear time). An inflated block larger than
+  ``max_header_block_size`` (64 KiB by default) is fatal, so a decompression bomb costs at most
+  that much memory, and so is a block that declares more than ``max_header_count`` pairs (100
+  by default; kubectl sends 3 to 5); the declared count is checked before any pair is parsed.
+* **Frame size**: a frame whose 8-byte header declares more than ``max_frame_size`` bytes
+  (1 MiB by default; kubectl writes DATA of at most 32 KiB) is fatal as soon as that header
+  arrives, so a peer cannot make us hold a large partial frame. :attr:`SpdyConnection.buffered`
+  tells how many bytes of an incomplete frame are held.
 * **Version** bits of received control frames are not checked (spdystream does not check them);
   sent frames carry version 3.
 * **Stream ids** (§6.4): a peer SYN_STREAM whose id is not above the last accepted one, has the
@@ -40,7 +45,8 @@ that is not in the table raises :class:`LocalProtocolError`; every receive input
 either delivers an event or drops the frame. A stream is forgotten once both sides are closed or
 it is reset.
 
-Errors: :meth:`SpdyConnection.receive_data` raises only :class:`RemoteProtocolError`. Before it
+Errors: :class:`ProtocolError` is a :class:`streamsrv.errors.ProtocolError`.
+:meth:`SpdyConnection.receive_data` raises only :class:`RemoteProtocolError`. Before it
 raises, a GOAWAY(PROTOCOL_ERROR) is queued (unless a GOAWAY was sent already), so the caller
 should flush :meth:`~SpdyConnection.data_to_send` and close the transport; the events parsed
 before the bad frame in that call are in the exception's ``events``. From then on
@@ -58,6 +64,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final, TypeAlias
+
+from ..errors import ProtocolError as _BaseProtocolError
 
 __all__ = [
     "DICTIONARY",
@@ -89,15 +97,18 @@ __all__ = [
 ]
 
 DICTIONARY: Final = resources.files(__package__).joinpath("spdy3_dictionary.bin").read_bytes()
-"""The SPDY/3 header dictionary (1423 bytes, Adler-32 0xE3C6A7C2), protocol.md §6.3."""
+"""The SPDY/3 header dictionary (1423 bytes, Adler-32 0xE3C6A7C2), docs/protocol.md §6.3."""
 
 VERSION: Final = 3
 MAX_FRAME_LENGTH: Final = 0xFFFFFF  # 24-bit length field (spdystream MaxDataLength)
 MAX_STREAM_ID: Final = 0x7FFFFFFF
 DEFAULT_MAX_DATA_FRAME_SIZE: Final = 32 * 1024  # what kubectl writes
-DEFAULT_MAX_HEADER_BLOCK_SIZE: Final = 1 << 20
+DEFAULT_MAX_HEADER_BLOCK_SIZE: Final = 64 * 1024  # inflated; kubectl's blocks are ~50 bytes
+DEFAULT_MAX_HEADER_COUNT: Final = 100  # name/value pairs declared by one block
+DEFAULT_MAX_FRAME_SIZE: Final = 1 << 20  # the largest frame accepted from the peer
+MIN_MAX_FRAME_SIZE: Final = 1024
 
-# Control frame types (protocol.md §6.1). 5 (NOOP) and 10 (CREDENTIAL) are unknown, as in
+# Control frame types (docs/protocol.md §6.1). 5 (NOOP) and 10 (CREDENTIAL) are unknown, as in
 # spdystream, and so fatal.
 SYN_STREAM: Final = 1
 SYN_REPLY: Final = 2
@@ -117,7 +128,7 @@ _CONTROL = struct.Struct(">HHI")  # 0x8000 | version, type, flags << 24 | length
 _U32 = struct.Struct(">I")
 _TWO = struct.Struct(">II")
 
-# Names spdystream refuses (InvalidHeaderPresent), protocol.md §6.2.
+# Names spdystream refuses (InvalidHeaderPresent), docs/protocol.md §6.2.
 REQUEST_FORBIDDEN: Final = frozenset(
     {"connection", "host", "keep-alive", "proxy-connection", "transfer-encoding"}
 )
@@ -132,7 +143,7 @@ class Role(enum.Enum):
 
 
 class RstStatus(enum.IntEnum):
-    """RST_STREAM status codes (protocol.md §6.1)."""
+    """RST_STREAM status codes (docs/protocol.md §6.1)."""
 
     PROTOCOL_ERROR = 1
     INVALID_STREAM = 2
@@ -148,7 +159,7 @@ class RstStatus(enum.IntEnum):
 
 
 class GoAwayStatus(enum.IntEnum):
-    """GOAWAY status codes (protocol.md §6.1); Kubernetes sends OK."""
+    """GOAWAY status codes (docs/protocol.md §6.1); Kubernetes sends OK."""
 
     OK = 0
     PROTOCOL_ERROR = 1
@@ -158,8 +169,9 @@ class GoAwayStatus(enum.IntEnum):
 # ---------------------------------------------------------------------------------- errors
 
 
-class ProtocolError(Exception):
-    """Base of the codec's errors. Abstract: raise one of its two subclasses."""
+class ProtocolError(_BaseProtocolError):
+    """Base of the codec's errors (a :class:`streamsrv.errors.ProtocolError`). Abstract: raise
+    one of its two subclasses."""
 
     def __init__(self, message: str) -> None:
         if type(self) is ProtocolError:
@@ -411,7 +423,7 @@ def _encode_merged(merged: dict[str, list[str]]) -> bytes:
 
 
 def encode_header_block(headers: HeadersInput) -> bytes:
-    """The uncompressed SPDY/3 name/value block (protocol.md §6.2).
+    """The uncompressed SPDY/3 name/value block (docs/protocol.md §6.2).
 
     ``u32 count`` then ``u32 len, name, u32 len, value`` per pair. Names are lowercased (as
     spdystream's writer does) and a repeated name has its values NUL-joined in order.
@@ -422,49 +434,75 @@ def encode_header_block(headers: HeadersInput) -> bytes:
     return _encode_merged(_merge_headers(headers))
 
 
-def decode_header_block(block: bytes, forbidden: frozenset[str] = REQUEST_FORBIDDEN) -> Headers:
-    """Parse an inflated name/value block (protocol.md §6.2), as spdystream's reader does.
+def decode_header_block(
+    block: bytes,
+    forbidden: frozenset[str] = REQUEST_FORBIDDEN,
+    *,
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+) -> Headers:
+    """Parse an inflated name/value block (docs/protocol.md §6.2), as spdystream's reader does.
 
-    Text is UTF-8 with ``surrogateescape`` so any bytes decode (Go strings are bytes).
+    Text is UTF-8 with ``surrogateescape`` so any bytes decode (Go strings are bytes). The
+    values of a repeated name are collected and joined once, so the cost is linear in the
+    size of the block.
 
     Args:
         block: the whole inflated block of one frame.
         forbidden: names whose presence is fatal (``REQUEST_FORBIDDEN`` for SYN_STREAM,
             ``RESPONSE_FORBIDDEN`` for SYN_REPLY).
+        max_header_count: the most name/value pairs the block may declare; the declared count
+            is checked before any pair is parsed.
 
     Returns:
         The headers; a name seen twice keeps both values NUL-joined.
 
     Raises:
-        RemoteProtocolError: truncated or trailing bytes, a name with uppercase letters, or a
-            forbidden name.
+        RemoteProtocolError: more pairs declared than ``max_header_count``, truncated or
+            trailing bytes, a name with uppercase letters, or a forbidden name.
     """
     end = len(block)
     if end < 4:
         raise RemoteProtocolError("header block is truncated")
     (count,) = _U32.unpack_from(block, 0)
+    if count > max_header_count:
+        raise RemoteProtocolError(
+            f"header block declares {count} pairs, more than max_header_count ({max_header_count})"
+        )
     pos = 4
-    out: Headers = {}
+    unpack = _U32.unpack_from
+    collected: dict[str, list[str]] = {}
     for _ in range(count):
-        texts: list[str] = []
-        for _ in range(2):
-            if end - pos < 4:
-                raise RemoteProtocolError("header block is truncated")
-            (size,) = _U32.unpack_from(block, pos)
-            pos += 4
-            if end - pos < size:
-                raise RemoteProtocolError("header block is truncated")
-            texts.append(block[pos : pos + size].decode("utf-8", "surrogateescape"))
-            pos += size
-        name, value = texts
+        if end - pos < 4:
+            raise RemoteProtocolError("header block is truncated")
+        (size,) = unpack(block, pos)
+        pos += 4
+        if end - pos < size:
+            raise RemoteProtocolError("header block is truncated")
+        name = block[pos : pos + size].decode("utf-8", "surrogateescape")
+        pos += size
+        if end - pos < 4:
+            raise RemoteProtocolError("header block is truncated")
+        (size,) = unpack(block, pos)
+        pos += 4
+        if end - pos < size:
+            raise RemoteProtocolError("header block is truncated")
+        value = block[pos : pos + size].decode("utf-8", "surrogateescape")
+        pos += size
         if name != name.lower():
             raise RemoteProtocolError(f"header name {name!r} is not lowercase")
         if name in forbidden:
             raise RemoteProtocolError(f"header {name!r} is not allowed here")
-        out[name] = f"{out[name]}\x00{value}" if name in out else value
+        values = collected.get(name)
+        if values is None:
+            collected[name] = [value]
+        else:
+            values.append(value)
     if pos != end:
         raise RemoteProtocolError("header block has trailing bytes")
-    return out
+    return {
+        name: values[0] if len(values) == 1 else "\x00".join(values)
+        for name, values in collected.items()
+    }
 
 
 # ---------------------------------------------------------------------------- the connection
@@ -473,7 +511,7 @@ def decode_header_block(block: bytes, forbidden: frozenset[str] = REQUEST_FORBID
 def _check_control_header(kind: int, flags: int, length: int) -> None:
     """Checks that need only the 8-byte header, so a bad frame fails before its body arrives.
 
-    protocol.md §6.1: fixed lengths, zero flags where spdystream demands them, known types.
+    docs/protocol.md §6.1: fixed lengths, zero flags where spdystream demands them, known types.
     """
     if kind == SYN_STREAM:
         ok = length > 10  # 10 fixed bytes, then a non-empty compressed block
@@ -495,6 +533,10 @@ def _check_control_header(kind: int, flags: int, length: int) -> None:
         )
 
 
+def _too_large(length: int, limit: int) -> RemoteProtocolError:
+    return RemoteProtocolError(f"frame of {length} bytes is larger than max_frame_size ({limit})")
+
+
 class SpdyConnection:
     """One SPDY/3.1 connection as moby/spdystream speaks it, either side (sans-IO).
 
@@ -503,7 +545,12 @@ class SpdyConnection:
         max_data_frame_size: ``send_data`` splits larger payloads into DATA frames of this
             size (kubectl writes 32 KiB; at most 0xFFFFFF).
         max_header_block_size: the largest inflated header block accepted from the peer, and
-            the largest one we send.
+            the largest one we send (64 KiB by default).
+        max_header_count: the most name/value pairs a received block may declare, and the most
+            distinct names we send in one block (100 by default).
+        max_frame_size: the largest frame (control or DATA, without its 8-byte header)
+            accepted from the peer; a larger one is fatal as soon as its header arrives (1 MiB
+            by default, 1 KiB..0xFFFFFF).
     """
 
     def __init__(
@@ -512,14 +559,22 @@ class SpdyConnection:
         *,
         max_data_frame_size: int = DEFAULT_MAX_DATA_FRAME_SIZE,
         max_header_block_size: int = DEFAULT_MAX_HEADER_BLOCK_SIZE,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         if not 0 < max_data_frame_size <= MAX_FRAME_LENGTH:
             raise ValueError("max_data_frame_size must be in 1..0xFFFFFF")
         if max_header_block_size < 4:
             raise ValueError("max_header_block_size must be at least 4")
+        if max_header_count < 0:
+            raise ValueError("max_header_count must not be negative")
+        if not MIN_MAX_FRAME_SIZE <= max_frame_size <= MAX_FRAME_LENGTH:
+            raise ValueError("max_frame_size must be in 1024..0xFFFFFF")
         self.role: Final = role
         self.max_data_frame_size: Final = max_data_frame_size
         self.max_header_block_size: Final = max_header_block_size
+        self.max_header_count: Final = max_header_count
+        self.max_frame_size: Final = max_frame_size
         own = 1 if role is Role.CLIENT else 2
         self._own_parity: Final = own % 2
         self._next_stream_id = own
@@ -562,8 +617,26 @@ class SpdyConnection:
         """Streams not yet closed on both sides nor reset."""
         return frozenset(self._streams)
 
+    @property
+    def open_streams(self) -> int:
+        """How many streams are live (``len(open_stream_ids)`` without building the set)."""
+        return len(self._streams)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete frame held until the rest of it arrives (0 between frames).
+
+        At most ``8 + max_frame_size``: a larger frame fails on its header.
+        """
+        return len(self._buf)
+
     def stream_state(self, stream_id: int) -> StreamState:
-        """The state of a stream; ``CLOSED`` for one that is gone or never existed."""
+        """The state of a stream; ``CLOSED`` for one that is gone or never existed.
+
+        A cheap check before answering a :class:`StreamOpened`: when the same
+        ``receive_data`` call also reset the stream, it is ``CLOSED`` already and
+        ``reply_stream`` would raise :class:`LocalProtocolError`.
+        """
         return self._streams.get(stream_id, StreamState.CLOSED)
 
     # ------------------------------------------------------------------------------ output
@@ -590,6 +663,8 @@ class SpdyConnection:
         bad = forbidden.intersection(merged)
         if bad:
             raise LocalProtocolError(f"header {min(bad)!r} is not allowed here")
+        if len(merged) > self.max_header_count:
+            raise LocalProtocolError("header block has more names than max_header_count")
         block = _encode_merged(merged)
         if len(block) > self.max_header_block_size:
             raise LocalProtocolError("header block is larger than max_header_block_size")
@@ -664,7 +739,7 @@ class SpdyConnection:
         self._set_state(stream_id, state)
 
     def send_headers(self, stream_id: int, headers: HeadersInput, *, fin: bool = False) -> None:
-        """Queue a HEADERS frame. Never do this toward kubectl (protocol.md §6.4).
+        """Queue a HEADERS frame. Never do this toward kubectl (docs/protocol.md §6.4).
 
         Raises:
             LocalProtocolError: our side of the stream is not writable, or bad headers.
@@ -881,6 +956,7 @@ class SpdyConnection:
         """Handle every complete frame in ``view``; return how many bytes were used."""
         pos, end = 0, len(view)
         header = _HEADER.unpack_from
+        limit = self.max_frame_size
         while end - pos >= 8:
             first, second = header(view, pos)
             flags, length = second >> 24, second & 0xFFFFFF
@@ -889,6 +965,8 @@ class SpdyConnection:
             if first & 0x80000000:
                 kind = first & 0xFFFF
                 _check_control_header(kind, flags, length)
+                if length > limit:
+                    raise _too_large(length, limit)
                 if stop > end:
                     self._need = 8 + length
                     return pos
@@ -898,6 +976,8 @@ class SpdyConnection:
             else:
                 if first == 0:
                     raise RemoteProtocolError("DATA frame on stream 0")
+                if length > limit:
+                    raise _too_large(length, limit)
                 if stop > end:
                     self._need = 8 + length
                     return pos
@@ -932,7 +1012,7 @@ class SpdyConnection:
             raise RemoteProtocolError(f"header block does not inflate: {exc}") from None
         if len(block) > limit:
             raise RemoteProtocolError("header block is larger than max_header_block_size")
-        return decode_header_block(block, forbidden)
+        return decode_header_block(block, forbidden, max_header_count=self.max_header_count)
 
     def _on_control(self, kind: int, flags: int, body: memoryview, events: list[Event]) -> None:
         if kind == SYN_STREAM:

@@ -1,4 +1,4 @@
-"""``metav1.Status`` bodies: the end of an exec/attach, and API error bodies (protocol.md §2.3).
+"""``metav1.Status`` bodies: the end of an exec/attach, and API errors (docs/protocol.md §2.3).
 
 The streaming bodies are byte-for-byte what the kubelet lib writes on the error stream or
 channel 3: ``json.Marshal(status.Status())`` of an ``apierrors.StatusError`` built in

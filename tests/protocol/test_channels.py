@@ -1,4 +1,4 @@
-"""The WebSocket channel codec, fed literal messages and generated ones (protocol.md §3, §5a)."""
+"""The WebSocket channel codec, fed literal and generated messages (docs/protocol.md §3, §5a)."""
 
 from __future__ import annotations
 

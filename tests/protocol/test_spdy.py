@@ -1,4 +1,4 @@
-"""The SPDY/3.1 codec: literal bytes from protocol.md, client/server pairs, generated input.
+"""The SPDY/3.1 codec: literal bytes from docs/protocol.md, client/server pairs, generated input.
 
 Everything here is pure bytes. ``FrameFactory`` builds raw frames with its own zlib context
 (h2's ``frame_factory``), standing in for a Go peer; ``Pair`` links a client and a server codec
@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamsrv import errors
 from streamsrv.protocol import spdy
 from streamsrv.protocol.spdy import (
     DICTIONARY,
@@ -45,7 +46,7 @@ from streamsrv.protocol.spdy import (
     WindowUpdateReceived,
 )
 
-EMPTY_BLOCK = bytes.fromhex("78f9e3c6a7c202a6230600000000ffff")  # protocol.md §6.3
+EMPTY_BLOCK = bytes.fromhex("78f9e3c6a7c202a6230600000000ffff")  # docs/protocol.md §6.3
 
 
 def hx(text: str) -> bytes:
@@ -192,7 +193,7 @@ def test_hand_assembled_syn_stream_is_parsed_and_replied() -> None:
     assert s.stream_state(1) is StreamState.SYN_RECEIVED
     assert s.data_to_send() == b""  # the server never speaks first
     s.reply_stream(1)
-    # SYN_REPLY id=1, empty block from the server's own fresh deflater (protocol.md A.1).
+    # SYN_REPLY id=1, empty block from the server's own fresh deflater (docs/protocol.md A.1).
     assert s.data_to_send() == hx("80030002 00000014 00000001") + EMPTY_BLOCK
     assert s.stream_state(1) is StreamState.OPEN
 
@@ -767,8 +768,8 @@ def test_one_byte_at_a_time_and_large_frames_stay_linear() -> None:
         StreamEnded(sid),
         PingReceived(1),
     ]
-    # A maximal 16 MiB frame arriving in 1 KiB reads: linear, not quadratic.
-    big = SpdyConnection(Role.SERVER)
+    # A maximal 16 MiB frame (allowed explicitly) arriving in 1 KiB reads: linear, not quadratic.
+    big = SpdyConnection(Role.SERVER, max_frame_size=spdy.MAX_FRAME_LENGTH)
     peer = FrameFactory()
     big.receive_data(peer.syn_stream(1))
     big.reply_stream(1)
@@ -881,6 +882,25 @@ FATAL: list[tuple[str, Callable[[], bytes], str]] = [
     ),
     ("bomb", _bomb, "larger than max_header_block_size"),
     ("zlib stream finished", _finished_then_more, "truncated"),
+    (
+        "block just over 64 KiB",
+        lambda: FrameFactory().syn_stream(1, [(b"x", b"a" * (65536 - 13 + 1))]),
+        "larger than max_header_block_size",
+    ),
+    (
+        "101 pairs",
+        lambda: FrameFactory().syn_stream(1, [(b"a", b"")] * 101),
+        "declares 101 pairs, more than max_header_count",
+    ),
+    (
+        "count before body",
+        lambda: _syn_with_raw(1, FrameFactory().compress(struct.pack(">II", 10**9, 1))),
+        "declares 1000000000 pairs",
+    ),
+    ("data header of 16 MiB", lambda: hx("00000001 00ffffff"), "larger than max_frame_size"),
+    ("data header of 1 MiB + 1", lambda: hx("00000001 00100001"), "larger than max_frame_size"),
+    ("syn header of 16 MiB", lambda: hx("80030001 00ffffff"), "larger than max_frame_size"),
+    ("settings header of 16 MiB", lambda: hx("80030004 00fffffc"), "larger than max_frame_size"),
 ]
 
 
@@ -937,6 +957,285 @@ def test_control_version_is_not_checked_like_spdystream() -> None:
     s = SpdyConnection(Role.SERVER)
     assert s.receive_data(FrameFactory.control(6, hx("00000001"), version=2)) == [PingReceived(1)]
     assert s.data_to_send() == hx("80030006 00000004 00000001")  # echoed as version 3
+
+
+# ------------------------------------------------------------------------------ limits
+
+
+def test_protocol_errors_are_streamsrv_protocol_errors() -> None:
+    assert issubclass(ProtocolError, errors.ProtocolError)
+    assert issubclass(ProtocolError, errors.StreamsrvError)
+    for error in (LocalProtocolError("x"), RemoteProtocolError("x")):
+        assert isinstance(error, errors.ProtocolError)
+    with pytest.raises(TypeError, match="abstract"):
+        ProtocolError("still abstract")
+    s = SpdyConnection(Role.SERVER)
+    with pytest.raises(errors.ProtocolError):
+        s.receive_data(hx("80030005 00000000"))
+
+
+def test_default_limits() -> None:
+    assert spdy.DEFAULT_MAX_HEADER_BLOCK_SIZE == 64 * 1024
+    assert spdy.DEFAULT_MAX_HEADER_COUNT == 100
+    assert spdy.DEFAULT_MAX_FRAME_SIZE == 1 << 20
+    s = SpdyConnection(Role.SERVER)
+    assert (s.max_header_block_size, s.max_header_count, s.max_frame_size) == (65536, 100, 1 << 20)
+    for kwargs in (
+        {"max_header_count": -1},
+        {"max_frame_size": 1023},
+        {"max_frame_size": 1 << 24},
+    ):
+        with pytest.raises(ValueError):
+            SpdyConnection(Role.SERVER, **kwargs)
+    SpdyConnection(Role.SERVER, max_header_count=0, max_frame_size=1024)
+    SpdyConnection(Role.SERVER, max_frame_size=spdy.MAX_FRAME_LENGTH)
+
+
+def test_a_block_of_exactly_the_limits_is_accepted() -> None:
+    peer, s = FrameFactory(), SpdyConnection(Role.SERVER)
+    value = b"a" * (65536 - 13)  # count, name length, "x", value length: 13 bytes
+    assert len(raw_block([(b"x", value)])) == 65536
+    assert s.receive_data(peer.syn_stream(1, [(b"x", value)])) == [
+        StreamOpened(1, {"x": value.decode()})
+    ]
+    pairs = [(b"n%d" % i, b"%d" % i) for i in range(100)]
+    assert s.receive_data(peer.syn_stream(3, pairs)) == [
+        StreamOpened(3, {f"n{i}": str(i) for i in range(100)})
+    ]
+
+
+def test_many_repeats_of_one_name_are_joined_once() -> None:
+    # 58,000 repeats in a ~2.6 KB SYN_STREAM used to be merged pair by pair (quadratic).
+    values = [b"%d" % (i % 10) for i in range(58_000)]
+    pairs = [(b"x-other", b"first")] + [(b"a", v) for v in values] + [(b"x-other", b"last")]
+    block = raw_block(pairs)
+    assert spdy.decode_header_block(block, max_header_count=58_002) == {
+        "x-other": "first\x00last",
+        "a": "\x00".join(v.decode() for v in values),
+    }
+    with pytest.raises(RemoteProtocolError, match="declares 58002 pairs"):
+        spdy.decode_header_block(block)
+    with pytest.raises(RemoteProtocolError, match="more than max_header_count \\(58001\\)"):
+        spdy.decode_header_block(block, max_header_count=58_001)
+    # The same through a connection that allows it, and refused by one that does not.
+    frame = FrameFactory().syn_stream(1, pairs)
+    assert len(frame) < 3000
+    roomy = SpdyConnection(Role.SERVER, max_header_block_size=1 << 20, max_header_count=58_002)
+    (opened,) = roomy.receive_data(frame)
+    assert isinstance(opened, StreamOpened) and opened.headers["a"].count("\x00") == 57_999
+    strict = SpdyConnection(Role.SERVER, max_header_block_size=1 << 20)
+    with pytest.raises(RemoteProtocolError, match="max_header_count"):
+        strict.receive_data(frame)
+    assert strict.data_to_send() == goaway_bytes(0, 1)
+
+
+def test_the_declared_count_is_checked_before_the_pairs() -> None:
+    # 10**9 pairs declared, a 4-byte body: the count is refused, not the truncation.
+    for block in (struct.pack(">I", 10**9), struct.pack(">II", 10**9, 1)):
+        with pytest.raises(RemoteProtocolError, match="declares 1000000000 pairs"):
+            spdy.decode_header_block(block)
+    with pytest.raises(RemoteProtocolError, match="truncated"):
+        spdy.decode_header_block(struct.pack(">II", 100, 1))
+    with pytest.raises(RemoteProtocolError, match="declares 1 pairs"):
+        spdy.decode_header_block(raw_block([(b"a", b"b")]), max_header_count=0)
+    assert spdy.decode_header_block(raw_block([]), max_header_count=0) == {}
+
+
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from([b"a", b"b", b"port", b"\xff"]), st.binary(max_size=6)),
+        max_size=40,
+    ),
+    slack=st.integers(-3, 3),
+)
+def test_decoded_blocks_join_repeats_in_order(pairs: list[tuple[bytes, bytes]], slack: int) -> None:
+    limit = max(0, len(pairs) + slack)
+    block = raw_block(pairs)
+    if len(pairs) > limit:
+        with pytest.raises(RemoteProtocolError, match="max_header_count"):
+            spdy.decode_header_block(block, max_header_count=limit)
+        return
+    expected: dict[str, str] = {}
+    for name, value in pairs:
+        key, text = (x.decode("utf-8", "surrogateescape") for x in (name, value))
+        expected[key] = f"{expected[key]}\x00{text}" if key in expected else text
+    decoded = spdy.decode_header_block(block, max_header_count=limit)
+    assert decoded == expected
+    assert list(decoded) == list(expected)  # names in order of first appearance
+
+
+def test_the_send_side_keeps_to_max_header_count() -> None:
+    c = SpdyConnection(Role.CLIENT, max_header_count=2)
+    with pytest.raises(LocalProtocolError, match="max_header_count"):
+        c.open_stream({"a": "1", "b": "2", "c": "3"})
+    assert c.data_to_send() == b""
+    sid = c.open_stream([("a", "1"), ("b", "2"), ("A", "3")])  # a repeated name counts once
+    s = SpdyConnection(Role.SERVER, max_header_count=2)
+    assert s.receive_data(c.data_to_send()) == [StreamOpened(sid, {"a": "1\x003", "b": "2"})]
+    with pytest.raises(LocalProtocolError, match="max_header_count"):
+        s.reply_stream(sid, {"x": "1", "y": "2", "z": "3"})
+    assert s.stream_state(sid) is StreamState.SYN_RECEIVED
+
+
+@pytest.mark.parametrize("split", [8, 4, 1])
+def test_an_oversized_frame_fails_on_its_header_alone(split: int) -> None:
+    peer, s = FrameFactory(), SpdyConnection(Role.SERVER)
+    s.receive_data(peer.syn_stream(1))
+    s.reply_stream(1)
+    s.data_to_send()
+    header = hx("00000001 00ffffff")  # DATA on stream 1 declaring 16 MiB, no payload yet
+    for i in range(0, 8 - split, split):
+        assert s.receive_data(header[i : i + split]) == []
+        assert s.buffered == i + split
+    with pytest.raises(RemoteProtocolError, match="16777215 bytes is larger than max_frame_size"):
+        s.receive_data(header[8 - split :])
+    assert s.buffered == 0
+    assert s.data_to_send() == goaway_bytes(1, 1)
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_max_frame_size_is_inclusive(control: bool) -> None:
+    peer = FrameFactory()
+    if control:  # a SETTINGS frame of exactly 1028 bytes: count + 128 entries
+        entries = [(0, i, i) for i in range(1, 129)]
+        fits = peer.settings(entries)
+        too_big = peer.settings([*entries, (0, 200, 1)])
+        event: Event = SettingsReceived({i: i for i in range(1, 129)})
+        limit = 1028
+    else:
+        fits, too_big = peer.data(1, b"x" * 1024), peer.data(1, b"x" * 1025)
+        event, limit = DataReceived(1, b"x" * 1024), 1024
+    s = SpdyConnection(Role.SERVER, max_frame_size=limit)
+    s.receive_data(peer.syn_stream(1))
+    assert s.receive_data(fits) == [event]
+    with pytest.raises(RemoteProtocolError, match=f"larger than max_frame_size \\({limit}\\)"):
+        s.receive_data(too_big[:8])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(1024, 1 << 20),
+    length=st.integers(0, 0xFFFFFF),
+    control=st.booleans(),
+)
+def test_frame_size_is_decided_by_the_header(limit: int, length: int, control: bool) -> None:
+    s = SpdyConnection(Role.SERVER, max_frame_size=limit)
+    if control:  # SETTINGS: the only control type whose length is free enough
+        length = 4 + (max(length, 4) - 4) // 8 * 8
+        header = struct.pack(">HHI", 0x8003, 4, length)
+    else:
+        header = struct.pack(">II", 1, length)
+    if length > limit:
+        with pytest.raises(RemoteProtocolError, match="max_frame_size"):
+            s.receive_data(header)
+        assert s.buffered == 0
+    else:
+        assert s.receive_data(header) == []
+        assert s.buffered == (8 if length else 0)
+
+
+def test_buffered_counts_the_bytes_of_an_incomplete_frame() -> None:
+    p = Pair()
+    sid = p.open()
+    assert p.server.buffered == 0
+    p.client.send_data(sid, b"a" * 100)
+    p.client.send_data(sid, b"b" * 100)
+    wire = p.client.data_to_send()
+    assert len(wire) == 216
+    assert p.server.receive_data(wire[:3]) == []
+    assert p.server.buffered == 3
+    assert p.server.receive_data(wire[3:58]) == []
+    assert p.server.buffered == 58
+    # The rest of the first frame and part of the second: only the second's bytes stay.
+    assert p.server.receive_data(wire[58:150]) == [DataReceived(sid, b"a" * 100)]
+    assert p.server.buffered == 150 - 108
+    assert p.server.receive_data(wire[150:]) == [DataReceived(sid, b"b" * 100)]
+    assert p.server.buffered == 0
+    p.client.ping()
+    assert p.server.receive_data(p.client.data_to_send()[:5]) == []
+    assert p.server.buffered == 5
+    assert p.server.receive_eof() == [ConnectionTerminated(5)]
+    assert p.server.buffered == 0
+
+
+def test_buffered_is_zero_after_a_failure() -> None:
+    s = SpdyConnection(Role.SERVER)
+    assert s.receive_data(hx("80030006 000000")) == []
+    assert s.buffered == 7
+    with pytest.raises(RemoteProtocolError):
+        s.receive_data(hx("05"))  # PING of length 5
+    assert s.buffered == 0
+
+
+def test_open_streams_counts_live_streams() -> None:
+    p = Pair()
+    assert p.client.open_streams == p.server.open_streams == 0
+    a = p.open()
+    b = p.client.open_stream()
+    assert p.client.open_streams == 2
+    p.to_server()
+    assert p.server.open_streams == 2
+    p.client.end_stream(a)
+    p.to_server()
+    assert p.server.open_streams == 2  # half-closed is still live
+    p.server.end_stream(a)
+    p.to_client()
+    assert p.client.open_streams == p.server.open_streams == 1
+    p.server.reset_stream(b, RstStatus.REFUSED_STREAM)
+    assert p.server.open_streams == 0
+    p.to_client()
+    assert p.client.open_streams == 0
+    assert p.client.open_stream_ids == p.server.open_stream_ids == frozenset()
+
+
+def test_refusing_a_stream_the_peer_just_opened() -> None:
+    peer, s = FrameFactory(), SpdyConnection(Role.SERVER)
+    wire = peer.syn_stream(1, [(b"streamtype", b"data")]) + peer.data(1, b"early")
+    assert s.receive_data(wire) == [
+        StreamOpened(1, {"streamtype": "data"}),
+        DataReceived(1, b"early"),
+    ]
+    assert s.stream_state(1) is StreamState.SYN_RECEIVED
+    s.reset_stream(1, RstStatus.REFUSED_STREAM)
+    assert s.data_to_send() == hx("80030003 00000008 00000001 00000003")
+    assert s.stream_state(1) is StreamState.CLOSED and s.open_streams == 0
+    assert s.receive_data(peer.data(1, b"late", 1)) == []  # in flight: dropped
+    with pytest.raises(LocalProtocolError):
+        s.reply_stream(1)
+    # The peer's side sees the refusal.
+    c = SpdyConnection(Role.CLIENT)
+    sid = c.open_stream({"streamtype": "data"})
+    s2 = SpdyConnection(Role.SERVER)
+    s2.receive_data(c.data_to_send())
+    s2.reset_stream(sid, RstStatus.REFUSED_STREAM)
+    assert c.receive_data(s2.data_to_send()) == [StreamReset(sid, RstStatus.REFUSED_STREAM)]
+    assert c.stream_state(sid) is StreamState.CLOSED
+
+
+def test_a_stream_opened_and_reset_in_one_batch() -> None:
+    peer, s = FrameFactory(), SpdyConnection(Role.SERVER)
+    wire = peer.syn_stream(1, [(b"streamtype", b"stdout")]) + peer.rst(1, RstStatus.CANCEL)
+    assert s.receive_data(wire) == [StreamOpened(1, {"streamtype": "stdout"}), StreamReset(1, 5)]
+    # The caller can see that before it answers; answering anyway is API misuse.
+    assert s.stream_state(1) is StreamState.CLOSED
+    assert 1 not in s.open_stream_ids and s.open_streams == 0
+    with pytest.raises(LocalProtocolError, match="stream 1 is not open"):
+        s.reply_stream(1)
+    s.reset_stream(1, RstStatus.REFUSED_STREAM)  # already gone: a no-op, nothing queued
+    assert s.data_to_send() == b""
+    assert s.receive_data(peer.syn_stream(3)) == [StreamOpened(3, {})]  # the connection goes on
+
+
+def test_refusing_a_unidirectional_stream() -> None:
+    peer, s = FrameFactory(), SpdyConnection(Role.SERVER)
+    assert s.receive_data(peer.syn_stream(1, flags=2)) == [StreamOpened(1, {}, True)]
+    assert s.stream_state(1) is StreamState.HALF_CLOSED_LOCAL
+    with pytest.raises(LocalProtocolError):
+        s.reply_stream(1)
+    assert s.data_to_send() == b""
+    s.reset_stream(1, RstStatus.REFUSED_STREAM)
+    assert s.data_to_send() == hx("80030003 00000008 00000001 00000003")
+    assert s.stream_state(1) is StreamState.CLOSED and s.open_streams == 0
 
 
 # ------------------------------------------------------------------------------ state table
@@ -1321,7 +1620,7 @@ def test_input_after_a_partial_frame_is_parsed_in_place_and_only_a_partial_tail_
     held = []
     for cut in cuts:
         events += p.server.receive_data(wire[last:cut])
-        held.append(len(p.server._buf))
+        held.append(p.server.buffered)
         last = cut
     assert events == [DataReceived(sid, bytes([i]) * 32768) for i in range(10)]
     assert held == [frame // 2, frame - 100, 0]

@@ -19,7 +19,7 @@ from streamsrv.protocol.status import (
     v1_error_text,
 )
 
-# protocol.md §2.3 and A.2, as the kubelet lib / apiserver translator write them.
+# docs/protocol.md §2.3 and A.2, as the kubelet lib / apiserver translator write them.
 SUCCESS = b'{"metadata":{},"status":"Success"}'
 EXIT_3 = (
     b'{"metadata":{},"status":"Failure","message":"command terminated with non-zero exit code: '
