@@ -1,7 +1,7 @@
 """The gateway's own CA and serving certificate, and the kubeconfig that trusts them.
 
-kubectl sends no bearer token to a plain-http server (protocol.md appendix G.12), so the gateway
-serves https by default. The CA is generated once and kept in the state directory across
+kubectl sends no bearer token to a plain-http server (docs/protocol.md appendix G.12), so the
+gateway serves https by default. The CA is generated once and kept in the state directory across
 restarts; the serving certificate is re-issued when the names it must cover change or it nears
 expiry. Private keys are written with mode 0600.
 """

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -19,6 +22,7 @@ import yaml
 from aiohttp import web
 
 from . import __version__
+from .app import make_app
 from .certs import (
     CertificateAuthority,
     new_token,
@@ -26,8 +30,9 @@ from .certs import (
     server_ssl_context,
     write_kubeconfig,
 )
-from .gateway import make_app
-from .pods import PodManager
+from .connections import GuardedSite, quiet_accept_errors, runner_kwargs
+from .limits import Limits
+from .podmanager import PodManager
 from .runtime.base import StreamingRuntime
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
 from .runtime.process import ProcessRuntime
@@ -89,6 +94,35 @@ async def describe(runtime: StreamingRuntime) -> str:
     return "process (local processes, NO isolation: every container runs as this user on this host)"
 
 
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    """The ``--idle-timeout``-style flags as a :class:`Limits`.
+
+    Raises:
+        UsageError: a limit that is not positive.
+    """
+    try:
+        return Limits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Limits)})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _limit_help(name: str, default: float) -> str:  # int or float
+    if isinstance(default, float):
+        return f"seconds (default {default:g})"
+    if any(word in name for word in ("size", "message", "buffer", "body")):
+        return f"bytes (default {default})"
+    return f"default {default}"
+
+
+def raise_fd_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one: connections, engine sockets and pod dials each
+    take a descriptor, and ``max_connections`` should be what runs out first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
     host, port = args.listen
@@ -113,16 +147,30 @@ async def serve(args: argparse.Namespace) -> int:
         ca_pem = ca.pem
 
     token = new_token()
-    streams = StreamServer(runtime, Config(ssl=ssl_ctx))
+    try:
+        limits = limits_from_args(args)
+    except UsageError as exc:
+        print(f"streamsrv: {exc}", file=sys.stderr)
+        return 2
+    raise_fd_limit()
+    quiet_accept_errors(asyncio.get_running_loop(), limits.log_interval)
+    streams = StreamServer(runtime, Config(ssl=ssl_ctx, limits=limits))
     app = make_app(PodManager(runtime), token, streams)
 
     async def close_runtime(_: web.Application) -> None:
         await runtime.close()
 
     app.on_cleanup.append(close_runtime)
-    runner = web.AppRunner(app, handle_signals=False, access_log=log if args.verbose else None)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=log if args.verbose else None,
+        **runner_kwargs(limits),
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx)
+    site = GuardedSite(
+        runner, host, port, limits=limits, metrics=streams.metrics, ssl_context=ssl_ctx
+    )
     await site.start()
     actual_port = int(runner.addresses[0][1]) if runner.addresses else port
     scheme = "https" if ssl_ctx else "http"
@@ -277,6 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plain http (kubectl then sends no bearer token, so only non-kubectl clients work)",
     )
+
+    limits = s.add_argument_group(
+        "limits", "bounds on time, memory and concurrency (docs/architecture.md, Limits)"
+    )
+    defaults = Limits()
+    for f in dataclasses.fields(Limits):
+        default = getattr(defaults, f.name)
+        limits.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            metavar="N",
+            help=_limit_help(f.name, default),
+        )
 
     pod = sub.add_parser("pod", help="manage pods through a running server")
     pod.add_argument("--kubeconfig", type=Path)

@@ -11,34 +11,28 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
 from aiohttp import web
 
-from .pods import (
-    DEFAULT_CONTAINER_ANNOTATION,
-    ContainerSpec,
-    InvalidPod,
-    Pod,
-    PodExists,
-    PodManager,
-    parse_pod,
-)
+from .podmanager import Pod, PodExists, PodManager
+from .pods import DEFAULT_CONTAINER_ANNOTATION, ContainerSpec, InvalidPod, parse_pod
 from .protocol import channels
 from .protocol.status import kube_status
-from .runtime.base import BackendError, ImageNotFound
-from .server import (
-    AttachRequest,
-    ExecRequest,
+from .requests import (
+    AnyRequest,
     InvalidRequest,
     Kind,
     PortForwardRequest,
-    StreamRequest,
-    StreamServer,
+    attach_request,
+    exec_request,
+    kind_of,
 )
+from .runtime.base import BackendError, ImageNotFound
+from .server import StreamServer
 from .tokens import CacheFull
 
 log = logging.getLogger(__name__)
@@ -464,28 +458,25 @@ def pick_container(
 
 
 async def issue_url(
-    request: web.Request, req: StreamRequest | PortForwardRequest
+    request: web.Request, req: AnyRequest, *, purpose: str = "default"
 ) -> tuple[Kind, str]:
     """A one-time URL for ``req``, with the gateway's answers to a refused request."""
     streams = request.app[STREAMS]
     try:
-        if isinstance(req, ExecRequest):
-            return "exec", await streams.get_exec(req)
-        if isinstance(req, AttachRequest):
-            return "attach", await streams.get_attach(req)
-        return "portforward", await streams.get_port_forward(req)
+        return kind_of(req), streams.issue(req, purpose=purpose)
     except InvalidRequest as exc:
         raise StatusError(400, str(exc)) from exc
     except CacheFull as exc:
         raise StatusError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from exc
 
 
-async def _stream(
-    request: web.Request, req: StreamRequest | PortForwardRequest
-) -> web.StreamResponse:
-    """Through the same one-time token path a CRI daemon's clients use."""
-    kind, url = await issue_url(request, req)
-    return await request.app[STREAMS].serve(request, kind, url.rsplit("/", 1)[1])
+async def _stream(request: web.Request, req: AnyRequest) -> web.StreamResponse:
+    """The session on this connection: authenticated by the bearer token already, so no
+    one-time token is issued and no cache slot is held (kubectl never sees a 429 here)."""
+    try:
+        return await request.app[STREAMS].serve_request(request, req)
+    except InvalidRequest as exc:
+        raise StatusError(400, str(exc)) from exc
 
 
 async def live_pod(request: web.Request, doing: str) -> Pod:
@@ -496,25 +487,6 @@ async def live_pod(request: web.Request, doing: str) -> Pod:
             400, f"cannot {doing} a container in a completed pod; current phase is {pod.phase}"
         )
     return pod
-
-
-def exec_request(
-    cid: str, cmd: Sequence[str], *, stdin: bool, stdout: bool, stderr: bool, tty: bool
-) -> ExecRequest:
-    """An exec as the kubelet takes it: a tty has no separate stderr."""
-    return ExecRequest(
-        cid, tuple(cmd), stdin=stdin, stdout=stdout, stderr=stderr and not tty, tty=tty
-    )
-
-
-def attach_request(
-    spec: ContainerSpec, cid: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool
-) -> AttachRequest:
-    """An attach limited to what the container has: no tty or stdin unless its spec opens them."""
-    tty = tty and spec.tty
-    return AttachRequest(
-        cid, stdin=stdin and spec.stdin, stdout=stdout, stderr=stderr and not tty, tty=tty
-    )
 
 
 async def pod_exec(request: web.Request) -> web.StreamResponse:
@@ -581,12 +553,3 @@ def add_routes(
     r.add_post("/api/v1/namespaces/{namespace}/pods", create_pod)
     r.add_get("/api/v1/namespaces/{namespace}/pods/{name}", get_pod)
     r.add_delete("/api/v1/namespaces/{namespace}/pods/{name}", delete_pod)
-    from .webui import add_ui_routes  # it builds on this module
-
-    add_ui_routes(app)
-
-
-def make_app(manager: PodManager, token: str, streams: StreamServer) -> web.Application:
-    app = web.Application(middlewares=[auth_and_errors], client_max_size=8 * 1024**2)
-    add_routes(app, manager, token, streams)
-    return app

@@ -8,17 +8,15 @@ manifest itself under :data:`LABEL_MANIFEST`), so no state file can be lost.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .runtime.base import Runtime
+from .errors import RequestError
 
 LABEL_POD_NAME = "io.kubernetes.pod.name"
 LABEL_POD_NAMESPACE = "io.kubernetes.pod.namespace"
@@ -37,7 +35,7 @@ _DNS1123_SUBDOMAIN = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
-class InvalidPod(ValueError):
+class InvalidPod(RequestError, ValueError):
     """A manifest that is not a valid pod; ``causes`` are (field, message) pairs."""
 
     def __init__(self, name: str, causes: Sequence[tuple[str, str]]) -> None:
@@ -434,98 +432,3 @@ def render_pod(sandbox: SandboxState, containers: Sequence[ContainerState]) -> d
     spec = dict(manifest.get("spec", {}))
     spec.setdefault("nodeName", "streamsrv")
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}
-
-
-# --------------------------------------------------------------------------------------------
-# Pods on a runtime
-
-
-class PodExists(Exception):
-    def __init__(self, namespace: str, name: str) -> None:
-        super().__init__(f'pods "{name}" already exists')
-        self.namespace, self.name = namespace, name
-
-
-@dataclass(frozen=True, slots=True)
-class Pod:
-    """A pod as found in the engine: its sandbox and its app containers."""
-
-    sandbox: SandboxState
-    containers: tuple[ContainerState, ...]
-
-    @property
-    def spec(self) -> PodSpec:
-        return self.sandbox.pod
-
-    @property
-    def phase(self) -> str:
-        return pod_phase(self.sandbox, self.containers)
-
-    def container_id(self, name: str) -> str | None:
-        return next((c.id for c in self.containers if c.name == name), None)
-
-    def render(self) -> dict[str, Any]:
-        return render_pod(self.sandbox, self.containers)
-
-
-class PodManager:
-    """Create, list and delete pods on a runtime. The engine holds all state."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self._lock = asyncio.Lock()  # one create/delete at a time: names stay unique
-
-    async def list(self, namespace: str | None = None, name: str | None = None) -> list[Pod]:
-        sandboxes, containers = await asyncio.gather(
-            self.runtime.list_pod_sandboxes(pod_filter(namespace, name)),
-            self.runtime.list_containers(pod_filter(namespace, name)),
-        )
-        by_uid: dict[str, list[ContainerState]] = {}
-        for c in containers:
-            by_uid.setdefault(c.pod_uid, []).append(c)
-        return [Pod(s, tuple(by_uid.get(s.pod.uid, ()))) for s in sandboxes]
-
-    async def get(self, namespace: str, name: str) -> Pod | None:
-        found = await self.list(namespace, name)
-        return found[0] if found else None
-
-    async def create(self, spec: PodSpec) -> Pod:
-        """Run the sandbox, then create and start every container; undo all on failure."""
-        async with self._lock:
-            if await self.runtime.list_pod_sandboxes(pod_filter(spec.namespace, spec.name)):
-                raise PodExists(spec.namespace, spec.name)
-            for image in dict.fromkeys(c.image for c in spec.containers):
-                await self.runtime.ensure_image(image)
-            sandbox_id = await self.runtime.run_pod_sandbox(spec)
-            created: list[str] = []
-            try:
-                for c in spec.containers:
-                    created.append(await self.runtime.create_container(sandbox_id, spec, c))
-                for cid in created:
-                    await self.runtime.start_container(cid)
-            except BaseException:
-                await asyncio.shield(self._remove_all(sandbox_id, created))
-                raise
-        pod = await self.get(spec.namespace, spec.name)
-        if pod is None:  # removed by someone else in between
-            raise LookupError(f'pods "{spec.name}" not found')
-        return pod
-
-    async def delete(self, namespace: str, name: str, grace: float | None = None) -> Pod | None:
-        async with self._lock:
-            pod = await self.get(namespace, name)
-            if pod is None:
-                return None
-            timeout = pod.spec.termination_grace_period if grace is None else grace
-            running = [c.id for c in pod.containers if c.state == "running"]
-            await asyncio.gather(*(self.runtime.stop_container(c, timeout) for c in running))
-            await self._remove_all(pod.sandbox.id, [c.id for c in pod.containers])
-            return pod
-
-    async def _remove_all(self, sandbox_id: str, container_ids: Sequence[str]) -> None:
-        await asyncio.gather(*(self.runtime.remove_container(c) for c in container_ids))
-        await self.runtime.remove_pod_sandbox(sandbox_id)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)

@@ -2,7 +2,7 @@
 
 The session owns two tasks: the runtime's exec/attach (output flows from it to the socket) and
 a reader that always sits in ``ws.receive()``, so kubectl's pings are answered while output
-flows (protocol.md §3.5) and stdin, resize and the v5 close signal reach the process. When the
+flows (docs/protocol.md §3.5) and stdin, resize and the v5 close signal reach the process. When the
 process ends, the status goes on channel 3 and the socket is closed with a close frame; when the
 client goes away first, the process is cancelled (the runtime kills it).
 """
@@ -12,20 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .context import StreamContext
+from .errors import BackendError
 from .protocol import channels, status
 from .protocol.resize import ResizeDecoder
-from .runtime.base import BackendError, Pipe, Resizes, StdIO
-
-if TYPE_CHECKING:
-    from .server import StreamRequest, StreamServer
+from .requests import ExecRequest, StreamRequest
+from .runtime.base import Pipe, Resizes, StdIO
+from .transport import Activity, refuse_websocket
 
 log = logging.getLogger(__name__)
 
-# Preference order when a client offers several (the client's order decides; protocol.md §3.1).
+# Preference order when a client offers several (the client's order decides; §3.1).
 EXEC_PROTOCOLS = (
     channels.V5_CHANNEL,
     channels.V4_CHANNEL,
@@ -33,25 +33,25 @@ EXEC_PROTOCOLS = (
     channels.CHANNEL,
     channels.BASE64_CHANNEL,
 )
-MAX_MESSAGE = 64 * 1024 * 1024
-
-
-def is_websocket(request: web.Request) -> bool:
-    """The kubelet's ``IsWebSocketRequest``: ``Upgrade: websocket`` and a Connection upgrade."""
-    upgrade = request.headers.get("Upgrade", "").strip().lower()
-    connection = request.headers.get("Connection", "").lower()
-    return upgrade == "websocket" and "upgrade" in connection
 
 
 class _Sink:
     """stdout or stderr of a session: one WebSocket message per write."""
 
-    __slots__ = ("_ws", "_codec", "_channel")
+    __slots__ = ("_ws", "_codec", "_channel", "_activity")
 
-    def __init__(self, ws: web.WebSocketResponse, codec: channels.ChannelCodec, channel: int):
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        codec: channels.ChannelCodec,
+        channel: int,
+        activity: Activity,
+    ):
         self._ws, self._codec, self._channel = ws, codec, channel
+        self._activity = activity
 
     async def write(self, data: bytes) -> None:
+        self._activity.touch()
         await _send(self._ws, self._codec.encode(self._channel, data))
 
 
@@ -62,64 +62,79 @@ async def _send(ws: web.WebSocketResponse, message: bytes | str) -> None:
         await ws.send_bytes(message)
 
 
-def refuse(server: StreamServer, offered: list[str], supported: tuple[str, ...]) -> web.Response:
-    """A non-101 answer, so that kubectl 1.30+ falls back to SPDY (protocol.md §3.7)."""
-    server.metrics.refused["subprotocol"] += 1
-    return web.Response(
-        status=403,
-        text=(
-            "unable to upgrade: unable to negotiate protocol: "
-            f"client supports {offered}, server accepts {list(supported)}\n"
-        ),
+def refuse(ctx: StreamContext, offered: list[str], supported: tuple[str, ...]) -> web.Response:
+    ctx.metrics.refused["subprotocol"] += 1
+    return refuse_websocket(offered, supported)
+
+
+def idle_status(idle_timeout: float, *, attach: bool) -> bytes:
+    """The status that ends a session the idle timeout ended."""
+    return status.internal_error(
+        f"the stream was idle for {idle_timeout:.0f} s (streaming connection idle timeout)",
+        attach=attach,
     )
 
 
 async def serve_websocket(
-    request: web.Request, server: StreamServer, kind: str, req: StreamRequest
+    request: web.Request, ctx: StreamContext, kind: str, req: StreamRequest
 ) -> web.StreamResponse:
     offered = channels.parse_protocol_header(request.headers.getall("Sec-WebSocket-Protocol", []))
     chosen = channels.negotiate(offered, EXEC_PROTOCOLS)
     if chosen is None:
-        return refuse(server, offered, EXEC_PROTOCOLS)
-    ws = web.WebSocketResponse(protocols=(chosen,), max_msg_size=MAX_MESSAGE, autoping=True)
+        return refuse(ctx, offered, EXEC_PROTOCOLS)
+    ws = web.WebSocketResponse(
+        protocols=(chosen,), max_msg_size=ctx.limits.max_websocket_message, autoping=True
+    )
     if ws.can_prepare(request).protocol != chosen:  # aiohttp would go on without one
-        return refuse(server, offered, EXEC_PROTOCOLS)
+        return refuse(ctx, offered, EXEC_PROTOCOLS)
     await ws.prepare(request)
-    server.metrics.sessions[(kind, "websocket")] += 1
+    ctx.metrics.sessions[(kind, "websocket")] += 1
     codec = channels.ChannelCodec(chosen)
+    activity = Activity()
     io = StdIO(
-        stdin=Pipe() if req.stdin else None,
-        stdout=_Sink(ws, codec, channels.STDOUT) if req.stdout else None,
-        stderr=_Sink(ws, codec, channels.STDERR) if req.stderr else None,
+        stdin=Pipe(ctx.limits.read_buffer) if req.stdin else None,
+        stdout=_Sink(ws, codec, channels.STDOUT, activity) if req.stdout else None,
+        stderr=_Sink(ws, codec, channels.STDERR, activity) if req.stderr else None,
         resize=Resizes() if req.tty else None,
     )
     # "Connection established": an empty payload on the lowest channel we will write.
     first = channels.STDOUT if req.stdout else channels.STDERR if req.stderr else channels.ERROR
     await _send(ws, codec.encode(first, b""))
 
-    run = asyncio.create_task(run_request(server, kind, req, io))
-    reader = asyncio.create_task(_read(ws, codec, io))
+    run = asyncio.create_task(run_request(ctx, kind, req, io))
+    reader = asyncio.create_task(_read(ws, codec, io, activity))
+    idle = asyncio.create_task(activity.idle(ctx.limits.idle_timeout))
     try:
-        await asyncio.wait({run, reader}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({run, reader, idle}, return_when=asyncio.FIRST_COMPLETED)
         if not run.done():
-            # The client left (close frame, broken socket or garbage): stop the process.
+            # The client left (close frame, broken socket or garbage), or the session idled:
+            # stop the process.
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await run
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await ws.close(code=WSCloseCode.PROTOCOL_ERROR)
-            return ws
-        body = run.result()
-        if body is not None and (codec.status_version >= 4 or not _is_success(body)):
+            if not idle.done():
+                code = WSCloseCode.PROTOCOL_ERROR
+                if ws.exception() is not None or ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
+                    code = WSCloseCode.MESSAGE_TOO_BIG
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.close(code=code)
+                return ws
+            log.info("%s session idle for %.0f s: ended", kind, ctx.limits.idle_timeout)
+            ctx.metrics.refused["idle-timeout"] += 1
+            body = idle_status(ctx.limits.idle_timeout, attach=kind == "attach")
+        else:
+            body = run.result()
+        if codec.status_version >= 4 or not _is_success(body):
             payload = body if codec.status_version >= 4 else _v1_text(body)
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await _send(ws, codec.encode(channels.ERROR, payload))
-        await ws.close()
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.close()
         return ws
     finally:
-        for task in (run, reader):
+        for task in (run, reader, idle):
             task.cancel()
-        for task in (run, reader):
+        for task in (run, reader, idle):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if io.resize is not None:
@@ -134,15 +149,13 @@ def _v1_text(body: bytes) -> bytes:
     return status.v1_error_text(body)
 
 
-async def run_request(server: StreamServer, kind: str, req: StreamRequest, io: StdIO) -> bytes:
+async def run_request(ctx: StreamContext, kind: str, req: StreamRequest, io: StdIO) -> bytes:
     """Run the exec or attach; the v4 Status body that ends the session."""
-    from .server import ExecRequest
-
     try:
         if isinstance(req, ExecRequest):
-            code = await server.runtime.exec(req.container_id, req.cmd, io, tty=req.tty)
+            code = await ctx.runtime.exec(req.container_id, req.cmd, io, tty=req.tty)
             return status.success() if code == 0 else status.exit_code(code)
-        await server.runtime.attach(req.container_id, io, tty=req.tty)
+        await ctx.runtime.attach(req.container_id, io, tty=req.tty)
         return status.success()
     except (BackendError, OSError) as exc:
         log.info("%s in %s failed: %s", kind, req.container_id[:12], exc)
@@ -152,7 +165,9 @@ async def run_request(server: StreamServer, kind: str, req: StreamRequest, io: S
         return status.internal_error(f"internal error: {exc!r}", attach=kind == "attach")
 
 
-async def _read(ws: web.WebSocketResponse, codec: channels.ChannelCodec, io: StdIO) -> None:
+async def _read(
+    ws: web.WebSocketResponse, codec: channels.ChannelCodec, io: StdIO, activity: Activity
+) -> None:
     """Client to process: stdin, resize and the v5 close signal, until the client is gone."""
     resize = ResizeDecoder()
     try:
@@ -162,6 +177,7 @@ async def _read(ws: web.WebSocketResponse, codec: channels.ChannelCodec, io: Std
             decoded = codec.decode(msg.data)
             if decoded is None:
                 continue
+            activity.touch()
             if isinstance(decoded, channels.CloseChannel):
                 if decoded.channel == channels.STDIN and io.stdin is not None:
                     io.stdin.close()
@@ -173,7 +189,7 @@ async def _read(ws: web.WebSocketResponse, codec: channels.ChannelCodec, io: Std
                     for size in resize.feed(decoded.data):
                         io.resize.put(size)
                 except ValueError as exc:
-                    log.info("dropping a bad resize stream: %s", exc)
+                    log.debug("dropping a bad resize stream: %s", exc)
                     resize = ResizeDecoder()
     except channels.ChannelProtocolError as exc:
         log.info("ending a session on a protocol error: %s", exc)

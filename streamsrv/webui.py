@@ -15,15 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .gateway import (
-    StatusError,
-    attach_request,
-    exec_request,
-    issue_url,
-    live_pod,
-    pick_container,
-)
-from .server import AttachRequest, ExecRequest
+from .gateway import StatusError, issue_url, live_pod, pick_container
+from .requests import AttachRequest, ExecRequest, attach_request, exec_request
+from .server import BROWSER
 
 WEB = Path(__file__).with_name("web")
 SECURITY_HEADERS = {
@@ -85,7 +79,7 @@ async def create_session(request: web.Request) -> web.Response:
         req = exec_request(cid, command, stdin=stdin, stdout=True, stderr=True, tty=tty)
     else:
         req = attach_request(spec, cid, stdin=stdin, stdout=True, stderr=True, tty=tty)
-    kind, url = await issue_url(request, req)
+    kind, url = await issue_url(request, req, purpose=BROWSER)
     path = f"/{kind}/{url.rsplit('/', 1)[1]}"  # relative: the page knows its own origin
     return web.json_response({"url": path, "tty": req.tty}, headers={"Cache-Control": "no-store"})
 

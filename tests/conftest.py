@@ -343,3 +343,24 @@ def server_with_pod(directory: Path, manifest: str, runtime: str = "docker") -> 
         server.stop()
         if runtime == "docker":
             _remove_everything()
+
+
+@contextlib.asynccontextmanager
+async def stream_server(runtime: Any, limits: Any = None) -> AsyncIterator[tuple[Any, Any]]:
+    """A StreamServer on its own aiohttp test server (fake runtimes): (server, TestServer)."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    from streamsrv.limits import Limits
+    from streamsrv.server import Config, StreamServer
+
+    server = StreamServer(runtime, Config(limits=limits or Limits()))
+    app = web.Application()
+    server.add_routes(app)
+    ts = TestServer(app)
+    await ts.start_server()
+    server.base_url = f"http://{ts.host}:{ts.port}"
+    try:
+        yield server, ts
+    finally:
+        await ts.close()

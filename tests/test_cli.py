@@ -103,3 +103,34 @@ def test_docker_runtime_without_an_engine_is_a_clear_error(tmp_path: Path) -> No
     )  # fmt: skip
     assert r.returncode == 2
     assert "no Docker engine answered at unix:///nonexistent/docker.sock" in r.stderr
+
+
+def test_every_limit_is_a_serve_flag() -> None:
+    from streamsrv.cli import build_parser, limits_from_args
+    from streamsrv.limits import Limits
+
+    args = build_parser().parse_args(
+        [
+            "serve",
+            "--idle-timeout",
+            "60",
+            "--max-connections",
+            "10",
+            "--max-websocket-message",
+            "4096",
+        ]
+    )
+    assert limits_from_args(args) == Limits(
+        idle_timeout=60, max_connections=10, max_websocket_message=4096
+    )
+    assert limits_from_args(build_parser().parse_args(["serve"])) == Limits()
+
+
+def test_a_limit_that_is_not_positive_is_a_usage_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamsrv", "--state-dir", str(tmp_path), "serve",
+         "--runtime", "process", "--listen", "127.0.0.1:0", "--idle-timeout", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "idle_timeout must be positive" in proc.stderr

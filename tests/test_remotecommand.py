@@ -183,7 +183,8 @@ async def test_resize_split_across_messages(setup) -> None:  # type: ignore[no-u
         await ws.send_bytes(b'\x04{"Width":80,"Hei')
         await ws.send_bytes(b'\x04ght":24}\n{"width":1,"height":2}\n')
         frames = await asyncio.wait_for(collect(ws), 10)
-    assert b"".join(d for c, d in frames if c == 1) == b"80x24\n1x2\n"
+    # Sizes are coalesced (the latest wins): 80x24 may be skipped, never reordered.
+    assert b"".join(d for c, d in frames if c == 1) in (b"80x24\n1x2\n", b"1x2\n")
 
 
 async def test_attach(setup) -> None:  # type: ignore[no-untyped-def]
@@ -322,8 +323,8 @@ class FakePods(FakeRuntime):
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], StreamServer]]:
-    from streamsrv.gateway import make_app
-    from streamsrv.pods import PodManager
+    from streamsrv.app import make_app
+    from streamsrv.podmanager import PodManager
 
     runtime = FakePods()
     streams = StreamServer(runtime, Config())  # type: ignore[arg-type]
@@ -338,7 +339,7 @@ async def gateway() -> AsyncIterator[tuple[TestClient[web.Request, web.Applicati
 AUTH = {"Authorization": "Bearer secret"}
 
 
-async def test_gateway_exec_goes_through_a_token(gateway) -> None:  # type: ignore[no-untyped-def]
+async def test_gateway_exec_holds_no_token(gateway) -> None:  # type: ignore[no-untyped-def]
     client, streams = gateway
     async with client.ws_connect(
         "/api/v1/namespaces/default/pods/p/exec?command=echo&command=via&stdout=true",
@@ -347,21 +348,42 @@ async def test_gateway_exec_goes_through_a_token(gateway) -> None:  # type: igno
     ) as ws:
         frames = await collect(ws)
     assert (1, b"via\n") in frames
-    assert len(streams.cache) == 0  # consumed
+    assert len(streams.cache) == 0  # the bearer token authenticated it: no one-time token
     assert streams.metrics.sessions[("exec", "websocket")] == 1
 
 
-async def test_gateway_answers_429_when_1000_tokens_wait(gateway) -> None:  # type: ignore[no-untyped-def]
+async def test_a_full_token_cache_never_refuses_kubectls_own_exec(gateway) -> None:  # type: ignore[no-untyped-def]
+    """On the old main, 1000 waiting tokens made every gateway exec answer 429 for 60 s."""
     client, streams = gateway
     for _ in range(1000):
         await streams.get_exec(ExecRequest("cid", ("true",)))
-    resp = await client.get(
-        "/api/v1/namespaces/default/pods/p/exec?command=true&stdout=true", headers=AUTH
+    with pytest.raises(CacheFull):
+        await streams.get_exec(ExecRequest("cid", ("true",)))
+    async with client.ws_connect(
+        "/api/v1/namespaces/default/pods/p/exec?command=echo&command=still&stdout=true",
+        protocols=["v5.channel.k8s.io"],
+        headers=AUTH,
+    ) as ws:
+        frames = await collect(ws)
+    assert (1, b"still\n") in frames
+
+
+async def test_browser_sessions_have_their_own_token_capacity(gateway) -> None:  # type: ignore[no-untyped-def]
+    """999 browser sessions used to fill the one cache and starve kubectl and CRI callers."""
+    client, streams = gateway
+    cap = streams.limits.max_browser_tokens
+    for _ in range(cap):
+        streams.issue(ExecRequest("cid", ("sh",), stdin=True), purpose="browser")
+    with pytest.raises(CacheFull):
+        streams.issue(ExecRequest("cid", ("sh",), stdin=True), purpose="browser")
+    resp = await client.post(
+        "/api/streamsrv/v1/namespaces/default/pods/p/sessions", json={}, headers=AUTH
     )
     assert resp.status == 429
     assert resp.headers["Retry-After"] == "60"
-    body = await resp.json()
-    assert body["reason"] == "TooManyRequests"
+    assert (await resp.json())["reason"] == "TooManyRequests"
+    # CRI/library callers still get URLs.
+    assert "/exec/" in await streams.get_exec(ExecRequest("cid", ("true",)))
 
 
 async def test_gateway_refuses_unknown_subprotocols_and_missing_tokens(gateway) -> None:  # type: ignore[no-untyped-def]

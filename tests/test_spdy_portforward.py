@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from streamsrv.server import Config, PortForwardRequest, StreamServer
+from streamsrv.server import PortForwardRequest, StreamServer
+from tests.conftest import stream_server
 from tests.test_remotecommand import FakeRuntime
 from tests.test_spdy_remotecommand import Client
 
@@ -43,14 +43,8 @@ async def srv() -> AsyncIterator[tuple[StreamServer, TestServer]]:
 
     service = await asyncio.start_server(echo, "127.0.0.1", 0)
     runtime = SlowDialRuntime(service.sockets[0].getsockname()[1])
-    server = StreamServer(runtime, Config())  # type: ignore[arg-type]
-    app = web.Application()
-    server.add_routes(app)
-    ts = TestServer(app)
-    await ts.start_server()
-    server.base_url = f"http://{ts.host}:{ts.port}"
-    yield server, ts
-    await ts.close()
+    async with stream_server(runtime) as (server, ts):
+        yield server, ts
     service.close()
     await service.wait_closed()
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from streamsrv.gateway import STREAMS, make_app
-from streamsrv.pods import PodManager, parse_pod
+from streamsrv.app import make_app
+from streamsrv.gateway import STREAMS
+from streamsrv.podmanager import PodManager
+from streamsrv.pods import parse_pod
 from streamsrv.runtime.process import ProcessRuntime
 from streamsrv.server import AttachRequest, StreamServer
 from tests.conftest import pod_manifest

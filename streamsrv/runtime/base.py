@@ -13,12 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..errors import BackendError as BackendError  # the one error of every runtime call
 from ..pods import ContainerSpec, ContainerState, PodSpec, SandboxState
 from ..protocol.resize import TerminalSize
-
-
-class BackendError(Exception):
-    """A backend failed; ``message`` is fit to show to the client."""
 
 
 class ImageNotFound(BackendError):
@@ -156,28 +153,43 @@ class Pipe:
 
 
 class Resizes:
-    """Terminal sizes from the client, newest last; a backend iterates them."""
+    """Terminal sizes from the client, coalesced: the latest size wins, never a queue.
+
+    A client can send sizes far faster than a runtime applies them (one engine API call
+    each); a queue of them is the CVE-2022-23471 class of bug. ``put`` only replaces the
+    latest size, and a backend iterating this gets the newest size not yet delivered, so at
+    most one runtime call per session is pending and sizes it was too slow for are skipped.
+    """
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[TerminalSize | None] = asyncio.Queue()
         self.latest: TerminalSize | None = None
+        self._delivered: TerminalSize | None = None
+        self._fresh = False  # ``latest`` has not been delivered yet
+        self._closed = False
+        self._changed = asyncio.Event()
 
     def put(self, size: TerminalSize) -> None:
         self.latest = size
-        self._queue.put_nowait(size)
+        self._fresh = True
+        self._changed.set()
 
     def close(self) -> None:
-        self._queue.put_nowait(None)
+        self._closed = True
+        self._changed.set()
 
     def __aiter__(self) -> Resizes:
         return self
 
     async def __anext__(self) -> TerminalSize:
-        size = await self._queue.get()
-        if size is None:
-            self._queue.put_nowait(None)
-            raise StopAsyncIteration
-        return size
+        while not self._fresh:
+            if self._closed:
+                raise StopAsyncIteration
+            self._changed.clear()
+            await self._changed.wait()
+        assert self.latest is not None
+        self._fresh = False
+        self._delivered = self.latest
+        return self.latest
 
 
 @dataclass(slots=True)
@@ -209,24 +221,55 @@ class StreamingRuntime(Runtime, Protocol):
     async def dial(self, sandbox_id: str, port: int) -> socket.socket:
         """A TCP connection to ``localhost:port`` as seen inside the pod (non-blocking socket).
 
+        Holds no thread while the connection is made, so a caller's timeout (``wait_for``)
+        really ends it. Cancellation closes whatever was opened.
+
         Raises:
-            OSError: nothing listens there, or the pod is gone.
+            BackendError: for every failure (nothing listens there, the pod is gone, the
+                engine failed); no other exception type.
         """
         ...
 
 
-def connect_loopback(port: int, timeout: float) -> socket.socket:
-    """A blocking connect to ``localhost:port`` (IPv4, then IPv6); the socket is returned
-    non-blocking with TCP_NODELAY."""
-    last: OSError | None = None
-    for host in ("127.0.0.1", "::1"):
+def loopback_sockets() -> list[tuple[socket.socket, str]]:
+    """Unconnected non-blocking TCP sockets for ``localhost`` (IPv4 first, then IPv6).
+
+    Call it in the network namespace to dial in (a socket keeps the namespace it was made in).
+    """
+    out: list[tuple[socket.socket, str]] = []
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            last = exc
-            continue
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue  # no IPv6 in this namespace
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    assert last is not None
-    raise last
+        out.append((sock, host))
+    return out
+
+
+async def connect_first(candidates: list[tuple[socket.socket, str]], port: int) -> socket.socket:
+    """Connect the first of ``candidates`` that accepts ``port``, on the event loop.
+
+    Closes every other socket, also when cancelled.
+
+    Raises:
+        BackendError: none of them connected.
+    """
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    try:
+        while candidates:
+            sock, host = candidates[0]
+            try:
+                await loop.sock_connect(sock, (host, port))
+            except OSError as exc:
+                last = exc
+                candidates.pop(0)[0].close()
+                continue
+            candidates.pop(0)
+            return sock
+    finally:
+        for sock, _ in candidates:
+            sock.close()
+    raise BackendError(f"dial localhost:{port}: {last or 'no usable address'}")

@@ -1,7 +1,9 @@
 """The Docker engine backend: pods as a pause container plus app containers joining it.
 
-The docker SDK is blocking, so every call runs in a worker thread (:func:`asyncio.to_thread`);
-the event loop never waits on the engine.
+The docker SDK is blocking, so every call runs in a worker thread of the runtime's own bounded
+pool (``api_workers`` threads, never the event loop's default executor, so an embedding daemon's
+own ``to_thread`` calls and ours do not wait on each other); the event loop never waits on the
+engine. Every failure of a runtime call is a :class:`~streamsrv.errors.BackendError`.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import signal
 import socket
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import docker.utils
+import requests
 
 from ..pods import (
     LABEL_CONTAINER_NAME,
@@ -36,7 +40,14 @@ from ..pods import (
     pod_from_labels,
 )
 from ..protocol.dockermux import STDERR, STDOUT, Demuxer
-from .base import BackendError, ContainerNotFound, ImageNotFound, StdIO, connect_loopback
+from .base import (
+    BackendError,
+    ContainerNotFound,
+    ImageNotFound,
+    StdIO,
+    connect_first,
+    loopback_sockets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +82,38 @@ class DockerRuntime:
         base_url: str | None = None,
         pause_image: str = DEFAULT_PAUSE_IMAGE,
         timeout: int = 120,
+        api_workers: int = 16,
     ) -> None:
         kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
         if base_url:
             kwargs["base_url"] = base_url
-        self.api = docker.APIClient(timeout=timeout, **kwargs)
         self._endpoint = str(kwargs.get("base_url") or "unix:///var/run/docker.sock")
+        try:  # the SDK asks the engine for its API version here
+            self.api = docker.APIClient(timeout=timeout, **kwargs)
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise BackendError(f"docker engine at {self._endpoint}: {exc}") from exc
         self._local = self._endpoint.startswith("unix://")
         self.pause_image = pause_image
         self._pause_resolved: str | None = None
         # container id -> (its listing's State and Status, its inspection); see _inspect_all
         self._inspected: dict[str, tuple[tuple[Any, Any], dict[str, Any]]] = {}
+        self._pool = ThreadPoolExecutor(api_workers, thread_name_prefix="streamsrv-docker")
+
+    async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` in the runtime's own thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """An engine API call; every failure becomes a BackendError (ContainerNotFound for 404)."""
         try:
-            return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+            return await self._thread(fn, *args, **kwargs)
         except docker.errors.NotFound as exc:
             raise ContainerNotFound(str(exc.explanation or exc)) from exc
         except docker.errors.APIError as exc:
             raise BackendError(str(exc.explanation or exc)) from exc
-        except docker.errors.DockerException as exc:
-            raise BackendError(str(exc)) from exc
+        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            raise BackendError(f"docker engine at {self._endpoint}: {exc}") from exc
 
     async def ping(self) -> None:
         await self._call(self.api.ping)
@@ -101,13 +123,14 @@ class DockerRuntime:
         return str(info.get("Version", "?"))
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.api.close)
+        await self._thread(self.api.close)
+        self._pool.shutdown(wait=False)
 
     # ----------------------------------------------------------------------------- images
 
     async def _image_present(self, image: str) -> bool:
         try:
-            await asyncio.to_thread(self.api.inspect_image, image)
+            await self._thread(self.api.inspect_image, image)
         except docker.errors.ImageNotFound:
             return False
         except docker.errors.APIError as exc:
@@ -119,7 +142,7 @@ class DockerRuntime:
             return
         repo, tag = docker.utils.parse_repository_tag(image)
         try:
-            await asyncio.to_thread(self.api.pull, repo, tag=tag or "latest")
+            await self._thread(self.api.pull, repo, tag=tag or "latest")
         except docker.errors.APIError as exc:
             detail = f"not present and the pull failed: {exc.explanation}"
             raise ImageNotFound(image, detail) from exc
@@ -177,7 +200,7 @@ class DockerRuntime:
     async def _remove(self, container_id: str) -> None:
         self._inspected.pop(container_id, None)
         try:
-            await asyncio.to_thread(self.api.remove_container, container_id, v=True, force=True)
+            await self._thread(self.api.remove_container, container_id, v=True, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as exc:
@@ -207,7 +230,7 @@ class DockerRuntime:
             if cached is not None and cached[0] == seen:
                 return cached[1]
             try:
-                info: dict[str, Any] = await asyncio.to_thread(self.api.inspect_container, cid)
+                info: dict[str, Any] = await self._thread(self.api.inspect_container, cid)
             except docker.errors.NotFound:
                 self._inspected.pop(cid, None)
                 return None  # removed between list and inspect
@@ -461,12 +484,19 @@ class DockerRuntime:
         info = await self._call(self.api.inspect_container, sandbox_id)
         state = info.get("State", {})
         if not state.get("Running"):
-            raise ConnectionRefusedError(f"pod sandbox {sandbox_id[:12]} is not running")
+            raise BackendError(f"pod sandbox {sandbox_id[:12]} is not running")
         if info.get("HostConfig", {}).get("NetworkMode") == "host":
-            return await asyncio.to_thread(connect_loopback, port, 10.0)
+            return await connect_first(loopback_sockets(), port)
         if not self._local:
-            raise ConnectionRefusedError("port-forward needs the Docker engine on this host")
-        return await asyncio.to_thread(dial_in_netns, int(state["Pid"]), port)
+            raise BackendError("port-forward needs the Docker engine on this host")
+        # Only the sockets are made in the pod's namespace (a thread enters it for that); the
+        # connect itself runs on the event loop and holds no thread (a listener that never
+        # accepts cannot tie up a pool).
+        try:
+            candidates = await self._thread(sockets_in_netns, int(state["Pid"]))
+        except OSError as exc:
+            raise BackendError(f"pod sandbox {sandbox_id[:12]}: {exc}") from exc
+        return await connect_first(candidates, port)
 
     async def _exit_code(self, exec_id: str) -> int:
         """The exit code once the process has really exited (never 0 for 'still running')."""
@@ -494,7 +524,7 @@ class DockerRuntime:
         if not self._local:
             log.warning("exec %s (pid %d) left running: the engine is not local", exec_id, pid)
             return
-        await asyncio.to_thread(_kill_tree, pid)
+        await self._thread(_kill_tree, pid)
         log.info("killed exec %s (pid %d): its client went away", exec_id[:12], pid)
 
 
@@ -562,11 +592,11 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def dial_in_netns(pid: int, port: int, timeout: float = 10.0) -> socket.socket:
-    """Connect to ``localhost:port`` in the network namespace of ``pid``, in this thread.
+def sockets_in_netns(pid: int) -> list[tuple[socket.socket, str]]:
+    """Unconnected loopback sockets in the network namespace of ``pid``, made in this thread.
 
-    The thread enters the namespace, connects (IPv4, then IPv6), and returns to its own; the
-    socket keeps the namespace it was made in. No helper binary (socat, nsenter) is needed.
+    The thread enters the namespace, makes the sockets and returns to its own; each socket
+    keeps the namespace it was made in. No helper binary (socat, nsenter) is needed.
     """
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -577,7 +607,7 @@ def dial_in_netns(pid: int, port: int, timeout: float = 10.0) -> socket.socket:
     try:
         _setns(target)
         try:
-            return connect_loopback(port, timeout)
+            return loopback_sockets()
         finally:
             _setns(own)  # if this failed the thread would be poisoned: let it raise loudly
     finally:

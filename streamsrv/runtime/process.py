@@ -49,7 +49,8 @@ from .base import (
     ContainerNotFound,
     Resizes,
     StdIO,
-    connect_loopback,
+    connect_first,
+    loopback_sockets,
 )
 
 log = logging.getLogger(__name__)
@@ -605,8 +606,8 @@ class ProcessRuntime:
 
     async def dial(self, sandbox_id: str, port: int) -> socket.socket:
         if not await self.sandbox_ready(sandbox_id):
-            raise ConnectionRefusedError(f"pod sandbox {sandbox_id[:12]} is not running")
-        return await asyncio.to_thread(connect_loopback, port, 10.0)
+            raise BackendError(f"pod sandbox {sandbox_id[:12]} is not running")
+        return await connect_first(loopback_sockets(), port)
 
 
 class _StartError(BackendError):

@@ -7,13 +7,13 @@ import asyncio
 import docker
 import pytest
 
+from streamsrv.podmanager import PodManager
 from streamsrv.pods import (
     LABEL_CONTAINER_NAME,
     LABEL_POD_NAME,
     LABEL_POD_NAMESPACE,
     LABEL_POD_UID,
     LABEL_TYPE,
-    PodManager,
     parse_pod,
     pod_filter,
 )

@@ -10,7 +10,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from streamsrv.pods import PodManager, parse_pod
+from streamsrv.podmanager import PodManager
+from streamsrv.pods import parse_pod
 from streamsrv.protocol.resize import TerminalSize
 from streamsrv.runtime.base import ContainerNotFound, Pipe, Resizes, StdIO, StreamingRuntime
 from streamsrv.runtime.docker import DockerRuntime

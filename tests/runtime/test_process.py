@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamsrv.pods import PodManager, parse_pod
+from streamsrv.podmanager import PodManager
+from streamsrv.pods import parse_pod
 from streamsrv.protocol.resize import TerminalSize
 from streamsrv.runtime.base import BackendError, Pipe, Resizes, StdIO
 from streamsrv.runtime.process import ProcessRuntime

@@ -1,0 +1,418 @@
+"""The SPDY session adapter under hostile input: nothing raises out of data_received, every
+bound holds, back-pressure is two-way. Unit tests on a fake transport, then real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from streamsrv.limits import Limits
+from streamsrv.protocol import spdy
+from streamsrv.protocol.resize import TerminalSize
+from streamsrv.protocol.spdy import Role, SpdyConnection
+from streamsrv.runtime.base import Resizes
+from streamsrv.server import ExecRequest, StreamServer
+from streamsrv.transport import SpdySession
+from tests.conftest import stream_server
+from tests.test_remotecommand import FakeRuntime, collect
+from tests.test_spdy_remotecommand import Client
+
+# --------------------------------------------------------------------------------- unit
+
+
+class FakeTransport:
+    """An asyncio transport that records writes and says pause_writing past ``high``."""
+
+    def __init__(self, protocol: SpdySession, high: int = 64 * 1024) -> None:
+        self.protocol = protocol
+        self.out = bytearray()
+        self.high = high
+        self.reading = True
+        self.closing = False
+        self.aborted = False
+        self.paused_writing = False
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+        if len(self.out) > self.high and not self.paused_writing:
+            self.paused_writing = True
+            self.protocol.pause_writing()
+
+    def drain_peer(self) -> bytes:
+        """The peer reads everything: the buffer empties and writing resumes."""
+        data, self.out = bytes(self.out), bytearray()
+        if self.paused_writing:
+            self.paused_writing = False
+            self.protocol.resume_writing()
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+class Recorder:
+    """A session handler that records events and replies to every stream."""
+
+    def __init__(self, fail_on: type | None = None) -> None:
+        self.events: list[spdy.Event] = []
+        self.replied: dict[int, bool] = {}
+        self.idle = False
+        self.fail_on = fail_on
+        self.session: SpdySession | None = None
+
+    def on_event(self, event: spdy.Event) -> None:
+        self.events.append(event)
+        if self.fail_on is not None and isinstance(event, self.fail_on):
+            raise RuntimeError("a bug in a handler")
+        if isinstance(event, spdy.StreamOpened):
+            assert self.session is not None
+            self.replied[event.stream_id] = self.session.reply(event.stream_id)
+
+    def on_idle(self) -> None:
+        self.idle = True
+
+
+def make_session(
+    limits: Limits | None = None, fail_on: type | None = None
+) -> tuple[SpdySession, FakeTransport, Recorder]:
+    handler = Recorder(fail_on)
+    session = SpdySession(handler, limits or Limits())
+    handler.session = session
+    transport = FakeTransport(session)
+    session.connection_made(transport)  # type: ignore[arg-type]
+    return session, transport, handler
+
+
+def peer_events(data: bytes) -> list[spdy.Event]:
+    client = SpdyConnection(Role.CLIENT)
+    return client.receive_data(data)
+
+
+async def test_syn_stream_and_rst_stream_in_one_read_raise_nothing() -> None:
+    """Old main: reply_stream on the reset stream raised LocalProtocolError out of
+    data_received and the rest of that read's events were lost."""
+    session, transport, handler = make_session()
+    client = SpdyConnection(Role.CLIENT)
+    first = client.open_stream({"streamtype": "stdin"})
+    client.reset_stream(first)
+    second = client.open_stream({"streamtype": "stdout"})
+    session.data_received(client.data_to_send())
+    assert handler.replied == {first: False, second: True}
+    assert not transport.closing
+    replies = [e for e in client.receive_data(transport.out) if isinstance(e, spdy.StreamReplied)]
+    assert [e.stream_id for e in replies] == [second]
+
+
+async def test_a_unidirectional_stream_is_refused_and_the_connection_lives() -> None:
+    session, transport, handler = make_session()
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    syn = bytearray(client.data_to_send())
+    syn[4] |= 0x02  # FLAG_UNIDIRECTIONAL on the SYN_STREAM
+    other = client.open_stream({"streamtype": "stdout"})
+    session.data_received(bytes(syn) + client.data_to_send())
+    events = client.receive_data(bytes(transport.out))
+    assert spdy.StreamReset(sid, spdy.RstStatus.REFUSED_STREAM) in events
+    assert any(isinstance(e, spdy.StreamReplied) and e.stream_id == other for e in events)
+    assert not transport.closing
+    assert handler.replied == {other: True}
+
+
+async def test_streams_over_max_streams_are_refused_and_the_connection_lives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    session, transport, handler = make_session(Limits(max_streams=10, max_portforward_pairs=5))
+    client = SpdyConnection(Role.CLIENT)
+    sids = [client.open_stream({"streamtype": f"s{i}"}) for i in range(1000)]
+    with caplog.at_level(logging.DEBUG, logger="streamsrv"):
+        caplog.clear()
+        session.data_received(client.data_to_send())
+    events = client.receive_data(bytes(transport.out))
+    replied = [e.stream_id for e in events if isinstance(e, spdy.StreamReplied)]
+    refused = [e.stream_id for e in events if isinstance(e, spdy.StreamReset)]
+    assert replied == sids[:10]
+    assert refused == sids[10:]
+    assert session.conn.open_streams == 10
+    assert not transport.closing
+    # A peer cannot amplify logging: one warning for 990 refusals, the rest at debug.
+    warnings = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(warnings) == 1
+
+
+async def test_a_handler_that_raises_ends_only_its_session() -> None:
+    session, transport, handler = make_session(fail_on=spdy.DataReceived)
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    session.data_received(client.data_to_send())
+    client.receive_data(bytes(transport.out))
+    transport.out.clear()
+    client.send_data(sid, b"boom")
+    session.data_received(client.data_to_send())  # must not raise
+    events = client.receive_data(bytes(transport.out))
+    assert spdy.GoAwayReceived(sid, spdy.GoAwayStatus.INTERNAL_ERROR) in events
+    assert transport.closing
+    assert session.failed == "internal error"
+
+
+async def test_while_paused_for_writing_the_session_stops_reading() -> None:
+    """A client that never reads cannot make us queue PING echoes without bound."""
+    session, transport, _ = make_session()
+    client = SpdyConnection(Role.CLIENT)
+    fed = 0
+    for _ in range(200_000):
+        if not transport.reading:
+            break
+        client.ping()
+        session.data_received(client.data_to_send())
+        fed += 1
+    assert not transport.reading  # stopped once the transport said pause_writing
+    assert len(transport.out) <= transport.high + 12
+    assert fed < 10_000
+    transport.drain_peer()
+    assert transport.reading  # the peer read: reading resumes
+
+
+async def test_holds_and_write_pauses_combine() -> None:
+    session, transport, _ = make_session()
+    session.pause_reading()
+    session.pause_writing()
+    session.resume_writing()
+    assert not transport.reading  # the hold still stands
+    session.resume_reading()
+    assert transport.reading
+
+
+async def test_a_frame_over_max_frame_size_is_refused_before_buffering() -> None:
+    session, transport, _ = make_session(Limits(max_frame_size=64 * 1024))
+    session.data_received(b"\x00\x00\x00\x01\x00\xff\xff\xff")  # DATA declaring 16 MiB
+    events = peer_events(bytes(transport.out))
+    assert any(isinstance(e, spdy.GoAwayReceived) for e in events)
+    assert transport.aborted
+    assert session.conn.buffered == 0
+
+
+async def test_a_partial_frame_that_makes_no_progress_ends_the_connection() -> None:
+    session, transport, _ = make_session(Limits(progress_timeout=0.2))
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    session.data_received(client.data_to_send())
+    session.data_received(b"\x00\x00\x00%c\x00\x00\x10\x00partial" % sid)  # 4 KiB declared
+    assert session.conn.buffered
+    for _ in range(100):
+        if transport.closing:
+            break
+        await asyncio.sleep(0.05)
+    assert transport.closing
+    assert session.failed == "partial frame made no progress"
+
+
+async def test_a_frame_completed_in_time_keeps_the_connection() -> None:
+    session, transport, handler = make_session(Limits(progress_timeout=0.3))
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    session.data_received(client.data_to_send())
+    client.send_data(sid, b"x" * 1000)
+    frame = client.data_to_send()
+    for _ in range(5):  # each part well within the timeout: progress all along
+        session.data_received(frame[:200])
+        frame = frame[200:]
+        await asyncio.sleep(0.1)
+    session.data_received(frame)
+    await asyncio.sleep(0.4)
+    assert not transport.closing
+    assert spdy.DataReceived(sid, b"x" * 1000) in handler.events
+
+
+async def test_idle_timeout_counts_data_not_pings() -> None:
+    session, transport, handler = make_session(Limits(idle_timeout=0.4))
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    session.data_received(client.data_to_send())
+    for _ in range(3):  # data keeps it alive
+        await asyncio.sleep(0.2)
+        client.send_data(sid, b"k")
+        session.data_received(client.data_to_send())
+    assert not handler.idle
+    for _ in range(10):  # pings do not
+        await asyncio.sleep(0.1)
+        client.ping()
+        session.data_received(client.data_to_send())
+    assert handler.idle
+
+
+async def test_connection_terminated_is_delivered_once() -> None:
+    session, _, handler = make_session()
+    session.eof_received()
+    session.connection_lost(None)
+    assert [e for e in handler.events if isinstance(e, spdy.ConnectionTerminated)] == [
+        spdy.ConnectionTerminated()
+    ]
+    assert session.closed.is_set()
+
+
+async def test_resizes_coalesce_to_the_latest() -> None:
+    """Old main queued every size (one engine call each): the CVE-2022-23471 class."""
+    sizes = Resizes()
+    for i in range(1, 190_001):
+        sizes.put(TerminalSize(i, 24))
+    sizes.close()
+    assert [s async for s in sizes] == [TerminalSize(190_000, 24)]
+
+
+async def test_resizes_deliver_each_size_to_a_fast_consumer() -> None:
+    sizes = Resizes()
+    got: list[TerminalSize] = []
+
+    async def consume() -> None:
+        async for s in sizes:
+            got.append(s)
+
+    task = asyncio.create_task(consume())
+    for i in range(1, 4):
+        sizes.put(TerminalSize(i, i))
+        await asyncio.sleep(0)
+    sizes.close()
+    await asyncio.wait_for(task, 5)
+    assert got == [TerminalSize(i, i) for i in range(1, 4)]
+
+
+# ----------------------------------------------------------------------- real sockets
+
+
+class SlowResizeRuntime(FakeRuntime):
+    """``size`` takes 20 ms per size applied, like an engine API call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.applied: list[TerminalSize] = []
+
+    async def exec(self, container_id: str, cmd: Any, io: Any, *, tty: bool) -> int:
+        if cmd[0] == "slowsize":
+            async for size in io.resize:
+                self.applied.append(size)
+                await io.stdout.write(f"{size.width}x{size.height}\n".encode())
+                await asyncio.sleep(0.02)
+            return 0
+        return await super().exec(container_id, cmd, io, tty=tty)
+
+
+@pytest.fixture
+async def srv() -> AsyncIterator[tuple[StreamServer, TestServer, SlowResizeRuntime]]:
+    runtime = SlowResizeRuntime()
+    limits = Limits(stream_creation_timeout=2, idle_timeout=0.6, max_websocket_message=64 * 1024)
+    async with stream_server(runtime, limits) as (server, ts):
+        yield server, ts, runtime
+
+
+async def exec_streams(client: Client, *kinds: str) -> dict[str, int]:
+    return {kind: await client.open(kind) for kind in kinds}
+
+
+async def test_an_idle_spdy_exec_ends_with_a_status_and_the_process_is_stopped(srv: Any) -> None:
+    server, ts, runtime = srv
+    url = await server.get_exec(ExecRequest("c", ("sleep",), stdin=True))
+    client, _ = await Client.connect(ts, url, ["v4.channel.k8s.io"])
+    streams = await exec_streams(client, "error", "stdin", "stdout")
+    await asyncio.wait_for(client.until_goaway(), 10)
+    body = json.loads(client.data[streams["error"]])
+    assert body["status"] == "Failure"
+    assert "idle" in body["message"]
+    await runtime.wait_cancelled(5)
+    assert runtime.cancelled == 1
+    assert server.metrics.refused["idle-timeout"] == 1
+    client.close()
+
+
+async def test_an_idle_websocket_exec_ends_with_a_status(srv: Any) -> None:
+    server, ts, runtime = srv
+    url = await server.get_exec(ExecRequest("c", ("sleep",), stdin=True))
+    async with TestClient(ts) as tc:
+        path = "/" + url.split("/", 3)[3]
+        async with tc.ws_connect(path, protocols=["v5.channel.k8s.io"]) as ws:
+            frames = await asyncio.wait_for(collect(ws), 10)
+    status = json.loads(next(d for c, d in frames if c == 3))
+    assert "idle" in status["message"]
+    await runtime.wait_cancelled(5)
+    assert runtime.cancelled == 1
+
+
+async def test_a_flood_of_resizes_reaches_the_runtime_coalesced(srv: Any) -> None:
+    """One 1.6 MiB resize write used to queue 60,000 sizes, one engine call each."""
+    server, ts, runtime = srv
+    url = await server.get_exec(ExecRequest("c", ("slowsize",), stdin=True, tty=True))
+    client, _ = await Client.connect(ts, url, ["v4.channel.k8s.io"])
+    streams = await exec_streams(client, "error", "stdin", "stdout", "resize")
+    sizes = b"".join(b'{"Width":%d,"Height":24}\n' % i for i in range(1, 60_001))
+    client.conn.send_data(streams["resize"], sizes)
+    client.conn.end_stream(streams["stdin"])
+    client.conn.end_stream(streams["resize"])
+    client.flush()
+    deadline = asyncio.get_running_loop().time() + 20
+    while not runtime.applied or runtime.applied[-1] != TerminalSize(60_000, 24):
+        assert asyncio.get_running_loop().time() < deadline, runtime.applied[-3:]
+        await client.events()
+    assert len(runtime.applied) < 1000  # each applied size took 20 ms: most were skipped
+    client.close()
+
+
+async def test_an_oversized_websocket_message_ends_that_session_only(srv: Any) -> None:
+    server, ts, runtime = srv
+    url = await server.get_exec(ExecRequest("c", ("cat",), stdin=True))
+    other_url = await server.get_exec(ExecRequest("c", ("echo", "fine")))
+    async with TestClient(ts) as tc:
+        path = "/" + url.split("/", 3)[3]
+        async with tc.ws_connect(path, protocols=["v5.channel.k8s.io"]) as ws:
+            await ws.send_bytes(b"\x00" + bytes(100 * 1024))
+            await asyncio.wait_for(collect(ws), 10)
+            assert ws.close_code == 1009
+        other = "/" + other_url.split("/", 3)[3]
+        async with tc.ws_connect(other, protocols=["v5.channel.k8s.io"]) as ws:
+            frames = await asyncio.wait_for(collect(ws), 10)
+        assert (1, b"fine\n") in frames
+
+
+async def test_header_bombs_end_one_connection_and_others_are_served(srv: Any) -> None:
+    """58,000 repeats of one header name cost 0.45 s of CPU to merge on old main; now the
+    inflated block is over max_header_block_size (64 KiB) and refused before it is parsed
+    (the count cap and linear merging are tested on the codec, tests/protocol/test_spdy.py)."""
+    server, ts, _ = srv
+    url = await server.get_exec(ExecRequest("c", ("echo", "ok"), stdout=True))
+    client, _ = await Client.connect(ts, url, ["v4.channel.k8s.io"])
+    client.conn = SpdyConnection(Role.CLIENT, max_header_block_size=1 << 20)
+    client.conn.open_stream([("streamtype", "x")] * 58_000)
+    client.flush()
+    await asyncio.wait_for(client.until_goaway(), 10)
+    client.close()
+    other = await server.get_exec(ExecRequest("c", ("echo", "ok"), stdout=True))
+    ok, _ = await Client.connect(ts, other, ["v4.channel.k8s.io"])
+    streams = await exec_streams(ok, "error", "stdout")
+    await asyncio.wait_for(ok.until_goaway(), 10)
+    assert ok.data[streams["stdout"]] == b"ok\n"
+    ok.close()
