@@ -66,16 +66,17 @@ class _Exec:
         session = self.session
         if isinstance(event, spdy.StreamOpened):
             sid = event.stream_id
-            kind = header(event.headers, "streamtype")
-            if kind not in self.expected or kind in self.streams:
-                log.debug("SPDY stream %d of unexpected type %r refused", sid, kind)
-                session.reset(sid, spdy.RstStatus.REFUSED_STREAM)
-                return
             if not session.reply(sid):
                 return  # reset by the client in the same read
-            self.streams[kind] = sid
-            if set(self.streams) == self.expected:
-                self.ready.set()
+            kind = header(event.headers, "streamtype")
+            if kind in self.expected and kind not in self.streams:
+                self.streams[kind] = sid
+                if set(self.streams) == self.expected:
+                    self.ready.set()
+            else:
+                # Replied and ignored, as the kubelet does: kubectl opens stdin for `attach -i`
+                # even when the container has none. They count against max_streams.
+                log.debug("SPDY stream %d of unexpected type %r ignored", sid, kind)
         elif isinstance(event, spdy.DataReceived):
             if event.stream_id == self.streams.get("stdin") and self.stdin is not None:
                 if not self.stdin.feed_nowait(event.data):

@@ -416,3 +416,15 @@ async def test_header_bombs_end_one_connection_and_others_are_served(srv: Any) -
     await asyncio.wait_for(ok.until_goaway(), 10)
     assert ok.data[streams["stdout"]] == b"ok\n"
     ok.close()
+
+
+async def test_a_stream_of_an_unexpected_type_is_replied_and_ignored(srv: Any) -> None:
+    """kubectl opens stdin for `attach -i` even when the container has none (the gateway then
+    asks for no stdin): the kubelet replies and ignores it, and so do we."""
+    server, ts, _ = srv
+    url = await server.get_exec(ExecRequest("c", ("echo", "ok"), stdout=True))
+    client, _ = await Client.connect(ts, url, ["v4.channel.k8s.io"])
+    streams = await exec_streams(client, "error", "stdin", "bogus", "stdout")
+    await asyncio.wait_for(client.until_goaway(), 10)
+    assert client.data[streams["stdout"]] == b"ok\n"
+    client.close()
