@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,33 +46,54 @@ def test_every_error_is_a_streamsrv_error_of_its_kind(error: type, kind: type) -
     assert issubclass(kind, StreamsrvError)
 
 
-# The docker SDK leaves the socket of its failed version probe to the garbage collector.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_an_engine_that_does_not_answer_is_a_backend_error(tmp_path: Path) -> None:
+def test_no_engine_at_all_is_a_backend_error(tmp_path: Path) -> None:
+    """In a child process: the docker SDK leaks the socket of its failed version probe."""
+    code = (
+        "from streamsrv.errors import BackendError\n"
+        "from streamsrv.runtime.docker import DockerRuntime\n"
+        "try:\n"
+        f"    DockerRuntime(base_url='unix://{tmp_path}/none.sock')\n"
+        "except BackendError as exc:\n"
+        "    print('BackendError:', exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.startswith("BackendError: docker engine at unix://"), out
+
+
+async def test_an_engine_that_fails_is_a_backend_error(tmp_path: Path) -> None:
     """Old main let requests' ConnectionError escape (a bare 500 in the gateway)."""
     sock = tmp_path / "engine.sock"
-    with pytest.raises(BackendError, match="docker engine at unix://"):
-        DockerRuntime(base_url=f"unix://{sock}")  # nothing there at all
 
-    # An engine that answers the SDK's version probe, then goes away.
     async def version(request: web.Request) -> web.Response:
         return web.json_response({"ApiVersion": "1.41", "Version": "fake"})
 
+    async def hang_up(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.abort()  # the engine dies mid-request
+        return web.Response()
+
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"message": "engine is broken"}, status=500)
+
     app = web.Application()
     app.router.add_get("/version", version)
+    app.router.add_get("/v1.41/_ping", hang_up)
+    app.router.add_get("/_ping", hang_up)
+    app.router.add_get("/v1.41/containers/{id}/json", broken)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.UnixSite(runner, str(sock))
-    await site.start()
+    await web.UnixSite(runner, str(sock)).start()
     runtime = await asyncio.to_thread(DockerRuntime, base_url=f"unix://{sock}")
-    await runner.cleanup()
     try:
         with pytest.raises(BackendError, match="docker engine at unix://"):
             await runtime.ping()
-        with pytest.raises(BackendError):
+        with pytest.raises(BackendError, match="engine is broken"):
             await runtime.dial("sandbox", 80)
     finally:
         await runtime.close()
+        await runner.cleanup()
 
 
 async def test_a_refused_dial_is_a_backend_error(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ import mmap
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,6 @@ ASYNCIO_DEFAULT = 256 * 1024
 
 def _ssl_protocol(handler: Any) -> Any:
     return handler.transport._ssl_protocol
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @asynccontextmanager
@@ -81,58 +78,86 @@ async def test_an_upload_reads_256_kib_at_a_time_into_our_own_buffer(tmp_path: P
         writer.close()
 
 
-def _open_idle(port: int, ctx: ssl.SSLContext, n: int) -> list[ssl.SSLSocket]:
-    """``n`` blocking TLS client sockets that each send one byte (no asyncio buffers here)."""
-    out = []
-    for _ in range(n):
-        raw = socket.create_connection(("127.0.0.1", port))
-        tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
-        tls.sendall(b"G")
-        out.append(tls)
-    return out
+# A server in its own process (so nothing else of the test's allocations moves its RSS) that
+# accepts N idle TLS connections and prints how much its RSS grew meanwhile.
+_SERVER = r"""
+import asyncio, os, sys
+from aiohttp import web
+from streamsrv.certs import server_ssl_context
+from streamsrv.connections import GuardedSite, runner_kwargs
+from streamsrv.limits import Limits
+from streamsrv.metrics import Metrics
 
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-async def _growth(port: int, ctx: ssl.SSLContext, n: int, seen: Callable[[], int]) -> int:
+async def main(mode, cert, key, n):
+    ctx = server_ssl_context(cert, key)
+    count = [0]
+    if mode == "ours":
+        limits = Limits()
+        runner = web.AppRunner(web.Application(), **runner_kwargs(limits))
+        await runner.setup()
+        site = GuardedSite(
+            runner, "127.0.0.1", 0, limits=limits, metrics=Metrics(), ssl_context=ctx
+        )
+        await site.start()
+        port = runner.addresses[0][1]
+        connected = lambda: len(runner.server.connections)
+    else:
+        async def hold(reader, writer):
+            count[0] += 1
+            await reader.read()
+            writer.close()
+        server = await asyncio.start_server(hold, "127.0.0.1", 0, ssl=ctx)
+        port = server.sockets[0].getsockname()[1]
+        connected = lambda: count[0]
     before = rss()
-    socks = await asyncio.to_thread(_open_idle, port, ctx, n)
+    print(port, flush=True)
+    while connected() < n:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    print(rss() - before, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
+"""
+
+
+def _rss_growth(mode: str, cert: Path, key: Path, ctx: ssl.SSLContext, n: int) -> int:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, mode, str(cert), str(key), str(n)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    socks: list[ssl.SSLSocket] = []
     try:
-        for _ in range(200):
-            if seen() >= n:
-                break
-            await asyncio.sleep(0.05)
-        assert seen() >= n
-        return rss() - before
+        port = int(proc.stdout.readline())
+        for _ in range(n):  # blocking clients: the server sees only TLS handshakes and a byte
+            raw = socket.create_connection(("127.0.0.1", port))
+            tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(b"G")
+            socks.append(tls)
+        return int(proc.stdout.readline())
     finally:
         for s in socks:
             s.close()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.wait(30)
 
 
 async def test_idle_connections_hold_far_less_than_asyncios_buffers(tmp_path: Path) -> None:
-    """Measured against a plain asyncio TLS server in the same run: 200 idle connections."""
+    """200 idle TLS connections, against a plain asyncio TLS server measured the same way."""
     n = 200
-    async with guarded(tmp_path, web.Application()) as (runner, port, client_ctx):
-        assert runner.server is not None
-        server = runner.server
-        ours = await _growth(port, client_ctx, n, lambda: len(server.connections))
     ca = CertificateAuthority(tmp_path)
     cert, key = ca.serving_cert(["127.0.0.1"])
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
-        await reader.read(1)
-
-    plain = await asyncio.start_server(hold, "127.0.0.1", 0, ssl=server_ssl_context(cert, key))
-    try:
-        plain_port = plain.sockets[0].getsockname()[1]
-        theirs = await _growth(plain_port, client_ctx, n, lambda: len(accepted))
-    finally:
-        for w in accepted:
-            w.close()
-        plain.close()
-        await plain.wait_closed()
+    ctx = ssl.create_default_context(cadata=ca.pem.decode())
+    theirs = await asyncio.to_thread(_rss_growth, "asyncio", cert, key, ctx, n)
+    ours = await asyncio.to_thread(_rss_growth, "ours", cert, key, ctx, n)
+    print(f"server RSS growth for {n} idle TLS connections: ours {ours} B, asyncio's {theirs} B")
     assert theirs > n * ASYNCIO_DEFAULT // 2  # the baseline really holds its buffers
-    print(f"RSS growth for {n} idle TLS connections: ours {ours} B, asyncio default {theirs} B")
     assert ours < theirs / 2, (ours, theirs)
 
 
