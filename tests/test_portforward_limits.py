@@ -497,3 +497,43 @@ async def test_a_tunnel_client_that_never_reads_cannot_grow_our_queue(echo_port:
                 await sender
             with contextlib.suppress(Exception):
                 await ws.close()
+
+
+async def test_an_idle_spdy_port_forward_is_closed_and_a_busy_one_is_not(echo_port: int) -> None:
+    """Old main: port-forward connections never timed out (Config.idle_timeout was unread)."""
+    async with serving(DialRuntime(echo_port), Limits(idle_timeout=0.6)) as server:
+        busy = await PortForwardClient.start(server)
+        idle = await PortForwardClient.start(server)
+        try:
+            _, data = busy.open_pair("b", 80)
+            busy.flush()
+            await busy.until(lambda: data in busy.replied)
+            for i in range(6):  # data keeps the busy one alive past the timeout
+                await busy.echo(data, b"tick %d" % i)
+                await asyncio.sleep(0.2)
+            idle.conn.ping()  # a ping is not data
+            idle.flush()
+            async with asyncio.timeout(10):
+                while not idle.terminated:
+                    await idle.events()
+            assert not busy.terminated
+            assert server.metrics.refused["idle-timeout"] >= 1
+        finally:
+            busy.close()
+            idle.close()
+
+
+async def test_an_idle_websocket_port_forward_is_closed(echo_port: int) -> None:
+    async with serving(DialRuntime(echo_port), Limits(idle_timeout=0.6)) as server:
+        url = await server.get_port_forward(PortForwardRequest("sandbox"))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url + "?ports=80", protocols=[V4_CHANNEL]) as ws,
+        ):
+            for _ in range(2):  # the port preamble
+                await ws.receive(timeout=10)
+            await ws.send_bytes(b"\x00hi")
+            assert (await ws.receive(timeout=10)).data == b"\x00hi"
+            msg = await ws.receive(timeout=10)  # nothing more moves: the server closes
+            assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), msg
+        assert server.metrics.refused["idle-timeout"] == 1
