@@ -183,7 +183,12 @@ class SpdyForwarder:
 
     def _expire(self, pair: _Pair) -> None:
         if pair.task is None:
-            log.info("request %s: timed out waiting for streams", pair.request_id)
+            self.ctx.warnings.log(
+                logging.INFO,
+                "portforward-pair-timeout",
+                "port-forward request %s: timed out waiting for its streams",
+                pair.request_id,
+            )
             self._fail(pair)
 
     def _fail(self, pair: _Pair) -> None:
@@ -218,7 +223,9 @@ class SpdyForwarder:
         try:
             sock = await dial(self.ctx, self.req.sandbox_id, pair.port, self.dials)
         except BackendError as exc:
-            log.info(
+            self.ctx.warnings.log(
+                logging.INFO,
+                "portforward-dial",
                 "port-forward %s to port %d of %s failed: %s",
                 pair.request_id, pair.port, self.req.sandbox_id[:12], exc,
             )  # fmt: skip
