@@ -434,6 +434,17 @@ def encode_header_block(headers: HeadersInput) -> bytes:
     return _encode_merged(_merge_headers(headers))
 
 
+def _text_at(block: bytes, pos: int, end: int) -> tuple[str, int]:
+    """The length-prefixed text at ``pos`` of a header block, and the position after it."""
+    if end - pos < 4:
+        raise RemoteProtocolError("header block is truncated")
+    (size,) = _U32.unpack_from(block, pos)
+    pos += 4
+    if end - pos < size:
+        raise RemoteProtocolError("header block is truncated")
+    return block[pos : pos + size].decode("utf-8", "surrogateescape"), pos + size
+
+
 def decode_header_block(
     block: bytes,
     forbidden: frozenset[str] = REQUEST_FORBIDDEN,
@@ -469,25 +480,10 @@ def decode_header_block(
             f"header block declares {count} pairs, more than max_header_count ({max_header_count})"
         )
     pos = 4
-    unpack = _U32.unpack_from
     collected: dict[str, list[str]] = {}
     for _ in range(count):
-        if end - pos < 4:
-            raise RemoteProtocolError("header block is truncated")
-        (size,) = unpack(block, pos)
-        pos += 4
-        if end - pos < size:
-            raise RemoteProtocolError("header block is truncated")
-        name = block[pos : pos + size].decode("utf-8", "surrogateescape")
-        pos += size
-        if end - pos < 4:
-            raise RemoteProtocolError("header block is truncated")
-        (size,) = unpack(block, pos)
-        pos += 4
-        if end - pos < size:
-            raise RemoteProtocolError("header block is truncated")
-        value = block[pos : pos + size].decode("utf-8", "surrogateescape")
-        pos += size
+        name, pos = _text_at(block, pos, end)
+        value, pos = _text_at(block, pos, end)
         if name != name.lower():
             raise RemoteProtocolError(f"header name {name!r} is not lowercase")
         if name in forbidden:
