@@ -82,6 +82,8 @@ async def test_an_engine_that_fails_is_a_backend_error(tmp_path: Path) -> None:
     app.router.add_get("/v1.41/_ping", hang_up)
     app.router.add_get("/_ping", hang_up)
     app.router.add_get("/v1.41/containers/{id}/json", broken)
+    app.router.add_get("/v1.41/images/{name}/json", hang_up)
+    app.router.add_delete("/v1.41/containers/{id}", hang_up)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.UnixSite(runner, str(sock)).start()
@@ -91,6 +93,12 @@ async def test_an_engine_that_fails_is_a_backend_error(tmp_path: Path) -> None:
             await runtime.ping()
         with pytest.raises(BackendError, match="engine is broken"):
             await runtime.dial("sandbox", 80)
+        # Calls that give some engine answers a meaning of their own (image absent, container
+        # already gone) map everything else the same way.
+        with pytest.raises(BackendError, match="docker engine at unix://"):
+            await runtime.ensure_image("busybox:latest")
+        with pytest.raises(BackendError, match="docker engine at unix://"):
+            await runtime.remove_container("gone")
     finally:
         await runtime.close()
         await runner.cleanup()

@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -88,10 +88,8 @@ class DockerRuntime:
         if base_url:
             kwargs["base_url"] = base_url
         self._endpoint = str(kwargs.get("base_url") or "unix:///var/run/docker.sock")
-        try:  # the SDK asks the engine for its API version here
+        with self._engine_errors():  # the SDK asks the engine for its API version here
             self.api = docker.APIClient(timeout=timeout, **kwargs)
-        except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise BackendError(f"docker engine at {self._endpoint}: {exc}") from exc
         self._local = self._endpoint.startswith("unix://")
         self.pause_image = pause_image
         self._pause_resolved: str | None = None
@@ -104,16 +102,30 @@ class DockerRuntime:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """An engine API call; every failure becomes a BackendError (ContainerNotFound for 404)."""
+    @contextlib.contextmanager
+    def _engine_errors(self) -> Iterator[None]:
+        """Every failure of the engine or the SDK inside becomes a BackendError.
+
+        ContainerNotFound for a 404, the engine's own explanation for another API error, and
+        the endpoint's name when the engine cannot be reached. A call site that gives some
+        error a meaning of its own (an image not found, a container already gone) catches it
+        inside this block.
+        """
         try:
-            return await self._thread(fn, *args, **kwargs)
+            yield
+        except BackendError:
+            raise
         except docker.errors.NotFound as exc:
             raise ContainerNotFound(str(exc.explanation or exc)) from exc
         except docker.errors.APIError as exc:
             raise BackendError(str(exc.explanation or exc)) from exc
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
             raise BackendError(f"docker engine at {self._endpoint}: {exc}") from exc
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """An engine API call in the runtime's pool; every failure is a BackendError."""
+        with self._engine_errors():
+            return await self._thread(fn, *args, **kwargs)
 
     async def ping(self) -> None:
         await self._call(self.api.ping)
@@ -129,23 +141,23 @@ class DockerRuntime:
     # ----------------------------------------------------------------------------- images
 
     async def _image_present(self, image: str) -> bool:
-        try:
-            await self._thread(self.api.inspect_image, image)
-        except docker.errors.ImageNotFound:
-            return False
-        except docker.errors.APIError as exc:
-            raise BackendError(str(exc.explanation or exc)) from exc
+        with self._engine_errors():
+            try:
+                await self._thread(self.api.inspect_image, image)
+            except docker.errors.ImageNotFound:
+                return False
         return True
 
     async def ensure_image(self, image: str) -> None:
         if await self._image_present(image):
             return
         repo, tag = docker.utils.parse_repository_tag(image)
-        try:
-            await self._thread(self.api.pull, repo, tag=tag or "latest")
-        except docker.errors.APIError as exc:
-            detail = f"not present and the pull failed: {exc.explanation}"
-            raise ImageNotFound(image, detail) from exc
+        with self._engine_errors():
+            try:
+                await self._thread(self.api.pull, repo, tag=tag or "latest")
+            except docker.errors.APIError as exc:
+                detail = f"not present and the pull failed: {exc.explanation}"
+                raise ImageNotFound(image, detail) from exc
         if not await self._image_present(image):
             raise ImageNotFound(image, "not present after pull")
 
@@ -199,12 +211,8 @@ class DockerRuntime:
 
     async def _remove(self, container_id: str) -> None:
         self._inspected.pop(container_id, None)
-        try:
+        with self._engine_errors(), contextlib.suppress(docker.errors.NotFound):
             await self._thread(self.api.remove_container, container_id, v=True, force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            raise BackendError(str(exc.explanation or exc)) from exc
 
     async def _list(self, kind: str, labels: Mapping[str, str] | None) -> list[dict[str, Any]]:
         selector = [f"{LABEL_TYPE}={kind}"] + [f"{k}={v}" for k, v in (labels or {}).items()]
@@ -229,11 +237,12 @@ class DockerRuntime:
             cached = self._inspected.get(cid)
             if cached is not None and cached[0] == seen:
                 return cached[1]
-            try:
-                info: dict[str, Any] = await self._thread(self.api.inspect_container, cid)
-            except docker.errors.NotFound:
-                self._inspected.pop(cid, None)
-                return None  # removed between list and inspect
+            with self._engine_errors():
+                try:
+                    info: dict[str, Any] = await self._thread(self.api.inspect_container, cid)
+                except docker.errors.NotFound:
+                    self._inspected.pop(cid, None)
+                    return None  # removed between list and inspect
             self._inspected[cid] = (seen, info)
             if len(self._inspected) > INSPECT_CACHE_SIZE:
                 del self._inspected[next(iter(self._inspected))]  # the oldest
