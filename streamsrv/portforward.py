@@ -41,10 +41,40 @@ PORTFORWARD_V1 = "portforward.k8s.io"
 CHUNK = 256 * 1024  # bytes per read from a pod socket: one SPDY frame or message each
 
 
+class EarlyData:
+    """Client data for a pod port that came before the port was dialled, kept in order.
+
+    Clients may send before the dial is done: SPDY lets a client send on a stream before its
+    reply (kubectl waits; others need not), and the channel protocol's clients do not wait at
+    all. The caller stops reading that client once :meth:`keep` reports more than
+    ``Limits.read_buffer``, until :attr:`settled`.
+    """
+
+    __slots__ = ("chunks", "size", "settled")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.settled = asyncio.Event()  # dialled, failed or forgotten: no more early data
+
+    def keep(self, data: bytes) -> int:
+        """Hold ``data``; the bytes held now."""
+        self.chunks.append(data)
+        self.size += len(data)
+        return self.size
+
+    def settle(self) -> bytes:
+        """Everything held, in order (written first once dialled, dropped otherwise)."""
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.size = 0
+        self.settled.set()
+        return data
+
+
 class _Pair:
     __slots__ = (
         "request_id", "port", "error", "data", "writer", "task", "timer", "eof", "early",
-        "early_size", "settled",
     )  # fmt: skip
 
     def __init__(self, request_id: str, port: int) -> None:
@@ -56,11 +86,7 @@ class _Pair:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.eof = False  # the client half-closed the data stream before the dial finished
-        # Data the client sent before the pod's port was dialled: SPDY lets a client send on a
-        # stream before its reply (kubectl waits; others need not). Written first, in order.
-        self.early: list[bytes] = []
-        self.early_size = 0
-        self.settled = asyncio.Event()  # dialled, failed or forgotten: no more early data
+        self.early = EarlyData()
 
 
 async def dial(
@@ -117,11 +143,10 @@ class SpdyForwarder:
                 full = pair.writer.transport.get_write_buffer_size() > self.ctx.limits.read_buffer
                 if full:
                     self.read_pause.pause_until(self.session, pair.writer.drain)
-            elif not pair.settled.is_set():
-                pair.early.append(event.data)
-                pair.early_size += len(event.data)
-                if pair.early_size > self.ctx.limits.read_buffer:
-                    self.read_pause.pause_until(self.session, pair.settled.wait)
+            elif not pair.early.settled.is_set():
+                held = pair.early.keep(event.data)
+                if held > self.ctx.limits.read_buffer:
+                    self.read_pause.pause_until(self.session, pair.early.settled.wait)
         elif isinstance(event, spdy.StreamEnded):
             pair = self.by_stream.get(event.stream_id)
             if pair is not None and event.stream_id == pair.data:
@@ -200,8 +225,7 @@ class SpdyForwarder:
         self._forget(pair)
 
     def _forget(self, pair: _Pair) -> None:
-        pair.settled.set()
-        pair.early.clear()
+        pair.early.settle()
         if pair.timer is not None:
             pair.timer.cancel()
         if self.pairs.get(pair.request_id) is pair:
@@ -239,10 +263,8 @@ class SpdyForwarder:
             self._fail(pair)
             raise
         pair.writer = writer
-        if pair.early:
-            writer.write(b"".join(pair.early))
-            pair.early.clear()
-        pair.settled.set()
+        if early := pair.early.settle():
+            writer.write(early)
         self.ctx.metrics.forwarded += 1
         try:
             session.reply(data)
@@ -414,9 +436,7 @@ async def _serve_channels(
     writers: dict[int, asyncio.StreamWriter] = {}
     # Client data may come before the dial is done (the client does not wait): it is kept,
     # bounded, per port and written first, so nothing is dropped and no port waits on another.
-    dialled = [asyncio.Event() for _ in ports]
-    early: list[list[bytes]] = [[] for _ in ports]
-    early_size = [0 for _ in ports]
+    early = [EarlyData() for _ in ports]
 
     async def forward(i: int, port: int) -> None:
         try:
@@ -433,12 +453,10 @@ async def _serve_channels(
                 sock.close()
                 raise
             writers[i] = writer
-            if early[i]:
-                writer.write(b"".join(early[i]))
+            if data := early[i].settle():
+                writer.write(data)
         finally:
-            early[i].clear()
-            early_size[i] = 0
-            dialled[i].set()
+            early[i].settle()  # the dial failed: what was kept goes with it
         ctx.metrics.forwarded += 1
         try:
             while chunk := await reader.read(CHUNK):
@@ -463,11 +481,9 @@ async def _serve_channels(
                 continue
             activity.touch()
             i = decoded.channel // 2
-            if not dialled[i].is_set():
-                early[i].append(decoded.data)
-                early_size[i] += len(decoded.data)
-                if early_size[i] > ctx.limits.read_buffer:
-                    await dialled[i].wait()  # bounded: dial_timeout covers the dial's turn too
+            if not early[i].settled.is_set():
+                if early[i].keep(decoded.data) > ctx.limits.read_buffer:
+                    await early[i].settled.wait()  # dial_timeout covers the dial's turn too
                 continue
             writer = writers.get(i)
             if writer is not None:

@@ -23,6 +23,7 @@ from aiohttp.connector import AddrInfoType
 from streamsrv.errors import BackendError
 from streamsrv.limits import KIB, Limits
 from streamsrv.pods import parse_pod
+from streamsrv.portforward import EarlyData
 from streamsrv.protocol import spdy
 from streamsrv.protocol.channels import SPDY_TUNNEL_PORTFORWARD, V4_CHANNEL
 from streamsrv.runtime.base import connect_first, loopback_sockets
@@ -537,3 +538,33 @@ async def test_an_idle_websocket_port_forward_is_closed(echo_port: int) -> None:
             msg = await ws.receive(timeout=10)  # nothing more moves: the server closes
             assert msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING), msg
         assert server.metrics.refused["idle-timeout"] == 1
+
+
+async def test_channel_data_before_the_dial_is_held_up_to_read_buffer(echo_port: int) -> None:
+    """A client that floods a port still dialling makes the server hold at most
+    Limits.read_buffer (plus the message that crossed it), then stop reading that client."""
+    limits = Limits(dial_timeout=HANG_DIAL_TIMEOUT, read_buffer=64 * KIB)
+    async with serving(HangingPortRuntime(echo_port), limits) as server:
+        url = await server.get_port_forward(PortForwardRequest("sandbox"))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url + "?ports=1", protocols=[V4_CHANNEL]) as ws,
+        ):
+            for _ in range(2):  # the port preamble
+                await ws.receive(timeout=10)
+            chunk = b"\x00" + bytes(16 * KIB)
+
+            async def flood() -> None:
+                for _ in range(1024):  # 16 MiB, far more than socket buffers take
+                    await ws.send_bytes(chunk)
+
+            sender = asyncio.create_task(flood())
+            await asyncio.sleep(HANG_DIAL_TIMEOUT / 2)
+            held = [o.size for o in gc.get_objects() if isinstance(o, EarlyData)]
+            assert held and max(held) <= limits.read_buffer + len(chunk), held
+            assert not sender.done()  # the server stopped reading this client
+            msg = await ws.receive(timeout=10)  # the dial gives up: error text on port 1
+            assert msg.data[0] == 1 and b"no connection within" in msg.data, msg
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sender
