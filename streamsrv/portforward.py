@@ -33,6 +33,7 @@ from .transport import (
     header,
     negotiate_spdy,
     refuse_websocket,
+    send_message,
 )
 
 log = logging.getLogger(__name__)
@@ -421,11 +422,7 @@ async def _serve_channels(
     gate = asyncio.Semaphore(ctx.limits.max_dials_per_connection)
 
     async def send(channel: int, data: bytes) -> None:
-        message = codec.encode(channel, data)
-        if isinstance(message, str):
-            await ws.send_str(message)
-        else:
-            await ws.send_bytes(message)
+        await send_message(ws, codec.encode(channel, data))
 
     for i, port in enumerate(ports):
         for ch in (2 * i, 2 * i + 1):

@@ -21,7 +21,7 @@ from .protocol import channels, status
 from .protocol.resize import ResizeDecoder
 from .requests import ExecRequest, StreamRequest
 from .runtime.base import Pipe, Resizes, StdIO
-from .transport import Activity, refuse_websocket
+from .transport import Activity, refuse_websocket, send_message
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,7 @@ class _Sink:
 
     async def write(self, data: bytes) -> None:
         self._activity.touch()
-        await _send(self._ws, self._codec.encode(self._channel, data))
-
-
-async def _send(ws: web.WebSocketResponse, message: bytes | str) -> None:
-    if isinstance(message, str):
-        await ws.send_str(message)
-    else:
-        await ws.send_bytes(message)
+        await send_message(self._ws, self._codec.encode(self._channel, data))
 
 
 def refuse(ctx: StreamContext, offered: list[str], supported: tuple[str, ...]) -> web.Response:
@@ -99,7 +92,7 @@ async def serve_websocket(
     )
     # "Connection established": an empty payload on the lowest channel we will write.
     first = channels.STDOUT if req.stdout else channels.STDERR if req.stderr else channels.ERROR
-    await _send(ws, codec.encode(first, b""))
+    await send_message(ws, codec.encode(first, b""))
 
     run = asyncio.create_task(run_request(ctx, kind, req, io))
     reader = asyncio.create_task(_read(ws, codec, io, activity))
@@ -127,7 +120,7 @@ async def serve_websocket(
         if codec.status_version >= 4 or not _is_success(body):
             payload = body if codec.status_version >= 4 else _v1_text(body)
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await _send(ws, codec.encode(channels.ERROR, payload))
+                await send_message(ws, codec.encode(channels.ERROR, payload))
         with contextlib.suppress(ConnectionError, RuntimeError):
             await ws.close()
         return ws

@@ -84,14 +84,13 @@ class SpdySession(asyncio.Protocol):
         self.closed = asyncio.Event()
         self.failed: str | None = None  # why we ended the connection, if we did
         self._terminated = False  # ConnectionTerminated delivered
+        self.activity = Activity()  # data either way; pings do not count (idle_timeout)
         self._writable = asyncio.Event()
         self._writable.set()
         self._write_paused = False
         self._read_holds = 0  # handlers waiting on a slow consumer (ReadPause)
         self._reading_paused = False
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._last_data = loop.time()
+        self._loop = asyncio.get_running_loop()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._progress_timer: asyncio.TimerHandle | None = None
         self._admitted: set[int] = set()  # peer streams let through to the handler
@@ -102,9 +101,9 @@ class SpdySession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports do not derive from asyncio's classes.
         self.transport = cast(asyncio.Transport, transport)
-        self._last_data = self._loop.time()
+        self.activity.touch()
         self._idle_timer = self._loop.call_at(
-            self._last_data + self.limits.idle_timeout, self._check_idle
+            self.activity.last + self.limits.idle_timeout, self._check_idle
         )
 
     def data_received(self, data: bytes) -> None:
@@ -126,9 +125,10 @@ class SpdySession(asyncio.Protocol):
         self._watch_progress()
 
     def eof_received(self) -> bool:
-        with contextlib.suppress(spdy.ProtocolError):
-            self._dispatch(self.conn.receive_eof())
-        self._terminated = True
+        events: list[spdy.Event] = []
+        with contextlib.suppress(spdy.ProtocolError):  # the connection had failed already
+            events = self.conn.receive_eof()
+        self._terminate(events)
         # Keep our side open to finish writing; TLS has no half-close, so there it closes.
         transport = self.transport
         return transport is not None and transport.get_extra_info("sslcontext") is None
@@ -138,9 +138,7 @@ class SpdySession(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._writable.set()
-        if not self._terminated:
-            self._terminated = True
-            self._dispatch([spdy.ConnectionTerminated()])
+        self._terminate([])
         self.closed.set()
         if self.previous is not None:
             previous, self.previous = self.previous, None
@@ -157,6 +155,12 @@ class SpdySession(asyncio.Protocol):
         self._update_reading()
 
     # dispatch --------------------------------------------------------------------------------
+    def _terminate(self, events: list[spdy.Event]) -> None:
+        """The handler's one ConnectionTerminated (the codec's, with its count, if it has one)."""
+        if not self._terminated:
+            self._terminated = True
+            self._dispatch(events or [spdy.ConnectionTerminated()])
+
     def _dispatch(self, events: list[spdy.Event]) -> None:
         for event in events:
             if self.failed is not None and not isinstance(event, spdy.ConnectionTerminated):
@@ -164,7 +168,7 @@ class SpdySession(asyncio.Protocol):
             if isinstance(event, spdy.StreamOpened) and not self._admit(event):
                 continue
             if isinstance(event, spdy.DataReceived):
-                self._last_data = self._loop.time()
+                self.activity.touch()
             try:
                 self.handler.on_event(event)
             except Exception:
@@ -209,7 +213,7 @@ class SpdySession(asyncio.Protocol):
 
     def send_data(self, sid: int, data: bytes) -> bool:
         """DATA on ``sid`` (no-op on a stream the peer reset); counts as activity."""
-        self._last_data = self._loop.time()
+        self.activity.touch()
         return self._guarded(lambda: self.conn.send_data(sid, data))
 
     def end(self, sid: int) -> bool:
@@ -277,7 +281,7 @@ class SpdySession(asyncio.Protocol):
         self._idle_timer = None
         if self.closed.is_set():
             return
-        due = self._last_data + self.limits.idle_timeout
+        due = self.activity.last + self.limits.idle_timeout
         if self._loop.time() < due:
             self._idle_timer = self._loop.call_at(due, self._check_idle)
             return
@@ -354,7 +358,6 @@ class WebSocketTransport(asyncio.Transport):
         self._reading.set()
         self._closing = False
         self._paused_protocol = False
-        self._lost = False
 
     # asyncio.Transport --------------------------------------------------------------------
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -424,9 +427,7 @@ class WebSocketTransport(asyncio.Transport):
             self._closing = True
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.ws.close()
-            if not self._lost:
-                self._lost = True
-                self._protocol.connection_lost(None)
+            self._protocol.connection_lost(None)
 
     async def _read(self) -> None:
         while not self._closing:
@@ -511,6 +512,14 @@ class ReadPause:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def send_message(ws: web.WebSocketResponse, message: bytes | str) -> None:
+    """A channel codec's message as what it is: text (base64 protocols) or binary."""
+    if isinstance(message, str):
+        await ws.send_str(message)
+    else:
+        await ws.send_bytes(message)
 
 
 # ------------------------------------------------------------------------------ upgrades

@@ -277,6 +277,17 @@ async def test_connection_terminated_is_delivered_once() -> None:
     assert session.closed.is_set()
 
 
+async def test_connection_terminated_is_delivered_after_a_protocol_error_too() -> None:
+    """The codec raises again on EOF once it failed; the handler still hears of the end."""
+    session, _, handler = make_session()
+    session.data_received(b"\x80\x03\x00\x05\x00\x00\x00\x00")  # unknown control type
+    assert session.failed is not None
+    session.eof_received()
+    session.connection_lost(None)
+    ended = [e for e in handler.events if isinstance(e, spdy.ConnectionTerminated)]
+    assert ended == [spdy.ConnectionTerminated()]
+
+
 async def test_resizes_coalesce_to_the_latest() -> None:
     """Old main queued every size (one engine call each): the CVE-2022-23471 class."""
     sizes = Resizes()

@@ -163,7 +163,6 @@ class Resizes:
 
     def __init__(self) -> None:
         self.latest: TerminalSize | None = None
-        self._delivered: TerminalSize | None = None
         self._fresh = False  # ``latest`` has not been delivered yet
         self._closed = False
         self._changed = asyncio.Event()
@@ -188,7 +187,6 @@ class Resizes:
             await self._changed.wait()
         assert self.latest is not None
         self._fresh = False
-        self._delivered = self.latest
         return self.latest
 
 
