@@ -7,14 +7,19 @@ the ``StreamServer``: the server imports the handlers, never the reverse
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .errors import BackendError
 from .limits import Limits
 from .metrics import Metrics
 from .runtime.base import StreamingRuntime
+
+log = logging.getLogger(__name__)
 
 
 class RateLimitedLog:
@@ -51,6 +56,57 @@ class RateLimitedLog:
         return True
 
 
+class ContainerWatch:
+    """Tells sessions when the container they run in has stopped.
+
+    One poll per watched container per ``interval`` (``runtime.container_stopped``), however
+    many sessions wait on it; the poll ends with its last waiter. A runtime that cannot answer
+    (the engine is down) is not a stop: the poll goes on until it can.
+    """
+
+    def __init__(self, runtime: StreamingRuntime, interval: float) -> None:
+        self._runtime = runtime
+        self._interval = interval
+        self._polls: dict[str, asyncio.Future[str]] = {}
+        self._waiters: dict[str, int] = {}
+
+    @property
+    def watched(self) -> int:
+        return len(self._polls)
+
+    async def stopped(self, container_id: str) -> str:
+        """Returns, once ``container_id`` no longer runs, what became of it."""
+        poll = self._polls.get(container_id)
+        if poll is None:
+            poll = asyncio.ensure_future(self._poll(container_id))
+            self._polls[container_id] = poll
+        self._waiters[container_id] = self._waiters.get(container_id, 0) + 1
+        try:
+            return await asyncio.shield(poll)
+        finally:
+            left = self._waiters[container_id] - 1
+            if left:
+                self._waiters[container_id] = left
+            else:
+                del self._waiters[container_id]
+                if self._polls.get(container_id) is poll:
+                    del self._polls[container_id]
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await poll
+
+    async def _poll(self, container_id: str) -> str:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                why = await self._runtime.container_stopped(container_id)
+            except BackendError as exc:
+                log.debug("cannot tell whether %s runs: %s", container_id[:12], exc)
+                continue
+            if why is not None:
+                return why
+
+
 @dataclass(slots=True)
 class StreamContext:
     """Everything a session handler may use."""
@@ -58,10 +114,12 @@ class StreamContext:
     runtime: StreamingRuntime
     limits: Limits = field(default_factory=Limits)
     metrics: Metrics = field(default_factory=Metrics)
+    containers: ContainerWatch = field(init=False)
     warnings: RateLimitedLog = field(init=False)
 
     def __post_init__(self) -> None:
         self.warnings = RateLimitedLog(logging.getLogger("streamsrv"), self.limits.log_interval)
+        self.containers = ContainerWatch(self.runtime, self.limits.container_poll)
 
 
-__all__ = ["RateLimitedLog", "StreamContext"]
+__all__ = ["ContainerWatch", "RateLimitedLog", "StreamContext"]

@@ -4,7 +4,8 @@
 StreamsrvError
 ├── ProtocolError    a peer broke a wire protocol (SPDY, channels, resize, Docker's mux)
 ├── RequestError     a request we refuse (invalid exec/attach/port-forward, bad or spent token)
-└── BackendError     a runtime failed (engine down, container gone, dial refused)
+└── BackendError     a runtime failed (container gone, dial refused, engine error)
+    └── EngineUnavailable   the engine cannot be reached at all (answered as 503)
 ```
 
 An embedder catches ``StreamsrvError`` for everything streamsrv raises on purpose; anything
@@ -31,4 +32,9 @@ class BackendError(StreamsrvError):
     """A runtime failed; ``str(error)`` is fit to show to the client."""
 
 
-__all__ = ["BackendError", "ProtocolError", "RequestError", "StreamsrvError"]
+class EngineUnavailable(BackendError):
+    """The runtime's engine cannot be reached (not running, socket gone, connection refused):
+    the gateway answers 503 naming it, and a caller may try again once it is back."""
+
+
+__all__ = ["BackendError", "EngineUnavailable", "ProtocolError", "RequestError", "StreamsrvError"]

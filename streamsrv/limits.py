@@ -75,6 +75,13 @@ class Limits:
     #: this many seconds per kind, with a count of what was suppressed.
     log_interval: float = 10.0
 
+    # --- the pod under a session -----------------------------------------------------------
+    #: How often a session checks that what it runs in still runs: an exec ends (its process
+    #: killed, the container's state in its status) once its container has stopped, and a
+    #: port-forward once its pod's sandbox has. One runtime call per container per interval,
+    #: however many sessions share it (context.ContainerWatch).
+    container_poll: float = 1.0
+
     # --- dials into pods and runtime calls -------------------------------------------------
     #: A port-forward dial into a pod that has not connected within this fails (that pair
     #: only). Dials never hold a thread while they wait.

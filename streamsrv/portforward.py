@@ -313,13 +313,10 @@ async def serve_spdy(
     return resp
 
 
-SANDBOX_POLL = 1.0
-
-
 async def _sandbox_gone(ctx: StreamContext, sandbox_id: str) -> None:
     """Returns once the pod's sandbox no longer runs (the pod was deleted or stopped)."""
     while True:
-        await asyncio.sleep(SANDBOX_POLL)
+        await asyncio.sleep(ctx.limits.container_poll)
         with contextlib.suppress(BackendError):
             if not await ctx.runtime.sandbox_ready(sandbox_id):
                 log.info("pod sandbox %s is gone: ending its port-forward", sandbox_id[:12])

@@ -142,12 +142,16 @@ def _v1_text(body: bytes) -> bytes:
     return status.v1_error_text(body)
 
 
+#: The exit code of an exec killed because its container stopped (128 + SIGKILL, what a shell
+#: and the kubelet report for a process killed that way).
+KILLED = 137
+
+
 async def run_request(ctx: StreamContext, kind: str, req: StreamRequest, io: StdIO) -> bytes:
     """Run the exec or attach; the v4 Status body that ends the session."""
     try:
         if isinstance(req, ExecRequest):
-            code = await ctx.runtime.exec(req.container_id, req.cmd, io, tty=req.tty)
-            return status.success() if code == 0 else status.exit_code(code)
+            return await _exec(ctx, req, io)
         await ctx.runtime.attach(req.container_id, io, tty=req.tty)
         return status.success()
     except (BackendError, OSError) as exc:
@@ -156,6 +160,33 @@ async def run_request(ctx: StreamContext, kind: str, req: StreamRequest, io: Std
     except Exception as exc:  # a bug of ours: the client still gets a status, not a hang
         log.exception("%s in %s failed", kind, req.container_id[:12])
         return status.internal_error(f"internal error: {exc!r}", attach=kind == "attach")
+
+
+async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO) -> bytes:
+    """The exec, ended at once (its process killed) when its container stops: the process
+    shares the pod's PID namespace, so the container's end does not end it."""
+    work = asyncio.create_task(ctx.runtime.exec(req.container_id, req.cmd, io, tty=req.tty))
+    watch = asyncio.create_task(ctx.containers.stopped(req.container_id))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done() and watch.exception() is not None:
+            log.warning("cannot watch container %s: %r", req.container_id[:12], watch.exception())
+            await asyncio.wait({work})
+        if not work.done():
+            why = watch.result()
+            work.cancel()  # the runtime kills the process
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            log.info("exec in %s ended: %s", req.container_id[:12], why)
+            return status.exit_code(KILLED, f"the process was killed: {why}")
+        code = work.result()
+        return status.success() if code == 0 else status.exit_code(code)
+    finally:
+        for task in (work, watch):
+            task.cancel()
+        for task in (work, watch):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def _read(

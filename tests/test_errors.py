@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from streamsrv.errors import BackendError, ProtocolError, RequestError, StreamsrvError
+from streamsrv.errors import (
+    BackendError,
+    EngineUnavailable,
+    ProtocolError,
+    RequestError,
+    StreamsrvError,
+)
 from streamsrv.podmanager import PodExists, PodManager
 from streamsrv.pods import InvalidPod, parse_pod
 from streamsrv.protocol import channels, dockermux, resize, spdy
@@ -38,6 +44,7 @@ from streamsrv.tokens import CacheFull, TokenError, TokenNotFound
         (InvalidPod, RequestError),
         (PodExists, RequestError),
         (ImageNotFound, BackendError),
+        (EngineUnavailable, BackendError),
         (ContainerNotFound, BackendError),
     ],
 )
@@ -54,12 +61,14 @@ def test_no_engine_at_all_is_a_backend_error(tmp_path: Path) -> None:
         "try:\n"
         f"    DockerRuntime(base_url='unix://{tmp_path}/none.sock')\n"
         "except BackendError as exc:\n"
-        "    print('BackendError:', exc)\n"
+        "    print(type(exc).__name__ + ':', exc)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     ).stdout
-    assert out.startswith("BackendError: docker engine at unix://"), out
+    # EngineUnavailable (a BackendError): the gateway answers 503 naming the engine.
+    assert out.startswith("EngineUnavailable: the docker engine at unix://"), out
+    assert "is unavailable" in out, out
 
 
 async def test_an_engine_that_fails_is_a_backend_error(tmp_path: Path) -> None:

@@ -32,6 +32,10 @@ class FakeRuntime:
         self.cancelled = 0
         self.started = asyncio.Event()
         self._cancelled = asyncio.Event()
+        self.stopped: dict[str, str] = {}  # container id -> what became of it
+
+    async def container_stopped(self, container_id: str) -> str | None:
+        return self.stopped.get(container_id)
 
     async def wait_cancelled(self, seconds: float) -> None:
         """Until the session has cancelled a running exec (at most ``seconds``)."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import BackendError as BackendError  # the one error of every runtime call
+from ..errors import EngineUnavailable as EngineUnavailable  # the engine cannot be reached
 from ..pods import ContainerSpec, ContainerState, PodSpec, SandboxState
 from ..protocol.resize import TerminalSize
 
@@ -211,6 +212,16 @@ class StreamingRuntime(Runtime, Protocol):
         ...
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None: ...
+
+    async def container_stopped(self, container_id: str) -> str | None:
+        """``None`` while the container runs; once it does not, what became of it, for the
+        status of an exec that had to end (``container "main" exited with code 137
+        (OOMKilled)``, ``container "main" was removed``).
+
+        Raises:
+            BackendError: the runtime cannot tell now (the engine is down); not a stop.
+        """
+        ...
 
     async def sandbox_ready(self, sandbox_id: str) -> bool:
         """Whether the pod's sandbox still runs (a forward into a deleted pod must end)."""

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.transport.unixconn
 import docker.utils
 import requests
 
@@ -43,6 +44,7 @@ from ..protocol.dockermux import STDERR, STDOUT, Demuxer
 from .base import (
     BackendError,
     ContainerNotFound,
+    EngineUnavailable,
     ImageNotFound,
     StdIO,
     connect_first,
@@ -50,6 +52,29 @@ from .base import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _close_failed_unix_connects() -> None:
+    """The Docker SDK (7.x) leaves the socket of a failed unix-socket connect open until the
+    collector finds it: with the engine down, every API call would hold a descriptor a while.
+    Its ``connect`` is replaced by one that closes the socket when the connect fails."""
+    cls = docker.transport.unixconn.UnixHTTPConnection
+
+    def connect(self: Any) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_socket)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    if getattr(cls.connect, "__module__", "") == "docker.transport.unixconn":
+        cls.connect = connect
+
+
+_close_failed_unix_connects()
 
 T = TypeVar("T")
 
@@ -120,7 +145,12 @@ class DockerRuntime:
         except docker.errors.APIError as exc:
             raise BackendError(str(exc.explanation or exc)) from exc
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
+            if _unreachable(exc):
+                raise self._unavailable(exc) from exc
             raise BackendError(f"docker engine at {self._endpoint}: {exc}") from exc
+
+    def _unavailable(self, exc: BaseException) -> EngineUnavailable:
+        return EngineUnavailable(f"the docker engine at {self._endpoint} is unavailable: {exc}")
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """An engine API call in the runtime's pool; every failure is a BackendError."""
@@ -359,7 +389,10 @@ class DockerRuntime:
             f"Content-Length: {len(payload)}\r\n\r\n"
         )
         try:
-            await stream.loop.sock_connect(sock, address)
+            try:
+                await stream.loop.sock_connect(sock, address)
+            except OSError as exc:
+                raise self._unavailable(exc) from exc
             await stream.write(head.encode() + payload)
             raw = await stream.read_head()
             status = int(raw.split(b" ", 2)[1])
@@ -393,7 +426,11 @@ class DockerRuntime:
                 stream, io, tty, lambda h, w: self.api.exec_resize(exec_id, h, w), eof=True
             )
             return await self._exit_code(exec_id)
-        except asyncio.CancelledError:
+        except BaseException:
+            # However the session ends before the process does (cancelled, a write to a client
+            # that is gone failed, the engine connection broke), the process must not outlive
+            # it: `cat /dev/zero` would go on writing into a closed pipe forever.
+            stream.close()
             await asyncio.shield(self._kill_exec(exec_id))
             raise
         finally:
@@ -482,6 +519,19 @@ class DockerRuntime:
                 with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
                     await t
 
+    async def container_stopped(self, container_id: str) -> str | None:
+        try:
+            info = await self._call(self.api.inspect_container, container_id)
+        except ContainerNotFound:
+            return f"container {container_id[:12]} was removed"
+        state = info.get("State", {})
+        if state.get("Running"):  # a paused container still runs: its execs wait with it
+            return None
+        labels = info.get("Config", {}).get("Labels") or {}
+        name = labels.get(LABEL_CONTAINER_NAME) or container_id[:12]
+        reason = " (OOMKilled)" if state.get("OOMKilled") else ""
+        return f'container "{name}" exited with code {state.get("ExitCode")}{reason}'
+
     async def sandbox_ready(self, sandbox_id: str) -> bool:
         try:
             info = await self._call(self.api.inspect_container, sandbox_id)
@@ -534,7 +584,19 @@ class DockerRuntime:
             log.warning("exec %s (pid %d) left running: the engine is not local", exec_id, pid)
             return
         await self._thread(_kill_tree, pid)
-        log.info("killed exec %s (pid %d): its client went away", exec_id[:12], pid)
+        log.info("killed exec %s (pid %d): its session ended first", exec_id[:12], pid)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the engine could not be reached at all."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the SDK wraps requests, which wraps urllib3, which wraps the OSError
+        if seen is None:
+            return False
+        if isinstance(seen, requests.ConnectionError | ConnectionError | FileNotFoundError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 _CLONE_NEWNET = 0x40000000

@@ -458,6 +458,17 @@ class ProcessRuntime:
             if _matches(c.labels, labels)
         ]
 
+    async def container_stopped(self, container_id: str) -> str | None:
+        c = self._containers.get(container_id)
+        if c is None:
+            return f"container {container_id[:12]} was removed"
+        if c.state == "running":
+            return None
+        name = c.labels.get(LABEL_CONTAINER_NAME, c.spec.name)
+        if c.state == "exited":
+            return f'container "{name}" exited with code {c.exit_code}'
+        return f'container "{name}" is {c.state}'
+
     def _running(self, container_id: str) -> _Container:
         c = self._container(container_id)
         if c.state != "running":
