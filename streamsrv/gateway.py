@@ -31,7 +31,7 @@ from .requests import (
     exec_request,
     kind_of,
 )
-from .runtime.base import BackendError, ImageNotFound
+from .runtime.base import BackendError, EngineUnavailable, ImageNotFound
 from .server import StreamServer
 from .tokens import CacheFull
 
@@ -53,7 +53,15 @@ _REASONS = {
     415: "UnsupportedMediaType",
     422: "Invalid",
     500: "InternalError",
+    503: "ServiceUnavailable",
 }
+#: Routes that answer without the bearer token: they reveal nothing (the stream server's own
+#: one-time URLs carry their token in the path; the browser page is static).
+PUBLIC = ("/healthz",)
+#: Everything under these needs the token, as do /version and /metrics (session counts).
+PROTECTED_PREFIXES = ("/api", "/openapi")
+PROTECTED = ("/version", "/metrics")
+RETRY_AFTER = "5"  # seconds, on a 503 while the engine is unavailable
 
 
 def api_status(
@@ -87,10 +95,19 @@ def not_found(name: str) -> StatusError:
     return StatusError(404, f'pods "{name}" not found', details={"name": name, "kind": "pods"})
 
 
+def needs_token(path: str) -> bool:
+    return path.startswith(PROTECTED_PREFIXES) or path in PROTECTED
+
+
 @web.middleware
 async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer token for ``/api*``; handler errors become Status bodies."""
-    if request.path.startswith(("/api", "/openapi")):
+    """Bearer token for every route that reveals anything; every failure becomes a Status.
+
+    A runtime whose engine cannot be reached is a 503 naming it (with ``Retry-After``); any
+    other runtime failure, and any bug of ours, a 500 Status with a message: never aiohttp's
+    bare "Server got itself in trouble" page.
+    """
+    if needs_token(request.path):
         expected = request.app[TOKEN]
         got = request.headers.get("Authorization", "")
         scheme, _, token = got.partition(" ")
@@ -108,6 +125,17 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
         if exc.status < 400 or not request.path.startswith("/api"):
             raise
         return _json(api_status(exc.status, exc.reason), exc.status)
+    except EngineUnavailable as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        resp = _json(api_status(503, str(exc)), 503)
+        resp.headers["Retry-After"] = RETRY_AFTER
+        return resp
+    except BackendError as exc:
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        return _json(api_status(500, str(exc)), 500)
+    except Exception as exc:
+        log.exception("%s %s failed", request.method, request.path)
+        return _json(api_status(500, f"internal error: {exc!r}"), 500)
 
 
 # ------------------------------------------------------------------------------- discovery
@@ -386,6 +414,8 @@ async def create_pod(request: web.Request) -> web.Response:
             f'Pod "{spec.name}" is invalid: {exc}',
             details={"name": spec.name, "kind": "Pod"},
         ) from exc
+    except EngineUnavailable:
+        raise
     except BackendError as exc:
         log.warning("creating pod %s/%s failed: %s", namespace, spec.name, exc)
         raise StatusError(500, f'creating pod "{spec.name}" failed: {exc}') from exc
@@ -410,6 +440,8 @@ async def delete_pod(request: web.Request) -> web.Response:
             grace = float(body["gracePeriodSeconds"])
     try:
         pod = await request.app[MANAGER].delete(ns, name, grace)
+    except EngineUnavailable:
+        raise
     except BackendError as exc:
         raise StatusError(500, f'deleting pod "{name}" failed: {exc}') from exc
     if pod is None:

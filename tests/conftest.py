@@ -8,6 +8,7 @@ under CI (CI=true), where a missing tool is never a silent skip.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import re
@@ -35,6 +36,15 @@ PAUSE = os.environ.get("STREAMSRV_TEST_PAUSE_IMAGE", "streamsrv/pause:local")
 # built-in process runtime (the pod's commands run on this host; `busybox nc` comes from
 # Debian's busybox-static, which scripts/test installs).
 RUNTIMES = ("docker", "process")
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect garbage after each test, so an unclosed socket or transport is reported (as a
+    ResourceWarning, an error under our filterwarnings) against the test that leaked it rather
+    than whichever later test the collector happens to run in."""
+    yield
+    gc.collect()
 
 
 def missing(what: str) -> None:
@@ -229,6 +239,7 @@ class Server:
                 self.url = m.group(1)
                 return
             time.sleep(0.05)
+        stop_process(self.proc, signal.SIGKILL)
         raise RuntimeError(f"server did not start: {self.log.read_text()}")
 
     @property
@@ -241,6 +252,29 @@ class Server:
     @property
     def ca_file(self) -> Path:
         return self.state_dir / "ca.crt"
+
+    def get(self, path: str, token: str | None = None) -> tuple[int, str]:
+        """GET ``path`` over the server's TLS with the kubeconfig's token (or ``token``)."""
+        import ssl
+        import urllib.error
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        req = urllib.request.Request(
+            f"{self.url}{path}",
+            headers={"Authorization": f"Bearer {self.token if token is None else token}"},
+        )
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+
+    def metrics(self) -> str:
+        code, text = self.get("/metrics")
+        assert code == 200, (code, text)
+        return text
 
     def stop(self) -> None:
         if self.proc:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import ssl
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -86,9 +84,7 @@ spec:
 
 
 def sessions(server: Server, kind: str = "exec", transport: str = "websocket") -> int:
-    ctx = ssl.create_default_context(cafile=str(server.ca_file))
-    with urllib.request.urlopen(f"{server.url}/metrics", context=ctx, timeout=10) as resp:
-        text = resp.read().decode()
+    text = server.metrics()
     m = re.search(rf'streamsrv_sessions_total{{kind="{kind}",transport="{transport}"}} (\d+)', text)
     return int(m.group(1)) if m else 0
 

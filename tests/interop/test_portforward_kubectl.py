@@ -13,11 +13,9 @@ import os
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -255,9 +253,7 @@ def test_service_resetting_the_connection_keeps_the_forward(forward: Forward) ->
 
 
 def server_tasks(server: Server) -> int:
-    ctx = ssl.create_default_context(cafile=str(server.ca_file))
-    with urllib.request.urlopen(f"{server.url}/metrics", context=ctx, timeout=10) as resp:
-        m = re.search(r"^streamsrv_tasks (\d+)$", resp.read().decode(), re.M)
+    m = re.search(r"^streamsrv_tasks (\d+)$", server.metrics(), re.M)
     assert m
     return int(m.group(1))
 
