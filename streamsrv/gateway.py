@@ -8,6 +8,7 @@ the kubeconfig; the gateway is the only place that knows pods by name.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -377,18 +378,50 @@ async def get_pod(request: web.Request) -> web.Response:
     return _json(_table([obj]) if _wants_table(request) else obj)
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors' aliases: a 1 KB document of nested aliases ("billion laughs")
+    expands to gigabytes once built. A pod manifest never needs them; they are refused before
+    anything is built (the Python loader, so that this override is the one that runs)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not accepted", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+JSON_TYPES = ("application/json", "application/octet-stream", "")
+# Manifests are decoded in threads, a few at a time: a 1 MiB body costs up to a second of CPU
+# in the pure-Python YAML loader, which must not stall every session on the event loop.
+DECODING = web.AppKey("decoding", asyncio.Semaphore)
+DECODERS = 2
+
+
+def decode_manifest(raw: bytes, ctype: str) -> Any:
+    """The manifest in ``raw`` (JSON or alias-free YAML); ValueError if it cannot be decoded."""
+    try:
+        if ctype in YAML_TYPES:
+            return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+        return json.loads(raw)
+    except yaml.YAMLError as exc:
+        raise ValueError(str(exc)) from exc
+    except RecursionError as exc:
+        raise ValueError("the document is nested too deeply") from exc
+
+
 async def create_pod(request: web.Request) -> web.Response:
     namespace = request.match_info["namespace"]
-    raw = await request.read()
+    raw = await request.read()  # at most Limits.max_request_body (413 past it)
     ctype = request.content_type
+    if ctype not in YAML_TYPES + JSON_TYPES:
+        raise StatusError(415, f'the body of the request was in an unknown format: "{ctype}"')
     try:
-        if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
-            manifest = yaml.safe_load(raw)
-        elif ctype in ("application/json", "application/octet-stream", ""):
-            manifest = json.loads(raw)
-        else:
-            raise StatusError(415, f'the body of the request was in an unknown format: "{ctype}"')
-    except (ValueError, yaml.YAMLError) as exc:
+        async with request.app[DECODING]:
+            manifest = await asyncio.to_thread(decode_manifest, raw, ctype)
+    except ValueError as exc:
         raise StatusError(400, f"the body of the request could not be decoded: {exc}") from exc
     try:
         spec = parse_pod(manifest, namespace=namespace)
@@ -562,6 +595,7 @@ def add_routes(
     app[MANAGER] = manager
     app[TOKEN] = token
     app[STREAMS] = streams
+    app[DECODING] = asyncio.Semaphore(DECODERS)
     streams.add_routes(app)
     r = app.router
     r.add_get("/healthz", healthz)

@@ -124,6 +124,21 @@ def pod_filter(
 # Manifest parsing
 
 
+#: Bounds of the apiserver's validation: a label value is at most 63 characters and a label
+#: key's name part 63 (prefix 253); all annotations together at most 256 KiB.
+MAX_LABEL_VALUE = 63
+MAX_LABEL_KEY = 253 + 1 + 63
+MAX_LABELS = 64
+MAX_ANNOTATIONS_SIZE = 256 * 1024
+SHOWN = 80  # characters of a refused value an error message repeats
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to :data:`SHOWN` characters: an error never echoes a huge value."""
+    text = repr(value)
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
+
+
 def _str_list(value: Any, where: str, causes: list[tuple[str, str]]) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -137,7 +152,7 @@ def _bool(value: Any, where: str, causes: list[tuple[str, str]]) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        causes.append((where, f"Invalid value: {value!r}: must be a boolean"))
+        causes.append((where, f"Invalid value: {_shown(value)}: must be a boolean"))
         return False
     return value
 
@@ -162,7 +177,7 @@ def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> Con
         causes.append((f"{where}.name", "Required value"))
         name = ""
     elif not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.match(name):
-        causes.append((f"{where}.name", f"Invalid value: {name!r}: must be a DNS-1123 label"))
+        causes.append((f"{where}.name", f"Invalid value: {_shown(name)}: must be a DNS-1123 label"))
     image = raw.get("image")
     if not image or not isinstance(image, str):
         causes.append((f"{where}.image", "Required value"))
@@ -175,7 +190,7 @@ def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> Con
     for i, item in enumerate(raw_env):
         ename = item.get("name") if isinstance(item, dict) else None
         if not isinstance(ename, str) or not _ENV_NAME.match(ename):
-            causes.append((f"{where}.env[{i}].name", f"Invalid value: {ename!r}"))
+            causes.append((f"{where}.env[{i}].name", f"Invalid value: {_shown(ename)}"))
             continue
         value = item.get("value", "")
         if not isinstance(value, str):
@@ -191,13 +206,18 @@ def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> Con
         port = item.get("containerPort") if isinstance(item, dict) else None
         if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
             causes.append(
-                (f"{where}.ports[{i}].containerPort", f"Invalid value: {port!r}: must be 1-65535")
+                (
+                    f"{where}.ports[{i}].containerPort",
+                    f"Invalid value: {_shown(port)}: must be 1-65535",
+                )
             )
             continue
         assert isinstance(item, dict)
         protocol = item.get("protocol", "TCP")
         if protocol not in ("TCP", "UDP", "SCTP"):
-            causes.append((f"{where}.ports[{i}].protocol", f"Unsupported value: {protocol!r}"))
+            causes.append(
+                (f"{where}.ports[{i}].protocol", f"Unsupported value: {_shown(protocol)}")
+            )
             continue
         pname = item.get("name")
         ports.append(ContainerPort(port, pname if isinstance(pname, str) else None, protocol))
@@ -217,6 +237,29 @@ def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> Con
         stdin_once=_bool(raw.get("stdinOnce"), f"{where}.stdinOnce", causes),
         ports=tuple(ports),
     )
+
+
+def _container_manifest(c: ContainerSpec) -> dict[str, Any]:
+    """The manifest of a container, from what the model keeps of it."""
+    out: dict[str, Any] = {"name": c.name, "image": c.image}
+    if c.command:
+        out["command"] = list(c.command)
+    if c.args:
+        out["args"] = list(c.args)
+    if c.env:
+        out["env"] = [{"name": n, "value": v} for n, v in c.env]
+    if c.working_dir:
+        out["workingDir"] = c.working_dir
+    for key, flag in (("tty", c.tty), ("stdin", c.stdin), ("stdinOnce", c.stdin_once)):
+        if flag:
+            out[key] = True
+    if c.ports:
+        out["ports"] = [
+            {"containerPort": p.container_port, "protocol": p.protocol}
+            | ({"name": p.name} if p.name else {})
+            for p in c.ports
+        ]
+    return out
 
 
 def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = None) -> PodSpec:
@@ -243,8 +286,10 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         causes.append(("metadata.name", "Required value: name is required"))
         name = ""
     elif not isinstance(name, str) or len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
-        causes.append(("metadata.name", f"Invalid value: {name!r}: must be a DNS-1123 subdomain"))
-        name = str(name)
+        causes.append(
+            ("metadata.name", f"Invalid value: {_shown(name)}: must be a DNS-1123 subdomain")
+        )
+        name = str(name)[:SHOWN]  # the error names the pod: never a huge name
     ns = meta.get("namespace") or namespace or "default"
     if namespace is not None and ns != namespace:
         causes.append(
@@ -255,10 +300,33 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
             )
         )
     if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
-        causes.append(("metadata.namespace", f"Invalid value: {ns!r}: must be a DNS-1123 label"))
-        ns = str(ns)
+        causes.append(
+            ("metadata.namespace", f"Invalid value: {_shown(ns)}: must be a DNS-1123 label")
+        )
+        ns = str(ns)[:SHOWN]
     labels = _str_map(meta.get("labels"), "metadata.labels", causes)
+    if len(labels) > MAX_LABELS:
+        causes.append(
+            ("metadata.labels", f"Too many: {len(labels)}: must have at most {MAX_LABELS}")
+        )
+    for key, value in labels.items():
+        if len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+            causes.append(
+                (
+                    f"metadata.labels[{_shown(key)}]",
+                    f"Invalid value: {_shown(value)}: must be no more than "
+                    f"{MAX_LABEL_VALUE} characters",
+                )
+            )
     annotations = _str_map(meta.get("annotations"), "metadata.annotations", causes)
+    size = sum(len(k) + len(v) for k, v in annotations.items())
+    if size > MAX_ANNOTATIONS_SIZE:
+        causes.append(
+            (
+                "metadata.annotations",
+                f"Too long: must have at most {MAX_ANNOTATIONS_SIZE} bytes, not {size}",
+            )
+        )
     spec = manifest.get("spec")
     if not isinstance(spec, dict):
         causes.append(("spec", "Required value"))
@@ -279,15 +347,26 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         containers.append(c)
     grace = spec.get("terminationGracePeriodSeconds", 30)
     if not isinstance(grace, int) or isinstance(grace, bool) or grace < 0:
-        causes.append(("spec.terminationGracePeriodSeconds", f"Invalid value: {grace!r}"))
+        causes.append(("spec.terminationGracePeriodSeconds", f"Invalid value: {_shown(grace)}"))
         grace = 30
     host_network = _bool(spec.get("hostNetwork"), "spec.hostNetwork", causes)
     if causes:
         raise InvalidPod(str(name), causes)
-    # Keep only what defines the pod; status and server-set metadata are rebuilt on read.
-    kept_meta = {k: meta[k] for k in ("name", "labels", "annotations") if k in meta}
-    kept_meta["namespace"] = ns
-    stored = {"apiVersion": "v1", "kind": "Pod", "metadata": kept_meta, "spec": spec}
+    # Keep only what the pod model understands, rebuilt from the parsed values: a field we do
+    # not know is never copied into the engine's labels (a manifest full of them would make
+    # every later listing carry it). Status and server-set metadata are rebuilt on read.
+    kept_meta: dict[str, Any] = {"name": name, "namespace": ns}
+    if labels:
+        kept_meta["labels"] = labels
+    if annotations:
+        kept_meta["annotations"] = annotations
+    kept_spec: dict[str, Any] = {
+        "containers": [_container_manifest(c) for c in containers],
+        "terminationGracePeriodSeconds": grace,
+    }
+    if host_network:
+        kept_spec["hostNetwork"] = True
+    stored = {"apiVersion": "v1", "kind": "Pod", "metadata": kept_meta, "spec": kept_spec}
     return PodSpec(
         name=name,
         namespace=ns,
