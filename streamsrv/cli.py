@@ -25,7 +25,8 @@ from . import __version__
 from .app import make_app
 from .certs import (
     CertificateAuthority,
-    new_token,
+    load_token,
+    private_dir,
     read_kubeconfig,
     server_ssl_context,
     write_kubeconfig,
@@ -71,8 +72,12 @@ async def pick_runtime(kind: str, pause_image: str, state_dir: Path) -> Streamin
     runtime: DockerRuntime | None = None
     try:
         # the SDK asks the engine for its API version as it is made: in a thread
-        runtime = await asyncio.to_thread(DockerRuntime, pause_image=pause_image)
+        runtime = await asyncio.to_thread(
+            DockerRuntime, pause_image=pause_image, exec_journal=state_dir / "execs"
+        )
         await runtime.ping()
+        if killed := await runtime.recover():
+            log.warning("killed %d exec processes a previous server left running", killed)
     except Exception as exc:
         if runtime is not None:
             await runtime.close()
@@ -146,7 +151,7 @@ async def serve(args: argparse.Namespace) -> int:
         ssl_ctx = server_ssl_context(*ca.serving_cert(names))
         ca_pem = ca.pem
 
-    token = new_token()
+    token = load_token(state_dir / "token", rotate=args.rotate_token)
     try:
         limits = limits_from_args(args)
     except UsageError as exc:
@@ -194,8 +199,13 @@ async def serve(args: argparse.Namespace) -> int:
     if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N: SIGUSR2 logs where memory went
         loop.add_signal_handler(signal.SIGUSR2, log_memory)
     await stop.wait()
+    # Stop accepting, give live sessions Limits.shutdown_grace, then end the rest with a
+    # status that says why (their processes killed), and only then close the runtime.
     log.info("shutting down")
+    await site.stop()
+    await streams.shutdown()
     await runner.cleanup()
+    log.info("stopped")
     return 0
 
 
@@ -321,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", type=Path, help="serve this certificate instead of our own CA's")
     s.add_argument("--tls-key", type=Path)
     s.add_argument(
+        "--rotate-token",
+        action="store_true",
+        help="make a new bearer token: kubeconfigs copied earlier stop working (by default the "
+        "token in STATE_DIR/token is kept across restarts)",
+    )
+    s.add_argument(
         "--insecure-http",
         action="store_true",
         help="plain http (kubectl then sends no bearer token, so only non-kubectl clients work)",
@@ -366,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         print("streamsrv: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     try:
-        args.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(args.state_dir)
         if getattr(args, "pod_command", None) == "run":
             args.manifest_text = (
                 sys.stdin.read() if args.file == "-" else Path(args.file).read_text()

@@ -67,6 +67,9 @@ def runner_kwargs(limits: Limits) -> dict[str, Any]:
         "max_line_size": limits.max_header_size,
         "max_field_size": limits.max_header_size,
         "max_headers": limits.max_header_fields,
+        # Sessions are ended by StreamServer.shutdown first; what is left (a request half
+        # read) gets this long before its socket is closed (aiohttp's default is 60 s).
+        "shutdown_timeout": min(limits.shutdown_grace, 5.0),
     }
 
 

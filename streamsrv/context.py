@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import BackendError
@@ -116,10 +116,33 @@ class StreamContext:
     metrics: Metrics = field(default_factory=Metrics)
     containers: ContainerWatch = field(init=False)
     warnings: RateLimitedLog = field(init=False)
+    #: Set when the server ends its sessions (shutdown): each ends with a status that says
+    #: so, its process killed.
+    stopping: asyncio.Event = field(init=False)
+    #: Sessions running now, and an event set whenever there are none.
+    live: int = field(init=False, default=0)
+    drained: asyncio.Event = field(init=False)
 
     def __post_init__(self) -> None:
         self.warnings = RateLimitedLog(logging.getLogger("streamsrv"), self.limits.log_interval)
         self.containers = ContainerWatch(self.runtime, self.limits.container_poll)
+        self.stopping = asyncio.Event()
+        self.drained = asyncio.Event()
+        self.drained.set()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        """Count a session as live while inside."""
+        self.live += 1
+        self.drained.clear()
+        try:
+            yield
+        finally:
+            self.live -= 1
+            if not self.live:
+                self.drained.set()
 
 
-__all__ = ["ContainerWatch", "RateLimitedLog", "StreamContext"]
+SHUTTING_DOWN = "the server is shutting down"
+
+__all__ = ["SHUTTING_DOWN", "ContainerWatch", "RateLimitedLog", "StreamContext"]

@@ -82,6 +82,11 @@ class Limits:
     #: however many sessions share it (context.ContainerWatch).
     container_poll: float = 1.0
 
+    # --- shutdown (cli serve) --------------------------------------------------------------
+    #: On SIGTERM/SIGINT the server stops accepting, lets live sessions run this long, then
+    #: ends each with a status saying the server is shutting down and kills their processes.
+    shutdown_grace: float = 5.0
+
     # --- dials into pods and runtime calls -------------------------------------------------
     #: A port-forward dial into a pod that has not connected within this fails (that pair
     #: only). Dials never hold a thread while they wait.

@@ -20,7 +20,7 @@ import socket
 
 from aiohttp import WSMsgType, web
 
-from .context import StreamContext
+from .context import SHUTTING_DOWN, StreamContext
 from .errors import BackendError
 from .protocol import channels, spdy
 from .requests import PortForwardRequest
@@ -314,9 +314,13 @@ async def serve_spdy(
 
 
 async def _sandbox_gone(ctx: StreamContext, sandbox_id: str) -> None:
-    """Returns once the pod's sandbox no longer runs (the pod was deleted or stopped)."""
+    """Returns once the pod's sandbox no longer runs (the pod was deleted or stopped), or the
+    server is shutting down."""
     while True:
-        await asyncio.sleep(ctx.limits.container_poll)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stopping.wait(), ctx.limits.container_poll)
+            log.info("ending a port-forward to %s: %s", sandbox_id[:12], SHUTTING_DOWN)
+            return
         with contextlib.suppress(BackendError):
             if not await ctx.runtime.sandbox_ready(sandbox_id):
                 log.info("pod sandbox %s is gone: ending its port-forward", sandbox_id[:12])

@@ -15,7 +15,7 @@ import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .context import StreamContext
+from .context import SHUTTING_DOWN, StreamContext
 from .errors import BackendError
 from .protocol import channels, status
 from .protocol.resize import ResizeDecoder
@@ -97,24 +97,29 @@ async def serve_websocket(
     run = asyncio.create_task(run_request(ctx, kind, req, io))
     reader = asyncio.create_task(_read(ws, codec, io, activity))
     idle = asyncio.create_task(activity.idle(ctx.limits.idle_timeout))
+    stopping = asyncio.create_task(ctx.stopping.wait())
+    tasks = (run, reader, idle, stopping)
     try:
-        await asyncio.wait({run, reader, idle}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({run, reader, idle, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not run.done():
-            # The client left (close frame, broken socket or garbage), or the session idled:
-            # stop the process.
+            # The client left (close frame, broken socket or garbage), the session idled, or
+            # the server is shutting down: stop the process.
             run.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await run
-            if not idle.done():
+            if stopping.done():
+                body = status.internal_error(SHUTTING_DOWN, attach=kind == "attach")
+            elif not idle.done():
                 code = WSCloseCode.PROTOCOL_ERROR
                 if ws.exception() is not None or ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
                     code = WSCloseCode.MESSAGE_TOO_BIG
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await ws.close(code=code)
                 return ws
-            log.info("%s session idle for %.0f s: ended", kind, ctx.limits.idle_timeout)
-            ctx.metrics.refused["idle-timeout"] += 1
-            body = idle_status(ctx.limits.idle_timeout, attach=kind == "attach")
+            else:
+                log.info("%s session idle for %.0f s: ended", kind, ctx.limits.idle_timeout)
+                ctx.metrics.refused["idle-timeout"] += 1
+                body = idle_status(ctx.limits.idle_timeout, attach=kind == "attach")
         else:
             body = run.result()
         if codec.status_version >= 4 or not _is_success(body):
@@ -125,9 +130,9 @@ async def serve_websocket(
             await ws.close()
         return ws
     finally:
-        for task in (run, reader, idle):
+        for task in tasks:
             task.cancel()
-        for task in (run, reader, idle):
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if io.resize is not None:

@@ -12,6 +12,8 @@ import it back (docs/architecture.md, "Layers").
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ from aiohttp import web
 
 from . import portforward, remotecommand, spdy_remotecommand
 from .connections import GuardedSite, runner_kwargs
-from .context import StreamContext
+from .context import SHUTTING_DOWN, StreamContext
 from .limits import Limits
 from .metrics import Metrics
 from .requests import (
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Token purposes with their own capacity (``Limits.max_browser_tokens``).
 BROWSER = "browser"
+#: Seconds sessions ended by a shutdown get to send their status and close.
+STOP_WAIT = 10.0
 
 
 @dataclass(slots=True)
@@ -91,6 +95,8 @@ class StreamServer:
         self.metrics = Metrics()
         self.context = StreamContext(runtime, limits, self.metrics)
         self._runner: web.AppRunner | None = None
+        #: Set by :meth:`shutdown`: new sessions are refused.
+        self.closing = False
 
     @property
     def limits(self) -> Limits:
@@ -156,14 +162,40 @@ class StreamServer:
         """
         validate(req)
         ctx = self.context
-        if isinstance(req, PortForwardRequest):
+        if self.closing:
+            self.metrics.refused["shutting-down"] += 1
+            return _text(503, f"{SHUTTING_DOWN}\n", **{"Retry-After": "5"})
+        with ctx.session():
+            if isinstance(req, PortForwardRequest):
+                if is_websocket(request):
+                    return await portforward.serve_websocket(request, ctx, req)
+                return await portforward.serve_spdy(request, ctx, req)
+            kind = kind_of(req)
             if is_websocket(request):
-                return await portforward.serve_websocket(request, ctx, req)
-            return await portforward.serve_spdy(request, ctx, req)
-        kind = kind_of(req)
-        if is_websocket(request):
-            return await remotecommand.serve_websocket(request, ctx, kind, req)
-        return await spdy_remotecommand.serve_spdy(request, ctx, kind, req)
+                return await remotecommand.serve_websocket(request, ctx, kind, req)
+            return await spdy_remotecommand.serve_spdy(request, ctx, kind, req)
+
+    async def shutdown(self, grace: float | None = None) -> int:
+        """Refuse new sessions (503), give live ones ``grace`` seconds (default
+        ``Limits.shutdown_grace``) to end by themselves, then end the rest: each gets a status
+        saying the server is shutting down (port-forwards are closed) and its exec process is
+        killed. Returns how many sessions had to be ended."""
+        self.closing = True
+        ctx = self.context
+        grace = self.limits.shutdown_grace if grace is None else grace
+        if ctx.live:
+            log.info("shutting down: %d live sessions get %.0f s to end", ctx.live, grace)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.drained.wait(), grace)
+        ended = ctx.live
+        if ended:
+            log.info("shutting down: ending %d sessions", ended)
+            ctx.stopping.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.drained.wait(), STOP_WAIT)
+            if ctx.live:
+                log.warning("shutting down: %d sessions did not end", ctx.live)
+        return ended
 
     async def __aenter__(self) -> StreamServer:
         app = web.Application()
@@ -189,6 +221,7 @@ class StreamServer:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._runner is not None:
+            await self.shutdown()
             await self._runner.cleanup()
             self._runner = None
 

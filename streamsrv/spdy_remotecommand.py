@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .context import StreamContext
+from .context import SHUTTING_DOWN, StreamContext
 from .protocol import channels, spdy, status
 from .protocol.resize import ResizeDecoder
 from .remotecommand import idle_status, run_request
@@ -141,15 +141,16 @@ async def _serve(ctx: StreamContext, kind: str, state: _Exec) -> None:
     gone = asyncio.create_task(state.gone.wait())
     closed = asyncio.create_task(session.closed.wait())
     idle = asyncio.create_task(state.idle.wait())
-    tasks: list[asyncio.Task[Any]] = [waiter, gone, closed, idle]
+    stopping = asyncio.create_task(ctx.stopping.wait())
+    tasks: list[asyncio.Task[Any]] = [waiter, gone, closed, idle, stopping]
     try:
         done, _ = await asyncio.wait(
-            {waiter, gone, closed},
+            {waiter, gone, closed, stopping},
             timeout=ctx.limits.stream_creation_timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
         if waiter not in done:
-            if not done:
+            if not done or stopping in done:
                 log.info("timed out waiting for client to create streams")
                 ctx.metrics.refused["stream-creation-timeout"] += 1
                 session.goaway()
@@ -162,15 +163,18 @@ async def _serve(ctx: StreamContext, kind: str, state: _Exec) -> None:
         )
         run = asyncio.create_task(run_request(ctx, kind, state.req, io))
         tasks.append(run)
-        await asyncio.wait({run, gone, closed, idle}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({run, gone, closed, idle, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not run.done():
             run.cancel()  # the runtime stops the process
             with contextlib.suppress(asyncio.CancelledError):
                 await run
-            if not idle.done():  # the client went away first
+            if stopping.done():
+                body = status.internal_error(SHUTTING_DOWN, attach=kind == "attach")
+            elif not idle.done():  # the client went away first
                 return
-            ctx.metrics.refused["idle-timeout"] += 1
-            body = idle_status(ctx.limits.idle_timeout, attach=kind == "attach")
+            else:
+                ctx.metrics.refused["idle-timeout"] += 1
+                body = idle_status(ctx.limits.idle_timeout, attach=kind == "attach")
         else:
             body = run.result()
         _finish(state, body)

@@ -360,12 +360,15 @@ def sleeper(name: str = "main", seconds: int = 100000) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def server_with_pod(directory: Path, manifest: str, runtime: str = "docker") -> Iterator[Server]:
-    """A fresh engine state, `streamsrv serve`, and one pod from ``manifest``; all removed after."""
+def server_with_pod(
+    directory: Path, manifest: str, runtime: str = "docker", extra: list[str] | None = None
+) -> Iterator[Server]:
+    """A fresh engine state, `streamsrv serve [extra]`, and one pod from ``manifest``; all
+    removed after."""
     require_runtime(runtime)
     if runtime == "docker":
         _remove_everything()  # a module that failed before may have left pods behind
-    server = Server(directory / "state", runtime=runtime)
+    server = Server(directory / "state", runtime=runtime, extra=extra)
     server.start()
     try:
         path = server.state_dir / "pod.yaml"

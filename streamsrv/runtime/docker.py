@@ -15,12 +15,14 @@ import functools
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import docker
@@ -71,7 +73,7 @@ def _close_failed_unix_connects() -> None:
         self.sock = sock
 
     if getattr(cls.connect, "__module__", "") == "docker.transport.unixconn":
-        cls.connect = connect
+        cls.connect = connect  # type: ignore[method-assign]
 
 
 _close_failed_unix_connects()
@@ -108,7 +110,11 @@ class DockerRuntime:
         pause_image: str = DEFAULT_PAUSE_IMAGE,
         timeout: int = 120,
         api_workers: int = 16,
+        exec_journal: Path | None = None,
     ) -> None:
+        """``exec_journal``: a directory where every live exec leaves its id, so that the
+        next server finds and kills what a killed one left running (:meth:`recover`)."""
+        self._journal = ExecJournal(exec_journal) if exec_journal is not None else None
         kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
         if base_url:
             kwargs["base_url"] = base_url
@@ -420,6 +426,15 @@ class DockerRuntime:
             tty=tty,
         )
         exec_id: str = created["Id"]
+        if self._journal is not None:
+            self._journal.add(exec_id)
+        try:
+            return await self._run_exec(exec_id, io, tty)
+        finally:
+            if self._journal is not None:
+                self._journal.remove(exec_id)
+
+    async def _run_exec(self, exec_id: str, io: StdIO, tty: bool) -> int:
         stream = await self._hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
         try:
             await self._pump(
@@ -567,7 +582,19 @@ class DockerRuntime:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    async def _kill_exec(self, exec_id: str) -> None:
+    async def recover(self) -> int:
+        """Kill the execs a previous server left running (it was killed before it could), as
+        its journal lists them; returns how many were still running."""
+        if self._journal is None:
+            return 0
+        killed = 0
+        for exec_id in self._journal.entries():
+            if await self._kill_exec(exec_id, "its server is gone"):
+                killed += 1
+            self._journal.remove(exec_id)
+        return killed
+
+    async def _kill_exec(self, exec_id: str, why: str = "its session ended first") -> bool:
         """Stop an exec whose client went away: Docker has no API for it, so signal its pid.
 
         The pid from ``exec_inspect`` is the host's; the process and everything it started are
@@ -576,15 +603,16 @@ class DockerRuntime:
         try:
             info = await self._call(self.api.exec_inspect, exec_id)
         except BackendError:
-            return
+            return False
         pid = int(info.get("Pid") or 0)
         if not info.get("Running") or pid <= 0:
-            return
+            return False
         if not self._local:
             log.warning("exec %s (pid %d) left running: the engine is not local", exec_id, pid)
-            return
+            return False
         await self._thread(_kill_tree, pid)
-        log.info("killed exec %s (pid %d): its session ended first", exec_id[:12], pid)
+        log.info("killed exec %s (pid %d): %s", exec_id[:12], pid, why)
+        return True
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -601,6 +629,36 @@ def _unreachable(exc: BaseException) -> bool:
 
 _CLONE_NEWNET = 0x40000000
 _libc: ctypes.CDLL | None = None
+
+
+class ExecJournal:
+    """One empty file per live exec, named by its exec id: what a killed server left running.
+
+    Files, not one log: the directory holds only the execs running now (it never grows with
+    the number of execs served), and a create or unlink is one system call on the event loop.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def add(self, exec_id: str) -> None:
+        if _EXEC_ID.fullmatch(exec_id):
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.directory / exec_id, os.O_CREAT | os.O_WRONLY, 0o600))
+
+    def remove(self, exec_id: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.directory / exec_id).unlink()
+
+    def entries(self) -> list[str]:
+        try:
+            return [n for n in os.listdir(self.directory) if _EXEC_ID.fullmatch(n)]
+        except OSError:
+            return []
+
+
+_EXEC_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class _EngineStream:
