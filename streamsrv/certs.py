@@ -9,6 +9,7 @@ expiry. Private keys are written with mode 0600.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -27,11 +28,44 @@ _CERT_DAYS = 365
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Write ``path`` atomically, mode 0600: a new file of our own (``O_EXCL | O_NOFOLLOW``,
+    so no planted file or symlink is written through) renamed over the old one. A reader sees
+    the old content or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def private_dir(path: Path) -> Path:
+    """Make ``path`` (and its parents) if needed; ``path`` itself is left 0700 when it is ours:
+    it holds the CA key, the token and the kubeconfig."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def load_token(path: Path, *, rotate: bool = False) -> str:
+    """The gateway's bearer token, kept in ``path`` (0600) across restarts so that a copied
+    kubeconfig keeps working; ``rotate`` makes a new one (every copy stops working)."""
+    if not rotate:
+        with contextlib.suppress(FileNotFoundError):
+            token = path.read_text().strip()
+            if len(token) >= 32:
+                return token
+    token = new_token()
+    _write_private(path, token.encode() + b"\n")
+    return token
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -63,7 +97,7 @@ class CertificateAuthority:
         self.dir = state_dir
         self.cert_path = state_dir / "ca.crt"
         self.key_path = state_dir / "ca.key"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         if self.cert_path.exists() and self.key_path.exists():
             self.cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
             key = serialization.load_pem_private_key(self.key_path.read_bytes(), None)
@@ -102,7 +136,7 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
         _write_private(self.key_path, _key_pem(self.key))
-        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(self.cert_path, self.cert.public_bytes(serialization.Encoding.PEM))
 
     @property
     def pem(self) -> bytes:
@@ -138,13 +172,14 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
         _write_private(key_path, _key_pem(key))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
 
 
 def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # Upgrades (SPDY, WebSocket) need HTTP/1.1; never offer h2.
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
@@ -172,7 +207,7 @@ def write_kubeconfig(path: Path, server: str, token: str, ca_pem: bytes | None) 
         ],
         "current-context": "streamsrv",
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
 
 

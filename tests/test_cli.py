@@ -134,3 +134,28 @@ def test_a_limit_that_is_not_positive_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "idle_timeout must be positive" in proc.stderr
+
+
+def test_a_copied_kubeconfig_keeps_working_after_a_restart(tmp_path: Path) -> None:
+    """The token is kept in STATE_DIR/token (0600, in a 0700 directory); --rotate-token makes
+    a new one and every copy made before stops working (401)."""
+    srv = Server(tmp_path / "state", runtime="process")
+    srv.start()
+    try:
+        copy = srv.kubeconfig.read_text()
+        token = srv.token
+        assert srv.get("/version")[0] == 200
+        srv.stop()
+        srv.start()
+        assert srv.token == token and srv.get("/version", token)[0] == 200
+        assert oct(srv.state_dir.stat().st_mode & 0o777) == "0o700"
+        assert oct((srv.state_dir / "token").stat().st_mode & 0o777) == "0o600"
+        srv.stop()
+        srv.extra = ["--rotate-token"]
+        srv.start()
+        assert srv.token != token
+        assert srv.get("/version", token)[0] == 401
+        assert srv.get("/version")[0] == 200
+        assert srv.kubeconfig.read_text() != copy
+    finally:
+        srv.stop()
