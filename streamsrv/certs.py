@@ -15,6 +15,7 @@ import ipaddress
 import os
 import secrets
 import ssl
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -175,30 +176,84 @@ class CertificateAuthority:
         _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
 
+    def client_cert(self, name: str = "streamsrv-user") -> tuple[bytes, bytes]:
+        """(certificate PEM, key PEM) of a client certificate for the kubeconfig's user,
+        issued now if the kept one (``client.crt``, ``client.key``) won't do."""
+        cert_path, key_path = self.dir / "client.crt", self.dir / "client.key"
+        if cert_path.exists() and key_path.exists():
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            fresh = cert.not_valid_after_utc - _now() > dt.timedelta(days=7)
+            if fresh and cert.issuer == self.cert.subject:
+                return cert_path.read_bytes(), key_path.read_bytes()
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = _now()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=_CERT_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        cert_pem, key_pem = cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+        _write_private(key_path, key_pem)
+        _write_private(cert_path, cert_pem)
+        return cert_pem, key_pem
 
-def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+
+def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """TLS 1.2+ with ``cert``; with ``client_ca``, every client must present a certificate it
+    signed (mutual TLS: the handshake fails without one)."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
     # Upgrades (SPDY, WebSocket) need HTTP/1.1; never offer h2.
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def load_client_cert(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """Present this certificate from ``ctx`` (ssl loads a chain from files only: a private
+    temporary directory holds them for the call)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cert, key = Path(tmp) / "client.crt", Path(tmp) / "client.key"
+        _write_private(cert, cert_pem)
+        _write_private(key, key_pem)
+        ctx.load_cert_chain(cert, key)
 
 
 def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def write_kubeconfig(path: Path, server: str, token: str, ca_pem: bytes | None) -> None:
-    """A kubeconfig with one cluster, user and context named ``streamsrv``."""
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    token: str,
+    ca_pem: bytes | None,
+    client: tuple[bytes, bytes] | None = None,
+) -> None:
+    """A kubeconfig with one cluster, user and context named ``streamsrv``; ``client`` is a
+    (certificate, key) PEM pair the user presents (mutual TLS)."""
     cluster: dict[str, object] = {"server": server}
     if ca_pem is not None:
         cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
+    user: dict[str, str] = {"token": token}
+    if client is not None:
+        user["client-certificate-data"] = base64.b64encode(client[0]).decode()
+        user["client-key-data"] = base64.b64encode(client[1]).decode()
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "streamsrv", "cluster": cluster}],
-        "users": [{"name": "streamsrv", "user": {"token": token}}],
+        "users": [{"name": "streamsrv", "user": user}],
         "contexts": [
             {
                 "name": "streamsrv",
@@ -209,6 +264,18 @@ def write_kubeconfig(path: Path, server: str, token: str, ca_pem: bytes | None) 
     }
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
+
+
+def kubeconfig_client_cert(path: Path) -> tuple[bytes, bytes] | None:
+    """The (certificate, key) PEM pair of the current user, if it has one inline."""
+    doc = yaml.safe_load(path.read_text())
+    current = doc.get("current-context")
+    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
+    user = next(u["user"] for u in doc["users"] if u["name"] == ctx["user"])
+    cert, key = user.get("client-certificate-data"), user.get("client-key-data")
+    if not (cert and key):
+        return None
+    return base64.b64decode(cert), base64.b64decode(key)
 
 
 def read_kubeconfig(path: Path) -> tuple[str, str | None, bytes | None, str]:

@@ -25,6 +25,8 @@ from . import __version__
 from .app import make_app
 from .certs import (
     CertificateAuthority,
+    kubeconfig_client_cert,
+    load_client_cert,
     load_token,
     private_dir,
     read_kubeconfig,
@@ -141,15 +143,24 @@ async def serve(args: argparse.Namespace) -> int:
 
     ssl_ctx: ssl.SSLContext | None = None
     ca_pem: bytes | None = None
+    client: tuple[bytes, bytes] | None = None  # the kubeconfig user's certificate (mTLS)
+    client_ca: Path | None = None
+    if args.client_ca == "auto":
+        ca = CertificateAuthority(state_dir)
+        client_ca, client = ca.cert_path, ca.client_cert()
+    elif args.client_ca:
+        client_ca = Path(args.client_ca)
     if args.insecure_http:
         log.warning("serving plain http: kubectl will not send its bearer token over it")
     elif args.tls_cert and args.tls_key:
-        ssl_ctx = server_ssl_context(args.tls_cert, args.tls_key)
+        ssl_ctx = server_ssl_context(args.tls_cert, args.tls_key, client_ca)
     else:
         ca = CertificateAuthority(state_dir)
         names = sorted({"localhost", "127.0.0.1", "::1", host} - {"", "0.0.0.0", "::"})
-        ssl_ctx = server_ssl_context(*ca.serving_cert(names))
+        ssl_ctx = server_ssl_context(*ca.serving_cert(names), client_ca)
         ca_pem = ca.pem
+    if client_ca is not None:
+        log.info("mutual TLS: clients must present a certificate signed by %s", client_ca)
 
     token = load_token(state_dir / "token", rotate=args.rotate_token)
     try:
@@ -185,7 +196,7 @@ async def serve(args: argparse.Namespace) -> int:
     url = f"{scheme}://{shown}:{actual_port}"
     streams.base_url = url
     kubeconfig: Path = args.kubeconfig or state_dir / "kubeconfig"
-    write_kubeconfig(kubeconfig, url, token, ca_pem)
+    write_kubeconfig(kubeconfig, url, token, ca_pem, client)
     print(f"streamsrv {__version__} listening on {url} (runtime: {runtime.name})", flush=True)
     print(f"runtime: {runtime_text}", flush=True)
     print(f"kubeconfig written to {kubeconfig}; try:", flush=True)
@@ -229,8 +240,12 @@ class Client:
         self.server, token, ca, self.namespace = read_kubeconfig(kubeconfig)
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.ssl: ssl.SSLContext | bool = True
-        if ca:
-            self.ssl = ssl.create_default_context(cadata=ca.decode())
+        client = kubeconfig_client_cert(kubeconfig)
+        if ca or client:
+            ctx = ssl.create_default_context(cadata=ca.decode() if ca else None)
+            if client:
+                load_client_cert(ctx, *client)
+            self.ssl = ctx
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         async with (
@@ -331,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert", type=Path, help="serve this certificate instead of our own CA's")
     s.add_argument("--tls-key", type=Path)
     s.add_argument(
+        "--client-ca",
+        metavar="FILE|auto",
+        help="mutual TLS: every client (kubectl, stream URLs, the browser page) must present a "
+        "certificate signed by this CA; 'auto' uses streamsrv's own CA and puts a client "
+        "certificate into the kubeconfig",
+    )
+    s.add_argument(
         "--rotate-token",
         action="store_true",
         help="make a new bearer token: kubeconfigs copied earlier stop working (by default the "
@@ -380,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
         print("streamsrv: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if args.command == "serve" and args.client_ca and args.insecure_http:
+        print("streamsrv: --client-ca needs TLS (not --insecure-http)", file=sys.stderr)
         return 2
     try:
         private_dir(args.state_dir)
