@@ -56,13 +56,12 @@ from .base import (
 log = logging.getLogger(__name__)
 
 
-def _close_failed_unix_connects() -> None:
-    """The Docker SDK (7.x) leaves the socket of a failed unix-socket connect open until the
-    collector finds it: with the engine down, every API call would hold a descriptor a while.
-    Its ``connect`` is replaced by one that closes the socket when the connect fails."""
-    cls = docker.transport.unixconn.UnixHTTPConnection
+class _UnixConnection(docker.transport.unixconn.UnixHTTPConnection):
+    """The SDK's unix-socket connection, but a failed connect closes its socket (the SDK's
+    leaves it to the collector: with the engine down, every API call would hold a descriptor
+    for a while and warn)."""
 
-    def connect(self: Any) -> None:
+    def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout)
@@ -72,11 +71,32 @@ def _close_failed_unix_connects() -> None:
             raise
         self.sock = sock
 
-    if getattr(cls.connect, "__module__", "") == "docker.transport.unixconn":
-        cls.connect = connect  # type: ignore[method-assign]
+
+class _UnixPool(docker.transport.unixconn.UnixHTTPConnectionPool):
+    def _new_conn(self) -> Any:
+        timeout: Any = self.timeout
+        return _UnixConnection(self.base_url, self.socket_path, timeout)
 
 
-_close_failed_unix_connects()
+def _close_failed_connects(api: docker.APIClient) -> None:
+    """Make ``api`` (ours only: nothing process-wide changes) use :class:`_UnixConnection`."""
+    adapter = getattr(api, "_custom_adapter", None)
+    if not isinstance(adapter, docker.transport.unixconn.UnixHTTPAdapter):
+        return
+
+    def get_connection(url: Any, proxies: Any = None) -> Any:
+        with adapter.pools.lock:
+            pool = adapter.pools.get(url)
+            if pool is None:
+                pool = _UnixPool(
+                    url, adapter.socket_path, adapter.timeout, maxsize=adapter.max_pool_size
+                )
+                adapter.pools[url] = pool
+        return pool
+
+    adapter.get_connection = get_connection  # type: ignore[method-assign]
+    adapter.pools.clear()  # the version probe's pool goes; new ones are ours
+
 
 T = TypeVar("T")
 
@@ -121,6 +141,7 @@ class DockerRuntime:
         self._endpoint = str(kwargs.get("base_url") or "unix:///var/run/docker.sock")
         with self._engine_errors():  # the SDK asks the engine for its API version here
             self.api = docker.APIClient(timeout=timeout, **kwargs)
+        _close_failed_connects(self.api)
         self._local = self._endpoint.startswith("unix://")
         self.pause_image = pause_image
         self._pause_resolved: str | None = None
