@@ -45,7 +45,7 @@ spec:
   containers:
   - name: main
     image: {BUSYBOX}
-    command: ["sh", "-c", "busybox nc -lk -p {port} -e cat & exec sleep 100000"]
+    command: ["sh", "-c", "busybox nc -ll -p {port} -e cat & exec sleep 100000"]
 """,
         request.param,
         ["--shutdown-grace", "1"],
