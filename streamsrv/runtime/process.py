@@ -514,6 +514,7 @@ class ProcessRuntime:
                 proc = await self._spawn(cmd, stdio, self._env(c, tty), self._cwd(c), tty)
             finally:
                 _close_fds(child)
+                child.clear()
             self._execs.add(proc)
             try:
                 await self._exec_io(proc, io, tty, fds)
@@ -535,6 +536,9 @@ class ProcessRuntime:
                 resize_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await resize_task
+            # The child's ends too: a session that ends while it waits for the terminal's
+            # first size never spawned anything (each such session leaked a /dev/pts fd).
+            _close_fds(child)
             _close_fds(fds)
 
     async def _exec_io(
@@ -571,13 +575,20 @@ class ProcessRuntime:
                     await sink.write(data)
 
         feeder = asyncio.create_task(stdin()) if inp is not None else None
+        copies = [asyncio.create_task(copy(r, s)) for r, s in outputs]
         try:
-            await asyncio.gather(*(copy(r, s) for r, s in outputs))
+            done, _ = await asyncio.wait(copies, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a sink that failed (its client is gone) ends the exec
         finally:
-            if feeder is not None:
-                feeder.cancel()
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await feeder
+            # Every copy has stopped before the caller closes the fds: a copy left running
+            # would read a number that the next session's pipe may already reuse (a blocking
+            # read that froze the event loop, found by soak/fuzz.py).
+            for task in [*copies, *([feeder] if feeder is not None else [])]:
+                task.cancel()
+            for task in [*copies, *([feeder] if feeder is not None else [])]:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
         c = self._running(container_id)

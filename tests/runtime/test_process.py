@@ -182,3 +182,74 @@ spec:
         assert await gone(f"sleep {marker}"), host_processes(f"sleep {marker}")
     finally:
         server.stop()
+
+
+class Failing:
+    async def write(self, data: bytes) -> None:
+        raise ConnectionResetError("the client is gone")
+
+
+class Held:
+    """A sink that takes its time (a slow client), until released."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def write(self, data: bytes) -> None:
+        await self.release.wait()
+
+
+async def test_an_exec_that_fails_stops_every_copy_before_its_fds_are_reused(
+    rt: ProcessRuntime,
+) -> None:
+    """Old main left exec A's stderr copy running after its stdout sink failed and its fds
+    were closed; exec B's pipe got the same numbers, and A's copy then read B's pipe (a
+    blocking read that froze the whole server under soak/fuzz.py)."""
+    pod = await PodManager(rt).create(
+        parse_pod(pod_manifest("p", container("main", "sleep", "1000")))
+    )
+    cid = pod.container_id("main")
+    assert cid is not None
+    held = Held()
+    with pytest.raises(ConnectionResetError):
+        await rt.exec(cid, ["sh", "-c", "echo err >&2; sleep 0.3; echo out"],
+                      StdIO(stdout=Failing(), stderr=held), tty=False)  # fmt: skip
+    assert not [t for t in asyncio.all_tasks() if "_exec_io.<locals>.copy" in repr(t.get_coro())]
+    out = Buffer()
+    b = asyncio.create_task(
+        rt.exec(
+            cid, ["sh", "-c", "sleep 0.3; echo B"], StdIO(stdout=out, stderr=Buffer()), tty=False
+        )  # fmt: skip
+    )
+    await asyncio.sleep(0.05)
+    held.release.set()
+    assert await asyncio.wait_for(b, 10) == 0
+    assert out.data == b"B\n"
+
+
+async def test_a_tty_exec_ended_before_its_first_size_leaves_no_terminal_open(
+    rt: ProcessRuntime,
+) -> None:
+    pod = await PodManager(rt).create(
+        parse_pod(pod_manifest("p", container("main", "sleep", "1000")))
+    )
+    cid = pod.container_id("main")
+    assert cid is not None
+
+    def terminals() -> int:
+        return sum(
+            os.readlink(f"/proc/self/fd/{fd}").startswith("/dev/pts")
+            for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")
+        )
+
+    before = terminals()
+    for _ in range(5):
+        task = asyncio.create_task(
+            rt.exec(cid, ["cat"], StdIO(stdout=Buffer(), resize=Resizes()), tty=True)
+        )
+        await asyncio.sleep(0.05)  # waiting for the client's first size
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert terminals() == before  # old main: one more /dev/pts fd per session
