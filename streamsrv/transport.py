@@ -84,6 +84,7 @@ class SpdySession(asyncio.Protocol):
         self.closed = asyncio.Event()
         self.failed: str | None = None  # why we ended the connection, if we did
         self._terminated = False  # ConnectionTerminated delivered
+        self._dispatching = False  # replies made while dispatching go out in one write
         self.activity = Activity()  # data either way; pings do not count (idle_timeout)
         self._writable = asyncio.Event()
         self._writable.set()
@@ -120,8 +121,7 @@ class SpdySession(asyncio.Protocol):
             self.flush()  # the GOAWAY the codec queued
             self.abort()
             return
-        self.flush()
-        self._dispatch(events)
+        self._dispatch(events)  # flushes what the codec queued (PING echoes) with the replies
         self._watch_progress()
 
     def eof_received(self) -> bool:
@@ -131,7 +131,12 @@ class SpdySession(asyncio.Protocol):
         self._terminate(events)
         # Keep our side open to finish writing; TLS has no half-close, so there it closes.
         transport = self.transport
-        return transport is not None and transport.get_extra_info("sslcontext") is None
+        if transport is None or transport.is_closing():
+            return False
+        try:
+            return transport.get_extra_info("sslcontext") is None
+        except AttributeError:  # a TLS transport already closed twice has let go of its parts
+            return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._idle_timer, self._progress_timer):
@@ -162,6 +167,17 @@ class SpdySession(asyncio.Protocol):
             self._dispatch(events or [spdy.ConnectionTerminated()])
 
     def _dispatch(self, events: list[spdy.Event]) -> None:
+        # What the handler answers (SYN_REPLYs, RST_STREAMs) leaves in one write after the
+        # batch: a burst of 200 streams is one write, not 200 (and a peer that resets the
+        # connection meanwhile makes no flood of asyncio's "socket.send() raised" warnings).
+        self._dispatching = True
+        try:
+            self._dispatch_all(events)
+        finally:
+            self._dispatching = False
+            self.flush()
+
+    def _dispatch_all(self, events: list[spdy.Event]) -> None:
         for event in events:
             if self.failed is not None and not isinstance(event, spdy.ConnectionTerminated):
                 return
@@ -232,7 +248,8 @@ class SpdySession(asyncio.Protocol):
         except spdy.ProtocolError as exc:
             log.debug("SPDY: %s", exc)  # the stream is gone (reset by the peer): nothing to do
             return False
-        self.flush()
+        if not self._dispatching:
+            self.flush()
         return True
 
     def fail(self, status: int, why: str) -> None:
@@ -240,12 +257,19 @@ class SpdySession(asyncio.Protocol):
         if self.failed is None:
             self.failed = why
         self.goaway(status)
+        self.flush()  # also while dispatching: the GOAWAY goes before the close
         self.close()
 
     def flush(self) -> None:
         out = self.conn.data_to_send()
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out)
+        transport = self.transport
+        if (
+            out
+            and transport is not None
+            and not self.closed.is_set()
+            and not transport.is_closing()
+        ):
+            transport.write(out)
 
     async def drain(self) -> None:
         if self.closed.is_set():

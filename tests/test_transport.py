@@ -439,3 +439,49 @@ async def test_a_stream_of_an_unexpected_type_is_replied_and_ignored(srv: Any) -
     await asyncio.wait_for(client.until_goaway(), 10)
     assert client.data[streams["stdout"]] == b"ok\n"
     client.close()
+
+
+class CountingTransport(FakeTransport):
+    def __init__(self, protocol: SpdySession) -> None:
+        super().__init__(protocol)
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+async def test_a_burst_of_streams_is_answered_in_one_write() -> None:
+    """Old main wrote each SYN_REPLY on its own: a peer that opened 200 streams and reset the
+    connection got 200 writes to a lost connection, each logged by asyncio after the fifth
+    ("socket.send() raised exception.", 17,563 lines in one fuzz run)."""
+    handler = Recorder()
+    session = SpdySession(handler, Limits())
+    handler.session = session
+    transport = CountingTransport(session)
+    session.connection_made(transport)  # type: ignore[arg-type]
+    client = SpdyConnection(Role.CLIENT)
+    for _ in range(200):
+        client.open_stream({"streamtype": "junk"})
+    client.ping(7)
+    session.data_received(client.data_to_send())
+    assert transport.writes == 1
+    events = client.receive_data(bytes(transport.out))
+    assert len([e for e in events if isinstance(e, spdy.StreamReplied)]) == 200
+    assert any(isinstance(e, spdy.PingAck) for e in events)  # the echo went too
+
+
+class DetachedTlsTransport(FakeTransport):
+    """What asyncio's TLS transport is once closed twice: its parts are gone."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'get_extra_info'")
+
+
+async def test_eof_on_a_detached_tls_transport_raises_nothing() -> None:
+    handler = Recorder()
+    session = SpdySession(handler, Limits())
+    handler.session = session
+    session.connection_made(DetachedTlsTransport(session))  # type: ignore[arg-type]
+    assert session.eof_received() is False  # old main: AttributeError inside asyncio
+    assert any(isinstance(e, spdy.ConnectionTerminated) for e in handler.events)
