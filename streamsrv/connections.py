@@ -138,7 +138,9 @@ class ConnectionGuard:
     A connection counts from the moment it is accepted: ``pending`` until its protocol's
     ``connection_made`` (a TLS connection is pending through its handshake), ``live`` until
     ``connection_lost``. asyncio tells the protocol nothing when a handshake fails, so a
-    pending entry older than the handshake timeout is dropped when the next one is counted.
+    pending entry is dropped by a timer once the handshake timeout has passed (a client that
+    does not trust our CA, or speaks plain HTTP to the TLS port, used to stay counted in
+    ``streamsrv_connections`` until the cap forced a sweep).
     """
 
     def __init__(self, server: web.Server, limits: Limits, metrics: Metrics) -> None:
@@ -184,9 +186,17 @@ class ConnectionGuard:
         server = self.server
         handler = _Handler(server, loop=self._loop, **server._kwargs)
         handler._guard = self
-        self._pending[id(handler)] = self._loop.time() + self.limits.handshake_timeout + 1.0
+        key, until = id(handler), self._loop.time() + self.limits.handshake_timeout + 1.0
+        self._pending[key] = until
+        self._loop.call_at(until, self._drop_pending, key, until)
         self.metrics.connections = self.count
         return handler
+
+    def _drop_pending(self, key: int, until: float) -> None:
+        """A handshake that never finished (or failed): it counts no more."""
+        if self._pending.get(key) == until:
+            del self._pending[key]
+            self.metrics.connections = self.count
 
 
 class GuardedSite(web.TCPSite):

@@ -134,6 +134,8 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     except BackendError as exc:
         log.warning("%s %s: %s", request.method, request.path, exc)
         return _json(api_status(500, str(exc)), 500)
+    except ConnectionError:
+        raise  # the client left (during an upgrade, say): aiohttp ignores it quietly
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
         return _json(api_status(500, f"internal error: {exc!r}"), 500)

@@ -292,6 +292,27 @@ async def test_connections_in_their_tls_handshake_count_against_max_connections(
                 await close(writer)
 
 
+async def test_a_failed_tls_handshake_stops_counting_as_a_connection(
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    """Old main kept each failed handshake in streamsrv_connections until max_connections
+    forced a sweep (a plain-HTTP client on the TLS port, one that does not trust our CA)."""
+    server_ctx, client_ctx = tls
+    async with serving(Limits(handshake_timeout=0.2), server_ctx) as server:
+        port = port_of(server)
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # plain HTTP
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            await read_to_eof(reader)
+            await close(writer)
+        for _ in range(50):  # the handshake timeout (0.2 s) plus its margin (1 s)
+            if server.metrics.connections == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert server.metrics.connections == 0
+        assert status_of(await get(port, "/exec/badtoken", client_ctx)) == 404
+
+
 # ---------------------------------------------------------------------- accept errors
 
 
