@@ -230,6 +230,7 @@ def run(
             rows[f"port-forward upload {version}"] = forward_upload(kc, "big", up, fwd, seed)
         sampler.stop()
         alive = server.alive()
+        server.cli("pod", "rm", "big")  # an engine's pods outlive the server
     finally:
         server.stop()
         shutil.rmtree(state, ignore_errors=True)

@@ -64,8 +64,11 @@ def marked(marker: str) -> list[int]:
 
 
 class Run:
-    def __init__(self, server: LiveServer, pod: str, port: int, marker: str, seed: int) -> None:
+    def __init__(
+        self, server: LiveServer, pod: str, port: int, marker: str, seed: int, sleep_base: int
+    ) -> None:
         self.server, self.pod, self.port, self.marker = server, pod, port, marker
+        self.sleep_base = sleep_base
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.results: dict[str, int] = {}
@@ -85,7 +88,16 @@ class Run:
         if kind == "exec-output":
             cmd = [*base, "exec", self.pod, "-c", "main", "--", "yes", tag]
         elif kind == "exec-sleep":
-            cmd = [*base, "exec", self.pod, "-c", "main", "--", "sleep", f"{900000 + i % 1000}"]
+            cmd = [
+                *base,
+                "exec",
+                self.pod,
+                "-c",
+                "main",
+                "--",
+                "sleep",
+                f"{self.sleep_base + i % 1000}",
+            ]
         elif kind == "attach":
             cmd = [*base, "attach", self.pod, "-c", "ticker"]
         else:
@@ -178,7 +190,9 @@ def run(
     state = state_dir or Path(tempfile.mkdtemp(prefix="soak-kills-"))
     server = LiveServer(state / "state", runtime, extra=["--pause-image", pause])
     server.start()
-    marker = f"k{random.Random(seed).randrange(10**6, 10**7)}x"
+    # Unique per run (not per seed): another run's leftovers must never count as this one's.
+    marker = f"k{int.from_bytes(os.urandom(4), 'big')}x"
+    sleep_base = 900000 + random.Random(marker).randrange(0, 90) * 1000
     port = free_port()
     try:
         server.run_pod(manifest("kills", port, runtime, image))
@@ -187,15 +201,25 @@ def run(
         sampler = Sampler(server)
         sampler.start()
         began = time.monotonic()
-        work = Run(server, "kills", port, marker, seed)
+        work = Run(server, "kills", port, marker, seed, sleep_base)
         with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
             for f in [pool.submit(work.one, i) for i in range(clients)]:
                 f.result()
         took = time.monotonic() - began
         deadline = time.monotonic() + settle
-        while (left := marked(marker)) and time.monotonic() < deadline:
+
+        def leftovers() -> list[int]:
+            # exec-sleep's commands are "sleep <sleep_base + i>": their first digits
+            sleepers = marked(f"sleep {str(sleep_base)[:3]}")
+            return marked(marker) + sleepers
+
+        while (left := leftovers()) and time.monotonic() < deadline:
             time.sleep(0.5)
-        sleepers = marked("sleep 900")  # exec-sleep's commands: "sleep 900000".."sleep 900999"
+        left_cmds = [
+            Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            for p in left
+            if Path(f"/proc/{p}/cmdline").exists()
+        ]
         after = base
         while time.monotonic() < deadline:
             after = server.snapshot()
@@ -205,6 +229,7 @@ def run(
         sampler.stop()
         alive = server.alive() and server.healthz()
         shutil.rmtree(work.cache, ignore_errors=True)
+        server.cli("pod", "rm", "kills")  # an engine's pods outlive the server
     finally:
         server.stop()
         if own_dir:
@@ -215,7 +240,8 @@ def run(
         "runtime": runtime,
         "seconds": round(took, 1),
         "bytes_through_before_kill": work.bytes_seen,
-        "left_in_pod": len(left) + len(sleepers),
+        "left_in_pod": len(left),
+        "left": left_cmds,
         "server_alive": alive,
         "fds": [base.fds, after.fds],
         "tasks": [base.tasks, after.tasks],

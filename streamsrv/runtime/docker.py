@@ -103,6 +103,7 @@ T = TypeVar("T")
 DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 LOCAL_PAUSE_IMAGE = "streamsrv/pause:local"
 FIRST_SIZE_WAIT = 1.0  # seconds a tty session's input waits for the client's first size
+START_WAIT_POLLS = 40  # x 50 ms: how long a cancelled exec's start may take to show
 INSPECT_CACHE_SIZE = 4096  # container inspections kept for pod lookups
 
 
@@ -456,8 +457,9 @@ class DockerRuntime:
                 self._journal.remove(exec_id)
 
     async def _run_exec(self, exec_id: str, io: StdIO, tty: bool) -> int:
-        stream = await self._hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
+        stream: _EngineStream | None = None
         try:
+            stream = await self._hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
             await self._pump(
                 stream, io, tty, lambda h, w: self.api.exec_resize(exec_id, h, w), eof=True
             )
@@ -465,12 +467,16 @@ class DockerRuntime:
         except BaseException:
             # However the session ends before the process does (cancelled, a write to a client
             # that is gone failed, the engine connection broke), the process must not outlive
-            # it: `cat /dev/zero` would go on writing into a closed pipe forever.
-            stream.close()
-            await asyncio.shield(self._kill_exec(exec_id))
+            # it: `cat /dev/zero` would go on writing into a closed pipe forever. That includes
+            # a session cancelled while the start request was on its way: the engine starts
+            # the process all the same (soak/kills.py found those).
+            if stream is not None:
+                stream.close()
+            await asyncio.shield(self._kill_exec(exec_id, starting=stream is None))
             raise
         finally:
-            stream.close()
+            if stream is not None:
+                stream.close()
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
         query = urllib.parse.urlencode(
@@ -615,7 +621,9 @@ class DockerRuntime:
             self._journal.remove(exec_id)
         return killed
 
-    async def _kill_exec(self, exec_id: str, why: str = "its session ended first") -> bool:
+    async def _kill_exec(
+        self, exec_id: str, why: str = "its session ended first", *, starting: bool = False
+    ) -> bool:
         """Stop an exec whose client went away: Docker has no API for it, so signal its pid.
 
         The pid from ``exec_inspect`` is the host's; the process and everything it started are
@@ -623,6 +631,13 @@ class DockerRuntime:
         """
         try:
             info = await self._call(self.api.exec_inspect, exec_id)
+            # An exec whose start may be on its way has neither run nor exited yet: wait
+            # (bounded) for it to begin, so that it can be killed.
+            for _ in range(START_WAIT_POLLS if starting else 0):
+                if info.get("Running") or info.get("ExitCode") is not None:
+                    break
+                await asyncio.sleep(0.05)
+                info = await self._call(self.api.exec_inspect, exec_id)
         except BackendError:
             return False
         pid = int(info.get("Pid") or 0)
