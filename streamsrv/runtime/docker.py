@@ -631,10 +631,14 @@ class DockerRuntime:
         """
         try:
             info = await self._call(self.api.exec_inspect, exec_id)
-            # An exec whose start may be on its way has neither run nor exited yet: wait
-            # (bounded) for it to begin, so that it can be killed.
-            for _ in range(START_WAIT_POLLS if starting else 0):
-                if info.get("Running") or info.get("ExitCode") is not None:
+            # An exec that has just started shows as running with no pid yet (the engine
+            # marks it running before the process exists), and one whose start request is on
+            # its way shows as neither running nor exited: wait (bounded) for a pid to kill.
+            # (soak/kills.py: 4 of 7 `yes` execs killed early were left running, pid 0.)
+            for _ in range(START_WAIT_POLLS):
+                if info.get("ExitCode") is not None or int(info.get("Pid") or 0) > 0:
+                    break
+                if not info.get("Running") and not starting:
                     break
                 await asyncio.sleep(0.05)
                 info = await self._call(self.api.exec_inspect, exec_id)
