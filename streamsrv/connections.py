@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import json
 import logging
 import mmap
 from collections.abc import Callable
@@ -49,14 +50,27 @@ log = logging.getLogger(__name__)
 #: Bytes per TLS read (asyncio's own size): an upload still reads this much at a time.
 TLS_READ_BUFFER = 256 * 1024
 
+_BUSY_BODY = json.dumps(
+    {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "too many connections: try again shortly",
+        "reason": "ServiceUnavailable",
+        "code": 503,
+    },
+    separators=(",", ":"),
+).encode()
+#: The answer to a connection over ``max_connections``: a ``metav1.Status`` (kubectl prints
+#: its message and reason; a plain-text body showed as a bare "Error from server: ").
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Type: application/json\r\n"
     b"Retry-After: 1\r\n"
     b"Connection: close\r\n"
-    b"Content-Length: 40\r\n"
-    b"\r\n"
-    b"too many connections: try again shortly\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n"
+    b"\r\n" + _BUSY_BODY
 )
 
 
@@ -121,15 +135,41 @@ class _Handler(RequestHandler):
 
 
 class _Busy(asyncio.Protocol):
-    """Answers one connection over the limit with 503 and closes it."""
+    """Answers one connection over the limit with 503 and closes it: once the request head has
+    arrived (a client whose request is still unread when we close would get a reset rather
+    than the answer), or after BUSY_WAIT seconds, whichever is first. Holds nothing else."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.WriteTransport | None = None
+        self._seen = b""
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(BUSY)
-        transport.close()
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(BUSY_WAIT, self._answer)
 
     def data_received(self, data: bytes) -> None:
-        pass
+        self._seen = (self._seen + data)[-4096:]
+        if b"\r\n\r\n" in self._seen:
+            self._answer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._transport = None
+
+    def _answer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport, self._transport = self._transport, None
+        if transport is not None and not transport.is_closing():
+            transport.write(BUSY)
+            transport.close()
+
+
+BUSY_WAIT = 1.0  # seconds a refused connection may take to send its request head
 
 
 class ConnectionGuard:

@@ -134,8 +134,11 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
     except BackendError as exc:
         log.warning("%s %s: %s", request.method, request.path, exc)
         return _json(api_status(500, str(exc)), 500)
-    except ConnectionError:
-        raise  # the client left (during an upgrade, say): aiohttp ignores it quietly
+    except ConnectionError as exc:
+        # The client left (during an upgrade, say). A response to nobody: aiohttp drops it
+        # quietly, where a raised error would be logged with a traceback.
+        log.debug("%s %s: the client left: %s", request.method, request.path, exc)
+        return web.Response(status=499, text="client closed request\n")
     except Exception as exc:
         log.exception("%s %s failed", request.method, request.path)
         return _json(api_status(500, f"internal error: {exc!r}"), 500)

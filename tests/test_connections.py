@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import socket
 import ssl
@@ -208,7 +209,9 @@ async def test_one_connection_over_max_connections_gets_503_and_is_closed(
                 await close(writer)
             assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
             assert b"\r\nRetry-After: 1\r\n" in answer
-            assert answer.endswith(b"\r\n\r\ntoo many connections: try again shortly\n")
+            status = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            assert status["kind"] == "Status" and status["reason"] == "ServiceUnavailable"
+            assert status["message"] == "too many connections: try again shortly"
             assert server.metrics.refused["connections"] == 1
             warnings = [r for r in caplog.records if "max_connections" in r.getMessage()]
             assert len(warnings) == 1
