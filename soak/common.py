@@ -481,6 +481,12 @@ class Sampler:
             )
 
 
+def row(run: str, load: str, faults: str, lost: str, bounds: str, ok: bool) -> str:
+    """One line of docs/reliability.md's table, as ``soak.run`` collects it (``ROW | ...``)."""
+    cells = [run, load, faults, lost, bounds, "ok" if ok else "FAILED"]
+    return "ROW | " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+
+
 __all__ = [
     "MIB",
     "LiveServer",
@@ -495,4 +501,5 @@ __all__ = [
     "parse_metrics",
     "pod_manifest",
     "read_rss_kib",
+    "row",
 ]

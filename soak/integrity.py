@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from soak.common import MIB, LiveServer, Sampler, free_port, pod_manifest
+from soak.common import MIB, LiveServer, Sampler, free_port, pod_manifest, row
 from soak.kills import kubectl_path
 
 FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)")
@@ -263,10 +263,14 @@ def main() -> None:
     for name, r in out["rows"].items():
         rate = r["bytes"] / MIB / max(r["seconds"], 1e-9)
         print(
-            f"| integrity: {name} ({args.runtime}) | {r['bytes'] / MIB:.0f} MiB at "
-            f"{rate:.0f} MiB/s | none | {'nothing (sha256 equal)' if r['ok'] else 'DIFFERENT'} "
-            f"| server peak RSS {out['peak_rss_mib']} MiB over the run | "
-            f"{'ok' if r['ok'] else 'FAILED'} |"
+            row(
+                f"integrity: {name} ({args.runtime})",
+                f"{r['bytes'] / MIB:.0f} MiB at {rate:.0f} MiB/s",
+                "none",
+                "nothing (sha256 equal)" if r["ok"] else "BYTES DIFFER",
+                f"server peak RSS {out['peak_rss_mib']} MiB over the run",
+                bool(r["ok"]),
+            )
         )
     sys.exit(0 if out["ok"] else 1)
 

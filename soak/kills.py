@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from soak.common import MIB, LiveServer, Sampler, free_port, pod_manifest
+from soak.common import MIB, LiveServer, Sampler, free_port, pod_manifest, row
 
 VERSIONS = ("1.27", "1.28", "1.29", "1.30", "1.31", "1.32", "1.33")
 KINDS = ("exec-output", "exec-sleep", "attach", "port-forward")
@@ -275,13 +275,17 @@ def main() -> None:
     print(json.dumps(out))
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(out["by_kind"].items()))
     print(
-        f"| kubectl killed at random moments ({args.runtime}) | {out['clients']} kubectl "
-        f"1.27-1.33 clients, {args.parallel} at a time ({kinds}), "
-        f"{out['bytes_through_before_kill'] // MIB} MiB moved | SIGKILL after 0.3-2.5 s | "
-        f"processes left in the pod: {out['left_in_pod']} | fds {out['fds'][0]}->"
-        f"{out['fds'][1]}, tasks {out['tasks'][0]}->{out['tasks'][1]}, RSS "
-        f"{out['rss_mib'][0]}->{out['rss_mib'][1]} MiB (peak {out['rss_mib'][2]}) | "
-        f"{'ok' if out['ok'] else 'FAILED'} |"
+        row(
+            f"kubectl killed at random moments ({args.runtime})",
+            f"{out['clients']} kubectl 1.27-1.33 clients, {args.parallel} at a time ({kinds}); "
+            f"{out['bytes_through_before_kill'] // MIB} MiB moved",
+            "SIGKILL after 0.3-2.5 s",
+            f"processes left in the pod: {out['left_in_pod']}",
+            f"fds {out['fds'][0]} -> {out['fds'][1]}, tasks {out['tasks'][0]} -> "
+            f"{out['tasks'][1]}, RSS {out['rss_mib'][0]} -> {out['rss_mib'][1]} MiB (peak "
+            f"{out['rss_mib'][2]})",
+            bool(out["ok"]),
+        )
     )
     sys.exit(0 if out["ok"] else 1)
 

@@ -2,8 +2,8 @@
 
 Each mode is its own module, run as a subprocess (``python -m soak.<mode> ...``) so that one
 that crashes or hangs cannot take the others with it; a mode prints its table rows as lines
-starting with ``| `` and exits non-zero when a check failed. Output goes to
-``artifacts/soak/<mode>.log``.
+starting with ``ROW | `` (``soak.common.row``) and exits non-zero when a check failed.
+Output goes to ``artifacts/soak/<mode>.log``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def main() -> None:
             code = -1
         took = time.monotonic() - began
         log = logs / f"{name}.log"
-        got = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith("| ")]
+        text = log.read_text(errors="replace")
+        got = [ln.removeprefix("ROW ") for ln in text.splitlines() if ln.startswith("ROW | ")]
         rows.extend(got)
         status = "ok" if code == 0 else f"FAILED (exit {code})"
         print(f"[soak] {name}: {status} in {took:.0f} s ({log})", flush=True)
