@@ -10,15 +10,14 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import docker
 import pytest
 
+from soak.common import free_port as soak_free_port
 from streamsrv.pods import LABEL_TYPE
 from streamsrv.runtime.docker import DockerRuntime
 
@@ -71,6 +71,13 @@ def require_docker() -> None:
             _docker_checked = ""
         except Exception as exc:
             _docker_checked = f"no Docker engine with the test images ({exc}); run scripts/test"
+        if _docker_checked:
+            # The SDK (a plain docker.from_env(), not our runtime's client) leaves the socket
+            # of the failed probe to the collector: collect it here, where its ResourceWarning
+            # is known and harmless, rather than in whichever test comes next.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                gc.collect()
     if _docker_checked:
         missing(_docker_checked)
 
@@ -122,26 +129,11 @@ _HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    """A loopback port for a service that a test starts later (in a pod, or on this host).
-
-    Chosen below the kernel's ephemeral range: a port that bind(0) hands out can be given to
-    some client connection's local end before the service binds it (the process runtime's pods
-    listen on this host's loopback). Never the same port twice in one run.
-    """
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(10000, max(low, 10001))
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise RuntimeError("no free port below the ephemeral range")
+    """A loopback port for a service that a test starts later (in a pod, or on this host):
+    below the kernel's ephemeral range (``soak.common.free_port``), never twice in one run."""
+    port = soak_free_port(exclude=_HANDED_OUT)
+    _HANDED_OUT.add(port)
+    return port
 
 
 FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)")
@@ -197,6 +189,24 @@ async def runtime(docker_engine: None) -> AsyncIterator[DockerRuntime]:
     rt = DockerRuntime(pause_image=PAUSE)
     yield rt
     await rt.close()
+
+
+@contextlib.contextmanager
+def engine_container(pod: str, container: str) -> Iterator[Any]:
+    """The Docker SDK's object for one container of a pod (the engine's own view)."""
+    client = docker.from_env()
+    try:
+        [c] = client.containers.list(
+            filters={
+                "label": [
+                    f"io.kubernetes.container.name={container}",
+                    f"io.kubernetes.pod.name={pod}",
+                ]
+            }
+        )
+        yield c
+    finally:
+        client.close()
 
 
 class Server:
@@ -309,20 +319,9 @@ class Server:
     def read_pod_file(self, pod: str, container: str, path: str) -> bytes:
         """A file from a container: ``path`` is relative to its working directory."""
         if self.runtime == "docker":
-            client = docker.from_env()
-            try:
-                [c] = client.containers.list(
-                    filters={
-                        "label": [
-                            f"io.kubernetes.container.name={container}",
-                            f"io.kubernetes.pod.name={pod}",
-                        ]
-                    }
-                )
+            with engine_container(pod, container) as c:
                 code, out = c.exec_run(["cat", f"/{path}"])
                 return out if code == 0 and isinstance(out, bytes) else b""
-            finally:
-                client.close()
         found = list((self.state_dir / "process-pods").glob(f"default_{pod}_*/{path}"))
         return found[0].read_bytes() if found else b""
 

@@ -15,10 +15,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 
-import docker
 import pytest
 
-from tests.conftest import BUSYBOX, RUNTIMES, Server, kubectl_path, server_with_pod
+from tests.conftest import (
+    BUSYBOX,
+    RUNTIMES,
+    Server,
+    engine_container,
+    kubectl_path,
+    server_with_pod,
+)
 from tests.interop.test_exec_kubectl import Kubectl, Transport
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
@@ -124,19 +130,8 @@ def test_pipeline_that_stops_reading_ends_the_exec(srv: Server, kc: Kubectl) -> 
 def stop_container(srv: Server, container: str) -> None:
     """Stop one container of the pod from outside, as `docker kill` or a crash would."""
     if srv.runtime == "docker":
-        client = docker.from_env()
-        try:
-            [c] = client.containers.list(
-                filters={
-                    "label": [
-                        f"io.kubernetes.container.name={container}",
-                        f"io.kubernetes.pod.name={POD}",
-                    ]
-                }
-            )
+        with engine_container(POD, container) as c:
             c.kill()
-        finally:
-            client.close()
         return
     index = int(container.removeprefix("victim"))
     [line] = srv.processes(f"sleep {200000 + index}", container)
