@@ -577,9 +577,10 @@ class ProcessRuntime:
         feeder = asyncio.create_task(stdin()) if inp is not None else None
         copies = [asyncio.create_task(copy(r, s)) for r, s in outputs]
         try:
-            done, _ = await asyncio.wait(copies, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # a sink that failed (its client is gone) ends the exec
+            if copies:  # none for an exec with neither stdout nor stderr
+                done, _ = await asyncio.wait(copies, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()  # a sink that failed (its client is gone) ends the exec
         finally:
             # Every copy has stopped before the caller closes the fds: a copy left running
             # would read a number that the next session's pipe may already reuse (a blocking

@@ -253,3 +253,16 @@ async def test_a_tty_exec_ended_before_its_first_size_leaves_no_terminal_open(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert terminals() == before  # old main: one more /dev/pts fd per session
+
+
+async def test_an_exec_with_no_output_streams_runs(rt: ProcessRuntime) -> None:
+    """stdin only (kubectl's `exec -i` with stdout and stderr off): no output to copy. Found
+    by soak/fuzz.py: waiting on an empty set of copies raised ValueError."""
+    pod = await PodManager(rt).create(
+        parse_pod(pod_manifest("p", container("main", "sleep", "1000")))
+    )
+    cid = pod.container_id("main")
+    assert cid is not None
+    stdin = Pipe()
+    stdin.close()
+    assert await rt.exec(cid, ["sh", "-c", "exit 5"], StdIO(stdin=stdin), tty=False) == 5
