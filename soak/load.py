@@ -746,6 +746,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def _median(spread: Any) -> Any:
+    return spread.get("median") if isinstance(spread, dict) else spread
+
+
 def soak_row(result: dict[str, Any], ok: bool) -> str:
     """The run as a line of docs/reliability.md's table."""
     h, c = result["held"], result["concurrent"]
@@ -755,12 +759,16 @@ def soak_row(result: dict[str, Any], ok: bool) -> str:
         f"{h['idle']['opened']} idle TLS + {h['slowloris']['opened']} slowloris connections "
         f"({h['open_after_opening']} open at once); then {c['started']} concurrent kubectl "
         "execs",
-        f"slowloris: an incomplete request, a byte at a time; the server closed idle after "
-        f"{h['idle']['closed_after_s']} s, slowloris after {h['slowloris']['closed_after_s']} s "
-        f"(header timeout {result['header_timeout_s']} s)",
-        f"concurrent: ok {c['ok']}, 429 {c['429']}, 503 {c['503']}, other {c['other']}, "
-        f"hung {c['hung']}; exec under load {result['exec_under_load_max_s']} s at most "
-        f"(target {result['exec_target_s']} s)",
+        f"slowloris: an incomplete request, a byte at a time; the server closed all "
+        f"{h['idle']['closed_by_server']} idle and {h['slowloris']['closed_by_server']} slowloris "
+        f"after {_median(h['idle']['closed_after_s'])} / "
+        f"{_median(h['slowloris']['closed_after_s'])} s (header timeout "
+        f"{result['header_timeout_s']} s)",
+        f"concurrent: ok {c['ok']}, 429 {c['429']}, 503 {c['503']}, other {c['other']} "
+        f"({c['kubectl_tls_handshake_timeouts']} of them kubectl's own TLS handshake timeout; "
+        f"CPU: server {c['server_cpu_s']} s, kubectls {c['kubectl_cpu_s']} s), hung "
+        f"{c['hung']}; exec under load {result['exec_under_load_max_s']} s at most (target "
+        f"{result['exec_target_s']} s)",
         f"RSS {result['rss_baseline_mib']} -> peak {result['rss_peak_mib']} MiB; fds "
         f"{b['fds']} -> {a['fds']}, tasks {b['tasks']} -> {a['tasks']}",
         ok,
