@@ -576,9 +576,12 @@ class ProcessRuntime:
 
         feeder = asyncio.create_task(stdin()) if inp is not None else None
         copies = [asyncio.create_task(copy(r, s)) for r, s in outputs]
+        # What the exec's streams are done with: its output, or with no output stream at all
+        # (stdin only) its input, so that the process gets its end of file.
+        waits = copies or ([feeder] if feeder is not None else [])
         try:
-            if copies:  # none for an exec with neither stdout nor stderr
-                done, _ = await asyncio.wait(copies, return_when=asyncio.FIRST_EXCEPTION)
+            if waits:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
                     task.result()  # a sink that failed (its client is gone) ends the exec
         finally:

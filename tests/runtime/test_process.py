@@ -266,3 +266,11 @@ async def test_an_exec_with_no_output_streams_runs(rt: ProcessRuntime) -> None:
     stdin = Pipe()
     stdin.close()
     assert await rt.exec(cid, ["sh", "-c", "exit 5"], StdIO(stdin=stdin), tty=False) == 5
+    # ... and its input reaches the process, end of file included (`cat` ends with it)
+    stdin = Pipe()
+    task = asyncio.create_task(
+        rt.exec(cid, ["sh", "-c", "wc -c > count"], StdIO(stdin=stdin), tty=False)
+    )
+    await stdin.feed(b"12345")
+    stdin.close()
+    assert await asyncio.wait_for(task, 10) == 0
