@@ -254,6 +254,8 @@ class ChannelCodec:
             return None
         # Go's base64.StdEncoding skips \r and \n and otherwise requires canonical padding.
         text = raw[1:].replace(b"\r", b"").replace(b"\n", b"")
+        if len(text) % 4:  # Go decodes whole quanta: "AAAA=" is refused (Python allowed it)
+            return None
         try:
             return Decoded(channel, base64.b64decode(text, validate=True))
         except binascii.Error:
