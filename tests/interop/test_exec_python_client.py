@@ -94,6 +94,12 @@ def run(
             out += resp.read_stdout(timeout=0)
             err += resp.read_stderr(timeout=0)
         assert not resp.is_open(), "the server never closed the session"
+        # The client reads frames inside read_stderr too (it updates to peek): the last
+        # stdout frames can arrive there with the close, after the loop's last read_stdout.
+        # Without this, the tail of a large output went missing now and then (CI saw 64 KiB
+        # to 640 KiB short; the server had sent every byte before its status).
+        out += resp.read_stdout(timeout=0)
+        err += resp.read_stderr(timeout=0)
         return out, err, resp.returncode
     finally:
         resp.close()
