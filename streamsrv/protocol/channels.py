@@ -254,7 +254,9 @@ class ChannelCodec:
             return None
         # Go's base64.StdEncoding skips \r and \n and otherwise requires canonical padding.
         text = raw[1:].replace(b"\r", b"").replace(b"\n", b"")
-        if len(text) % 4:  # Go decodes whole quanta: "AAAA=" is refused (Python allowed it)
+        # Go decodes whole quanta and pads only the last: "AAAA=" and "QUJD====" are refused
+        # (Python's b64decode(validate=True) allowed both).
+        if len(text) % 4 or len(text) - len(text.rstrip(b"=")) > 2:
             return None
         try:
             return Decoded(channel, base64.b64decode(text, validate=True))

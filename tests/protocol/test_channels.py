@@ -203,9 +203,12 @@ def test_base64_unknown_channels_are_ignored(name: str) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    # The last three: padding after a complete quantum, which Go refuses and Python's
+    # The second line: padding after a complete quantum, which Go refuses and Python's
     # b64decode(validate=True) accepted (found by the stateful channel tests).
-    ["0aGk", "0aG k=", "0aGk=aGk=", "0=aGk", "0a", "0aGk===", "0QUJD=", "0AAAA=", "0QUJD=="],
+    [
+        *("0aGk", "0aG k=", "0aGk=aGk=", "0=aGk", "0a", "0aGk==="),
+        *("0QUJD=", "0AAAA=", "0QUJD==", "0QUJD====", "2aGkK\r\n===="),
+    ],
 )
 def test_invalid_base64_is_dropped(payload: str) -> None:
     assert ChannelCodec(BASE64_CHANNEL).decode(payload) is None
