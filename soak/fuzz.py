@@ -63,6 +63,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import ssl
 import struct
 import sys
@@ -2021,6 +2022,11 @@ async def run(
         checks["children_back"] = after is not None and after.children <= baseline.children
         if after is not None and not checks["children_back"]:
             notes["children"] = repr(descendants(server.pid))
+        if after is not None and not (checks["children_back"] and checks["tasks_back"]):
+            # `streamsrv serve` logs where every live task waits on SIGUSR1
+            with contextlib.suppress(OSError):
+                os.kill(server.pid, signal.SIGUSR1)
+                await asyncio.sleep(1)
         checks["health_during_run"] = sampler.health_failures == 0
         log_problems = server_log_problems(server.log_text())
         checks["no_unexpected_exceptions"] = (

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -207,6 +208,7 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_tasks)  # where every live task waits
     if tracemalloc.is_tracing():  # PYTHONTRACEMALLOC=N: SIGUSR2 logs where memory went
         loop.add_signal_handler(signal.SIGUSR2, log_memory)
     await stop.wait()
@@ -218,6 +220,16 @@ async def serve(args: argparse.Namespace) -> int:
     await runner.cleanup()
     log.info("stopped")
     return 0
+
+
+def log_tasks() -> None:
+    """SIGUSR1: log every live asyncio task with the stack it waits in (a stuck session)."""
+    tasks = asyncio.all_tasks()
+    log.warning("%d live tasks:", len(tasks))
+    for task in tasks:
+        out = io.StringIO()
+        task.print_stack(limit=12, file=out)
+        log.warning("%s", out.getvalue().rstrip())
 
 
 def log_memory() -> None:

@@ -24,6 +24,7 @@ from .context import SHUTTING_DOWN, StreamContext
 from .errors import BackendError
 from .protocol import channels, spdy
 from .requests import PortForwardRequest
+from .runtime.base import wait_event
 from .transport import (
     Activity,
     ReadPause,
@@ -317,8 +318,7 @@ async def _sandbox_gone(ctx: StreamContext, sandbox_id: str) -> None:
     """Returns once the pod's sandbox no longer runs (the pod was deleted or stopped), or the
     server is shutting down."""
     while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.stopping.wait(), ctx.limits.container_poll)
+        if await wait_event(ctx.stopping, ctx.limits.container_poll):
             log.info("ending a port-forward to %s: %s", sandbox_id[:12], SHUTTING_DOWN)
             return
         with contextlib.suppress(BackendError):

@@ -12,8 +12,6 @@ import it back (docs/architecture.md, "Layers").
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import ssl
 from dataclasses import dataclass, field
@@ -37,7 +35,7 @@ from .requests import (
     kind_of,
     validate,
 )
-from .runtime.base import StreamingRuntime
+from .runtime.base import StreamingRuntime, wait_event
 from .tokens import CacheFull, RequestCache, TokenError
 from .transport import is_websocket
 
@@ -185,14 +183,12 @@ class StreamServer:
         grace = self.limits.shutdown_grace if grace is None else grace
         if ctx.live:
             log.info("shutting down: %d live sessions get %.0f s to end", ctx.live, grace)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.drained.wait(), grace)
+            await wait_event(ctx.drained, grace)
         ended = ctx.live
         if ended:
             log.info("shutting down: ending %d sessions", ended)
             ctx.stopping.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.drained.wait(), STOP_WAIT)
+            await wait_event(ctx.drained, STOP_WAIT)
             if ctx.live:
                 log.warning("shutting down: %d sessions did not end", ctx.live)
         return ended

@@ -240,6 +240,24 @@ class StreamingRuntime(Runtime, Protocol):
         ...
 
 
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait at most ``seconds`` for ``event``; whether it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 that returns normally when the task is cancelled
+    just as the event is set or the time runs out, and the cancellation is lost. A tty exec
+    cancelled while it waited for its first size then ran on with no client, its process
+    alive (found by soak/fuzz.py: one session left in a million frames).
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
 def loopback_sockets() -> list[tuple[socket.socket, str]]:
     """Unconnected non-blocking TCP sockets for ``localhost`` (IPv4 first, then IPv6).
 

@@ -51,6 +51,7 @@ from .base import (
     StdIO,
     connect_first,
     loopback_sockets,
+    wait_event,
 )
 
 log = logging.getLogger(__name__)
@@ -515,8 +516,7 @@ class DockerRuntime:
             assert io.stdin is not None
             # Hold input until the first size is applied: a shell that reads `stty size`
             # before it would see a 0x0 terminal (kubectl sends the size right after connecting).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
+            await wait_event(sized, FIRST_SIZE_WAIT)
             while data := await io.stdin.read():
                 await stream.write(data)
             if not eof:

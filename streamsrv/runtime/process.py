@@ -51,6 +51,7 @@ from .base import (
     StdIO,
     connect_first,
     loopback_sockets,
+    wait_event,
 )
 
 log = logging.getLogger(__name__)
@@ -494,8 +495,7 @@ class ProcessRuntime:
                     resize_task = asyncio.create_task(_apply_sizes(master, io.resize, sized))
                     # Start the process at its real size: a shell that runs `stty size` at
                     # once must not see 0x0 (kubectl sends the size right after connecting).
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(sized.wait(), FIRST_SIZE_WAIT)
+                    await wait_event(sized, FIRST_SIZE_WAIT)
             else:
                 ends = []
                 for wanted, reading in ((io.stdin, True), (io.stdout, False), (io.stderr, False)):
