@@ -325,12 +325,21 @@ class Server:
         found = list((self.state_dir / "process-pods").glob(f"default_{pod}_*/{path}"))
         return found[0].read_bytes() if found else b""
 
+    def kubectl_cmd(self, version: str, *args: str) -> list[str]:
+        """The command line of ``kubectl.<version>`` against this server."""
+        return [kubectl_path(version), "--kubeconfig", str(self.kubeconfig),
+                "--cache-dir", str(self.state_dir / f"kcache-{version}"), *args]  # fmt: skip
+
     def kubectl(
         self, version: str, *args: str, timeout: float = 60, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [kubectl_path(version), "--kubeconfig", str(self.kubeconfig),
-               "--cache-dir", str(self.state_dir / f"kcache-{version}"), *args]  # fmt: skip
+        cmd = self.kubectl_cmd(version, *args)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+
+    def kubectl_popen(self, version: str, *args: str, **kw: Any) -> subprocess.Popen[bytes]:
+        """``kubectl.<version>`` started in the background (a session held open)."""
+        proc: subprocess.Popen[bytes] = subprocess.Popen(self.kubectl_cmd(version, *args), **kw)
+        return proc
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "streamsrv", "--state-dir", str(self.state_dir), *args]
@@ -352,6 +361,19 @@ def pod_manifest(name: str, *containers: Any, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"test": "streamsrv"}},
         "spec": {"containers": list(containers), **spec},
     }
+
+
+def echo_pod(name: str, port: int) -> str:
+    """A pod whose one container sleeps beside a `busybox nc` echo listener on ``port``."""
+    return f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: ["sh", "-c", "busybox nc -ll -p {port} -e cat & exec sleep 100000"]
+"""
 
 
 def sleeper(name: str = "main", seconds: int = 100000) -> dict[str, Any]:

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    BUSYBOX,
     Server,
+    echo_pod,
     free_port,
-    kubectl_path,
     pod_manifest,
     server_with_pod,
     sleeper,
@@ -39,15 +38,7 @@ def srv(tmp_path: Path) -> Iterator[Server]:
     port = free_port()
     with server_with_pod(
         tmp_path,
-        f"""apiVersion: v1
-kind: Pod
-metadata: {{name: {POD}}}
-spec:
-  containers:
-  - name: main
-    image: {BUSYBOX}
-    command: ["sh", "-c", "busybox nc -ll -p {port} -e cat & exec sleep 100000"]
-""",
+        echo_pod(POD, port),
         "docker",
     ) as server:
         server.port = port  # type: ignore[attr-defined]
@@ -69,16 +60,9 @@ def restart_engine() -> None:
     )
 
 
-def start(srv: Server, version: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
-    cmd = [kubectl_path(version), "--kubeconfig", str(srv.kubeconfig), "--cache-dir",
-           str(srv.state_dir / f"kc-{version}"), *args]  # fmt: skip
-    return subprocess.Popen(cmd, **kw)  # type: ignore[call-overload,no-any-return]
-
-
 def test_engine_restart_under_five_sessions(srv: Server) -> None:
     execs = [
-        start(
-            srv,
+        srv.kubectl_popen(
             v,
             "exec",
             *flags,
@@ -94,7 +78,7 @@ def test_engine_restart_under_five_sessions(srv: Server) -> None:
     ]
     pf_log = srv.state_dir / "pf.log"
     with pf_log.open("wb") as out:
-        pf = start(srv, "1.33", "port-forward", f"pod/{POD}", f":{srv.port}",  # type: ignore[attr-defined]
+        pf = srv.kubectl_popen("1.33", "port-forward", f"pod/{POD}", f":{srv.port}",  # type: ignore[attr-defined]
                    stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         wait_forwarding(pf, pf_log, [srv.port])  # type: ignore[attr-defined]

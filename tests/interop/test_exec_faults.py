@@ -22,7 +22,6 @@ from tests.conftest import (
     RUNTIMES,
     Server,
     engine_container,
-    kubectl_path,
     server_with_pod,
 )
 from tests.interop.test_exec_kubectl import Kubectl, Transport
@@ -67,11 +66,6 @@ def marker() -> str:
     return str(100000 + int.from_bytes(os.urandom(2), "big"))
 
 
-def kubectl_cmd(srv: Server, kc: Kubectl, *args: str) -> list[str]:
-    return [kubectl_path(kc.version), "--kubeconfig", str(srv.kubeconfig), "--cache-dir",
-            str(srv.state_dir / f"kc-{kc.version}"), *args]  # fmt: skip
-
-
 def wait_for(srv: Server, pattern: str, container: str = "main") -> None:
     deadline = time.monotonic() + HANG
     while not srv.processes(pattern, container):
@@ -91,7 +85,7 @@ def test_client_killed_while_output_flows_leaves_no_process(srv: Server, kc: Kub
     """The session ends on a failed write to the client, not on a cancellation."""
     t = Transport(srv, kc)
     word = f"flood{marker()}"
-    cmd = kubectl_cmd(srv, kc, "exec", POD, "-c", "main", "--", "yes", word)
+    cmd = srv.kubectl_cmd(kc.version, "exec", POD, "-c", "main", "--", "yes", word)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=kc.env)
     try:
         assert proc.stdout is not None
@@ -116,7 +110,7 @@ def test_pipeline_that_stops_reading_ends_the_exec(srv: Server, kc: Kubectl) -> 
     """`kubectl exec POD -- yes | head -c 10M`: head exits, kubectl dies of SIGPIPE, and the
     `yes` in the pod must end with it."""
     word = f"pipe{marker()}"
-    cmd = " ".join(kubectl_cmd(srv, kc, "exec", POD, "-c", "main", "--", "yes", word))
+    cmd = " ".join(srv.kubectl_cmd(kc.version, "exec", POD, "-c", "main", "--", "yes", word))
     r = subprocess.run(
         ["sh", "-c", f"{cmd} | head -c 10000000 | wc -c"],
         capture_output=True,
@@ -143,7 +137,7 @@ def test_exec_ends_when_its_container_stops(srv: Server, kc: Kubectl) -> None:
     container = f"victim{CLIENTS.index(kc)}"
     t = Transport(srv, kc)
     word = marker()
-    cmd = kubectl_cmd(srv, kc, "exec", POD, "-c", container, "--", "sleep", word)
+    cmd = srv.kubectl_cmd(kc.version, "exec", POD, "-c", container, "--", "sleep", word)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=kc.env)
     try:
         wait_for(srv, f"sleep {word}")  # every container of the pod sees the pod's processes

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    BUSYBOX,
     RUNTIMES,
     Server,
+    echo_pod,
     free_port,
-    kubectl_path,
     server_with_pod,
     wait_forwarding,
 )
@@ -38,15 +37,7 @@ def srv(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     port = free_port()
     with server_with_pod(
         tmp_path,
-        f"""apiVersion: v1
-kind: Pod
-metadata: {{name: {POD}}}
-spec:
-  containers:
-  - name: main
-    image: {BUSYBOX}
-    command: ["sh", "-c", "busybox nc -ll -p {port} -e cat & exec sleep 100000"]
-""",
+        echo_pod(POD, port),
         request.param,
         ["--shutdown-grace", "1"],
     ) as server:
@@ -56,12 +47,6 @@ spec:
 
 def marker() -> str:
     return str(100000 + int.from_bytes(os.urandom(2), "big"))
-
-
-def start(srv: Server, version: str, *args: str, **kw: object) -> subprocess.Popen[bytes]:
-    cmd = [kubectl_path(version), "--kubeconfig", str(srv.kubeconfig), "--cache-dir",
-           str(srv.state_dir / f"kc-{version}"), *args]  # fmt: skip
-    return subprocess.Popen(cmd, **kw)  # type: ignore[call-overload,no-any-return]
 
 
 def wait_for(srv: Server, pattern: str) -> None:
@@ -74,14 +59,14 @@ def wait_for(srv: Server, pattern: str) -> None:
 def test_sigterm_ends_every_session_with_a_status_and_kills_its_process(srv: Server) -> None:
     words = {v: marker() for v in ("1.27", "1.33")}
     execs = {
-        v: start(
-            srv, v, "exec", POD, "--", "sleep", w, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        v: srv.kubectl_popen(
+            v, "exec", POD, "--", "sleep", w, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )  # fmt: skip
         for v, w in words.items()
     }
     pf_log = srv.state_dir / "pf.log"
     with pf_log.open("wb") as out:
-        pf = start(srv, "1.33", "port-forward", f"pod/{POD}", f":{srv.port}",  # type: ignore[attr-defined]
+        pf = srv.kubectl_popen("1.33", "port-forward", f"pod/{POD}", f":{srv.port}",  # type: ignore[attr-defined]
                    stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         for w in words.values():
@@ -113,7 +98,7 @@ def test_sigterm_ends_every_session_with_a_status_and_kills_its_process(srv: Ser
 
 def test_a_killed_servers_execs_are_killed_by_the_next_one(srv: Server) -> None:
     word = marker()
-    proc = start(srv, "1.33", "exec", POD, "--", "sleep", word,
+    proc = srv.kubectl_popen("1.33", "exec", POD, "--", "sleep", word,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for(srv, f"sleep {word}")
