@@ -9,7 +9,11 @@ Run through `scripts/bench` (which starts a private engine and builds the images
   4. `exec POD -- true` start-to-exit latency, p50 and p95, against `docker exec CONTAINER true`;
   5. 1000 concurrent idle interactive shells: all alive, server RSS, RSS per session;
   6. 1000 execs by 10 workers (kubectl 1.33): successes and total time, next to docker exec;
-  7. time from the process's exit to kubectl's exit, next to docker exec.
+  7. time from the process's exit to kubectl's exit, next to docker exec;
+  8. the Python clients: exec stdout 1 GiB and stdin 512 MiB through `streamsrv.client`
+     (`python -m streamsrv.client exec`, which writes the output to its stdout as kubectl does),
+     kubectl 1.33 and the official `kubernetes` client (64 MiB of stdout: it is that slow), all
+     over WebSocket v5 to the same server and pod, with each one's CPU seconds per GiB.
 Medians of RUNS runs with min-max. Ratios are ours / baseline for throughput (higher is better)
 and baseline / ours for times. Figures only: nothing here asserts a time.
 
@@ -48,7 +52,7 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 LATENCY_RUNS = int(os.environ.get("BENCH_LATENCY_RUNS", "50"))
 SHELLS = int(os.environ.get("BENCH_SHELLS", "1000"))
 EXECS = int(os.environ.get("BENCH_EXECS", "1000"))
-ROWS = {int(r) for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7").split(",")}
+ROWS = {int(r) for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7,8").split(",")}
 OUT_SIZE = 1 << 30
 IN_SIZE = 512 << 20
 PF_SIZE = 512 << 20
@@ -183,6 +187,7 @@ class Bench:
         self.rows: list[str] = []
         self.cpu_rows: list[str] = []
         self.pf_cpu_rows: list[str] = []
+        self.client_rows: list[str] = []
         self.cid = subprocess.run(
             ["docker", "ps", "-q", "--no-trunc", "-f", "label=io.kubernetes.container.name=main"],
             capture_output=True, text=True, check=True,
@@ -191,6 +196,10 @@ class Bench:
     def kubectl(self, version: str, *args: str) -> list[str]:
         return [kubectl_path(version), "--kubeconfig", str(self.server.kubeconfig),
                 "--cache-dir", str(self.tmp / f"kc-{version}"), *args]  # fmt: skip
+
+    def streamsrv_client(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "streamsrv.client", "--kubeconfig",
+                str(self.server.kubeconfig), "exec", "-c", "main", *args]  # fmt: skip
 
     def pyclient(self, *args: str) -> list[str]:
         return [sys.executable, str(PYCLIENT), str(self.server.kubeconfig), *args]
@@ -457,6 +466,51 @@ class Bench:
                 statistics.median(base) / statistics.median(ours),
             )
 
+    def row8_python_clients(self) -> None:
+        """streamsrv.client against kubectl 1.33 and the kubernetes client, same run."""
+        assert self.server.proc is not None
+        server_pid = self.server.proc.pid
+        data = self.tmp / "stdin.bin"
+        with data.open("wb") as f:
+            f.truncate(IN_SIZE)
+        py_dd = f"dd if=/dev/zero bs=65536 count={PY_SIZE // 65536} 2>/dev/null"
+
+        def measure(cmd: list[str], size: int, stdin: Path | None) -> tuple[float, float, float]:
+            """Median rate, client CPU-s per GiB and server CPU-s per GiB over RUNS runs."""
+            parts = {"streamsrv": lambda: cpu_seconds(server_pid), "client": children_cpu}
+            rates, client, server = [], [], []
+            for _ in range(RUNS):
+                with CpuMeter(parts) as meter:
+                    seconds, total = timed(cmd, stdin)
+                if stdin is None and cmd[1] != str(PYCLIENT):  # pyclient checks itself
+                    assert total == size, f"{cmd[:4]}: {total} bytes, expected {size}"
+                rates.append(size / seconds)
+                client.append(meter.spent["client"] / (size / (1 << 30)))
+                server.append(meter.spent["streamsrv"] / (size / (1 << 30)))
+            return (statistics.median(rates), statistics.median(client),
+                    statistics.median(server))  # fmt: skip
+
+        out_cmd, in_cmd = ["sh", "-c", DD_OUT], ["sh", "-c", DD_IN]
+        for what, size, ours_cmd, kubectl_cmd, py_cmd, py_size, stdin in (
+            ("exec stdout 1 GiB", OUT_SIZE, self.streamsrv_client("bench", "--", *out_cmd),
+             self.kubectl("1.33", "exec", "bench", "--", *out_cmd),
+             self.pyclient("stdout", str(PY_SIZE), py_dd), PY_SIZE, None),
+            ("exec stdin 512 MiB", IN_SIZE, self.streamsrv_client("-i", "bench", "--", *in_cmd),
+             self.kubectl("1.33", "exec", "-i", "bench", "--", *in_cmd),
+             self.pyclient("stdin", str(IN_SIZE), DD_IN), IN_SIZE, data),
+        ):  # fmt: skip
+            ours = measure(ours_cmd, size, stdin)
+            kc = measure(kubectl_cmd, size, stdin)
+            py = measure(py_cmd, py_size, stdin)
+            line = (
+                f"| {what} | {ours[0] / 1e6:.0f} MB/s | {kc[0] / 1e6:.0f} MB/s | "
+                f"{py[0] / 1e6:.1f} MB/s ({py_size >> 20} MiB) | {ours[0] / kc[0]:.2f} | "
+                f"{ours[0] / py[0]:.0f} | {ours[1]:.2f} / {kc[1]:.2f} / {py[1]:.1f} | "
+                f"{ours[2]:.2f} / {kc[2]:.2f} / {py[2]:.2f} |"
+            )
+            print(line, flush=True)
+            self.client_rows.append(line)
+
 
 MANIFEST = f"""apiVersion: v1
 kind: Pod
@@ -496,10 +550,21 @@ def main() -> None:
             5: bench.row5_idle_shells,
             6: bench.row6_many_execs,
             7: bench.row7_exit_to_exit,
+            8: bench.row8_python_clients,
         }
         for number, step in steps.items():
             if number in ROWS:
                 step()
+        if bench.client_rows:
+            print(
+                "\nPython clients, exec over WebSocket v5 (medians; CPU seconds per GiB of the"
+                " client process and of the server, streamsrv.client / kubectl 1.33 /"
+                " kubernetes):\n"
+            )
+            print("| row | streamsrv.client | kubectl 1.33 | kubernetes client | ours / kubectl"
+                  " | ours / kubernetes | client CPU-s/GiB | server CPU-s/GiB |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|")
+            print("\n".join(bench.client_rows), flush=True)
         if bench.cpu_rows:
             print(
                 "\nCPU seconds per GiB moved, by process (medians of the same runs; the engine"
