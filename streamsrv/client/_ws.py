@@ -19,7 +19,10 @@ USER_AGENT = "streamsrv-client/0.1"
 #: Largest message accepted from the server (streamsrv sends at most 256 KiB + 1, Go 32 KiB + 1).
 MAX_MESSAGE = 4 << 20
 #: Messages the connection holds before it stops reading the socket (websockets' high water).
-MAX_QUEUE = 64
+MAX_QUEUE = 4
+#: Bytes waiting to be sent before a send waits (high, low): enough for the next message to be
+#: framed and encrypted while the last one is still on its way.
+WRITE_LIMIT = (4 << 20, 1 << 20)
 
 
 def pod_path(namespace: str, pod: str, subresource: str) -> str:
@@ -59,6 +62,7 @@ async def open_websocket(
             compression=None,  # kubectl offers no permessage-deflate either
             max_size=max_message,
             max_queue=MAX_QUEUE,
+            write_limit=WRITE_LIMIT,
             open_timeout=open_timeout,
             ping_interval=20,
             ping_timeout=60,

@@ -85,8 +85,9 @@ class Stdin:
         view = memoryview(data).cast("B")
         try:
             for start in range(0, len(view), STDIN_MESSAGE):
+                # the channel byte is joined to the slice itself: one copy, as for bytes
                 chunk = view[start : start + STDIN_MESSAGE]
-                await self._ws.send(self._codec.encode(STDIN, bytes(chunk)))
+                await self._ws.send(self._codec.encode(STDIN, chunk))
         except ConnectionClosed as exc:
             raise ConnectionLost(f"the connection closed while writing stdin: {exc}") from None
 

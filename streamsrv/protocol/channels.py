@@ -180,7 +180,7 @@ class ChannelCodec:
     def __repr__(self) -> str:
         return f"ChannelCodec({self.subprotocol!r}, num_channels={self.num_channels})"
 
-    def encode(self, channel: int, data: bytes) -> bytes | str:
+    def encode(self, channel: int, data: bytes | bytearray | memoryview) -> bytes | str:
         """One message carrying ``data`` on ``channel`` (Go ``wsstream.Conn.write``).
 
         Args:
