@@ -117,9 +117,9 @@ def kubeconfig_paths(path: str | os.PathLike[str] | None = None) -> list[Path]:
     """The files to read: ``path``, else ``$KUBECONFIG`` (colon-separated), else
     ``~/.kube/config``."""
     if path is not None:
-        return [Path(path)]
+        return [Path(path).expanduser()]
     env = os.environ.get("KUBECONFIG", "")
-    found = [Path(p) for p in env.split(os.pathsep) if p]
+    found = [Path(p).expanduser() for p in env.split(os.pathsep) if p]
     return found or [Path.home() / ".kube" / "config"]
 
 
