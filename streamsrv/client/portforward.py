@@ -274,13 +274,15 @@ class Forwarder:
     async def _accept(
         self, local_r: asyncio.StreamReader, local_w: asyncio.StreamWriter, remote: int
     ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+        # The splice runs in a task of its own, which close() cancels; this handler then returns
+        # normally (asyncio 3.11 logs an error for a connection handler that ends cancelled).
+        splice = asyncio.ensure_future(self._splice(local_r, local_w, remote))
+        self._tasks.add(splice)
         try:
-            await self._splice(local_r, local_w, remote)
+            await asyncio.wait([splice])
         finally:
-            self._tasks.discard(task)
+            self._tasks.discard(splice)
+            splice.cancel()
 
     async def _splice(
         self, local_r: asyncio.StreamReader, local_w: asyncio.StreamWriter, remote: int
@@ -293,12 +295,12 @@ class Forwarder:
             local_w.close()
             return
 
-        async def up() -> None:  # local -> pod; local EOF cannot be passed on (see module doc)
+        async def up() -> None:  # local -> pod
             while data := await local_r.read(MESSAGE):
                 pod_w.write(data)
                 await pod_w.drain()
 
-        async def down() -> None:  # pod -> local, then the local connection ends
+        async def down() -> None:  # pod -> local
             while data := await pod_r.read(MESSAGE):
                 local_w.write(data)
                 await local_w.drain()
@@ -306,7 +308,10 @@ class Forwarder:
         up_task = asyncio.ensure_future(up())
         down_task = asyncio.ensure_future(down())
         try:
-            await asyncio.wait([down_task])  # the pod side decides the end
+            # Either side's end ends the connection: the channel protocol cannot carry a
+            # half-close to the pod, and a pod connection left open after its local client is
+            # gone would be held until the forwarder closes (the Python client closes too).
+            await asyncio.wait([up_task, down_task], return_when=asyncio.FIRST_COMPLETED)
         finally:
             for t in (up_task, down_task):
                 t.cancel()

@@ -279,9 +279,15 @@ async def run_to_end(process: Process, data: bytes | None) -> Completed:
 
     async def feed() -> None:
         assert process.stdin is not None
-        if data:
-            await process.stdin.write(data)
-        await process.stdin.close()
+        try:
+            if data:
+                await process.stdin.write(data)
+            await process.stdin.close()
+        except ConnectionLost:
+            # The session ended before all the input went in (the command exited without
+            # reading it, as `head -c 10` does): like subprocess.communicate's broken pipe, not
+            # an error of its own. wait() tells how the session ended, a cut connection too.
+            pass
 
     async def drain(stream: ByteStream | None) -> bytes:
         return b"" if stream is None else await stream.readall()

@@ -39,6 +39,7 @@ class SyncClient:
             target=self._loop.run_forever, name="streamsrv-client", daemon=True
         )
         self._thread.start()
+        self._open: set[Process | Forwarder] = set()
 
     @classmethod
     def from_kubeconfig(
@@ -61,6 +62,9 @@ class SyncClient:
             return
 
         async def cancel_all() -> None:
+            for item in list(self._open):
+                await item.close()
+            self._open.clear()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
                 task.cancel()
@@ -81,14 +85,23 @@ class SyncClient:
 
     def exec(self, pod: str, command: Sequence[str], **kwargs: Any) -> SyncProcess:
         """:meth:`Client.exec <streamsrv.client.Client.exec>` as a :class:`SyncProcess`."""
-        return SyncProcess(self, self.call(self.client.exec(pod, command, **kwargs)))
+        return SyncProcess(self, self._track(self.call(self.client.exec(pod, command, **kwargs))))
 
     def attach(self, pod: str, **kwargs: Any) -> SyncProcess:
-        return SyncProcess(self, self.call(self.client.attach(pod, **kwargs)))
+        return SyncProcess(self, self._track(self.call(self.client.attach(pod, **kwargs))))
 
     def forward(self, pod: str, ports: Mapping[int, int], **kwargs: Any) -> SyncForwarder:
         """Listeners that forward to the pod (see :meth:`Client.forward`), started."""
-        return SyncForwarder(self, self.call(self.client.forward(pod, ports, **kwargs).start()))
+        forwarder = self.call(self.client.forward(pod, ports, **kwargs).start())
+        return SyncForwarder(self, self._track(forwarder))
+
+    def _track(self, item: T) -> T:
+        """Remember a session or forwarder so that close() can end it."""
+        self._open.add(item)  # type: ignore[arg-type]
+        return item
+
+    def _forget(self, item: Process | Forwarder) -> None:
+        self._open.discard(item)
 
 
 class SyncProcess:
@@ -132,6 +145,7 @@ class SyncProcess:
 
     def close(self) -> None:
         self._owner.call(self.process.close())
+        self._owner._forget(self.process)
 
 
 class SyncForwarder:
@@ -151,6 +165,7 @@ class SyncForwarder:
 
     def close(self) -> None:
         self._owner.call(self.forwarder.close())
+        self._owner._forget(self.forwarder)
 
 
 __all__ = ["SyncClient", "SyncForwarder", "SyncProcess"]

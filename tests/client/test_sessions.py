@@ -362,3 +362,39 @@ async def test_forwarder_listens_locally_and_splices(serve: Any) -> None:
 def test_json_of_a_resize_is_what_the_kubelet_reads() -> None:
     # the kubelet lib decodes {"Width": w, "Height": h} with encoding/json: spaces are fine
     assert json.loads(b'{"Width": 80, "Height": 24}') == {"Width": 80, "Height": 24}
+
+
+async def test_run_gives_the_exit_code_of_a_command_that_stops_reading(serve: Any) -> None:
+    """`head -c 10; exit 3` with 64 MiB of input: the session ends while input is still being
+    sent, and run() reports the exit code, not the broken pipe (subprocess.communicate too)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = await upgrade(request, ("v5.channel.k8s.io",))
+        await ws.receive()  # some input, then the command exits
+        await ws.send_bytes(b"\x03" + status.exit_code(3))
+        await ws.close()
+        return ws
+
+    client = await serve(handler)
+    result = await client.run("p", ["x"], input=bytes(64 << 20))
+    assert result.exit_code == 3
+
+
+async def test_forwarder_ends_the_pod_connection_when_the_local_one_ends(serve: Any) -> None:
+    closed = asyncio.Event()
+
+    async def script(ws: web.WebSocketResponse) -> None:
+        await ws.send_bytes(b"\x00\x90\x1f")
+        await ws.send_bytes(b"\x01\x90\x1f")
+        async for _msg in ws:  # a service that never closes first
+            pass
+        closed.set()
+
+    client = await serve(functools.partial(portforward_server, script=script))
+    async with client.forward("p", {0: 8080}) as fw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", fw.ports[8080])
+        writer.write(b"x")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(closed.wait(), 30)
