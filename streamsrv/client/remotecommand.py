@@ -41,7 +41,7 @@ from .streams import ByteStream
 #: unversioned binary protocol is the kubelet's oldest (plain-text errors, no exit codes).
 PROTOCOLS: tuple[str, ...] = (V5_CHANNEL, V4_CHANNEL, CHANNEL)
 #: Bytes of stdin per message: large messages keep the per-message work small.
-STDIN_MESSAGE = 1 << 20
+STDIN_MESSAGE = 64 << 10
 #: A status larger than this is not a status.
 MAX_STATUS = 1 << 20
 #: Characters of an error message kept for RemoteError.

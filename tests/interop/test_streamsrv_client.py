@@ -13,8 +13,11 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import pathlib
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -25,6 +28,7 @@ from streamsrv.client import (
     ByteStream,
     Client,
     Completed,
+    ConnectFailed,
     ConnectionLost,
     HalfCloseUnsupported,
     NotFound,
@@ -294,6 +298,20 @@ async def test_wrong_token_is_unauthorized(srv: Server) -> None:
         await c.port_forward(POD, ECHO)
     # and the right token works, so the wrong one was the reason
     assert (await client(srv).run(POD, ["true"], container=MAIN)).exit_code == 0
+
+
+async def test_a_server_certificate_from_another_ca_is_refused(
+    srv: Server, tmp_path: pathlib.Path
+) -> None:
+    from streamsrv.certs import CertificateAuthority
+
+    other = CertificateAuthority(tmp_path / "other-ca").cert_path.read_bytes()
+    c = Client(dataclasses.replace(load_kubeconfig(srv.kubeconfig), ca_data=other))
+    with pytest.raises(ConnectFailed, match="CERTIFICATE_VERIFY_FAILED"):
+        await c.exec(POD, ["true"], container=MAIN)
+    # told to skip verification, it connects (and says so only by being told)
+    loose = dataclasses.replace(c.config, insecure_skip_tls_verify=True)
+    assert (await Client(loose).run(POD, ["true"], container=MAIN)).exit_code == 0
 
 
 # ---------------------------------------------------------------------------- exec: stdin
@@ -716,3 +734,50 @@ def test_sync_client_close_ends_the_sessions_left_open(srv: Server) -> None:
     while srv.processes(f"sleep {mark}", MAIN):
         assert time.monotonic() < deadline, f"sleep {mark} outlived SyncClient.close()"
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------- the command line
+
+CompletedBytes = subprocess.CompletedProcess[bytes]
+
+
+def client_cli(server: Server, *args: str, data: bytes | None = None) -> CompletedBytes:
+    cmd = [sys.executable, "-m", "streamsrv.client", "--kubeconfig", str(server.kubeconfig)]
+    return subprocess.run([*cmd, *args], input=data, capture_output=True, timeout=HANG)
+
+
+def test_cli_exec_pipes_stdin_and_exits_with_the_code(srv: Server) -> None:
+    data = os.urandom(3 * MiB)
+    script = "sha256sum; echo e >&2; exit 7"
+    r = client_cli(srv, "exec", "-i", "-c", MAIN, POD, "--", "sh", "-c", script, data=data)
+    assert r.returncode == 7, r.stderr
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+    assert r.stderr == b"e\n"
+    gone = client_cli(srv, "exec", "ghost", "--", "true")
+    assert gone.returncode == 1
+    assert b"error: 404" in gone.stderr and b"ghost" in gone.stderr
+
+
+def test_cli_port_forward_prints_its_ports_and_forwards(srv: Server) -> None:
+    cmd = [sys.executable, "-m", "streamsrv.client", "--kubeconfig", str(srv.kubeconfig),
+           "port-forward", POD, f":{ECHO}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        m = re.match(rf"Forwarding from 127\.0\.0\.1:(\d+) -> {ECHO}$", line.strip())
+        assert m, line
+        with socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=30) as sock:
+            sock.sendall(b"through the cli\n")
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = sock.recv(4096)
+                assert chunk, got
+                got += chunk
+        assert got == b"through the cli\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=HANG)
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
