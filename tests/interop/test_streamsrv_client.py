@@ -267,6 +267,41 @@ async def test_missing_binary_is_an_exit_code_naming_it(srv: Server) -> None:
             await collect(proc)
 
 
+async def test_exec_in_an_exited_container_is_a_remote_error(srv: Server) -> None:
+    """A non-exit error on v5: the server's InternalError status, raised with its message."""
+    name, quick = unique("sexited"), unique("quick")
+    run_pod(
+        srv,
+        f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: {unique("sleeper")}, image: {BUSYBOX}, command: ["sleep", "100000"]}}
+  - {{name: {quick}, image: {BUSYBOX}, command: ["true"]}}
+""",
+        name,
+    )  # fmt: skip  (the sleeper keeps the pod Running: no 400 for a completed pod)
+    try:
+        c = client(srv)
+        deadline = time.monotonic() + HANG
+        while True:  # until the container has exited (the exec is refused by the runtime)
+            async with await c.exec(name, ["echo", "hi"], container=quick) as proc:
+                assert proc.protocol == "v5.channel.k8s.io"
+                try:
+                    await collect(proc)
+                except RemoteError as exc:
+                    assert exc.reason == "InternalError", exc.status
+                    assert "is not running" in exc.message, exc.message
+                    assert proc.returncode is None
+                    break
+            assert time.monotonic() < deadline, "the container never exited"
+            await asyncio.sleep(0.2)
+    finally:
+        remove_pods(srv, name)
+
+
 async def test_unknown_pod_is_not_found(srv: Server) -> None:
     c = client(srv)
     with pytest.raises(NotFound) as info:
