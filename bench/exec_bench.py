@@ -150,6 +150,23 @@ class CpuMeter:
         self.spent = {name: read() - self._start[name] for name, read in self.parts.items()}
 
 
+def measured_runs(
+    cmd: list[str], size: int, stdin: Path | None, parts: dict[str, Callable[[], float]]
+) -> tuple[list[float], list[dict[str, float]], list[float]]:
+    """RUNS runs of ``cmd``: rates, the CPU each part spent, wall seconds. Output is checked
+    to be ``size`` bytes (but for bench/pyclient.py, which checks itself)."""
+    rates, runs, walls = [], [], []
+    for _ in range(RUNS):
+        with CpuMeter(parts) as meter:
+            seconds, total = timed(cmd, stdin)
+        if stdin is None and cmd[1] != str(PYCLIENT):
+            assert total == size, f"{cmd[:4]}: {total} bytes, expected {size}"
+        rates.append(size / seconds)
+        runs.append(meter.spent)
+        walls.append(seconds)
+    return rates, runs, walls
+
+
 def cpu_row(what: str, runs: list[dict[str, float]], walls: list[float], size: int) -> str:
     """A Markdown row: median CPU seconds per GiB of each part, their sum, wall seconds per GiB."""
     gib = size / (1 << 30)
@@ -223,15 +240,7 @@ class Bench:
                 "streamsrv": lambda: cpu_seconds(server_pid),
                 "client": children_cpu,
             }
-            out, runs, walls = [], [], []
-            for _ in range(RUNS):
-                with CpuMeter(parts) as meter:
-                    seconds, total = timed(cmd, stdin)
-                if stdin is None and cmd[1] != str(PYCLIENT):  # pyclient checks itself
-                    assert total == size, f"{cmd[:2]}: {total} bytes"
-                out.append(size / seconds)
-                runs.append(meter.spent)
-                walls.append(seconds)
+            out, runs, walls = measured_runs(cmd, size, stdin, parts)
             self.cpu_rows.append(cpu_row(f"{what}, {label}", runs, walls, size))
             return out
 
@@ -478,17 +487,11 @@ class Bench:
         def measure(cmd: list[str], size: int, stdin: Path | None) -> tuple[float, float, float]:
             """Median rate, client CPU-s per GiB and server CPU-s per GiB over RUNS runs."""
             parts = {"streamsrv": lambda: cpu_seconds(server_pid), "client": children_cpu}
-            rates, client, server = [], [], []
-            for _ in range(RUNS):
-                with CpuMeter(parts) as meter:
-                    seconds, total = timed(cmd, stdin)
-                if stdin is None and cmd[1] != str(PYCLIENT):  # pyclient checks itself
-                    assert total == size, f"{cmd[:4]}: {total} bytes, expected {size}"
-                rates.append(size / seconds)
-                client.append(meter.spent["client"] / (size / (1 << 30)))
-                server.append(meter.spent["streamsrv"] / (size / (1 << 30)))
-            return (statistics.median(rates), statistics.median(client),
-                    statistics.median(server))  # fmt: skip
+            rates, runs, _ = measured_runs(cmd, size, stdin, parts)
+            gib = size / (1 << 30)
+            return (statistics.median(rates),
+                    statistics.median(r["client"] for r in runs) / gib,
+                    statistics.median(r["streamsrv"] for r in runs) / gib)  # fmt: skip
 
         out_cmd, in_cmd = ["sh", "-c", DD_OUT], ["sh", "-c", DD_IN]
         for what, size, ours_cmd, kubectl_cmd, py_cmd, py_size, stdin in (

@@ -27,6 +27,7 @@ from .portforward import Forwarder
 from .remotecommand import Completed, Process
 
 T = TypeVar("T")
+S = TypeVar("S", bound="_Closing")
 
 
 class SyncClient:
@@ -104,20 +105,27 @@ class SyncClient:
         self._open.discard(item)
 
 
-class SyncProcess:
-    """A running exec/attach session; methods block until done."""
+class _Closing:
+    """``with`` closes it."""
 
-    def __init__(self, owner: SyncClient, process: Process) -> None:
-        self._owner, self.process = owner, process
-        self.protocol = process.protocol
+    def close(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> SyncProcess:
+    def __enter__(self: S) -> S:
         return self
 
     def __exit__(
         self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+class SyncProcess(_Closing):
+    """A running exec/attach session; methods block until done."""
+
+    def __init__(self, owner: SyncClient, process: Process) -> None:
+        self._owner, self.process = owner, process
+        self.protocol = process.protocol
 
     def write(self, data: bytes) -> None:
         assert self.process.stdin is not None, "the session has no stdin"
@@ -148,20 +156,12 @@ class SyncProcess:
         self._owner._forget(self.process)
 
 
-class SyncForwarder:
+class SyncForwarder(_Closing):
     """Forwarding listeners; ``ports`` maps each remote port to its local one."""
 
     def __init__(self, owner: SyncClient, forwarder: Forwarder) -> None:
         self._owner, self.forwarder = owner, forwarder
         self.ports = forwarder.ports
-
-    def __enter__(self) -> SyncForwarder:
-        return self
-
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._owner.call(self.forwarder.close())
