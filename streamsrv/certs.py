@@ -15,7 +15,6 @@ import ipaddress
 import os
 import secrets
 import ssl
-import tempfile
 from pathlib import Path
 
 import yaml
@@ -219,16 +218,6 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
     return ctx
 
 
-def load_client_cert(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
-    """Present this certificate from ``ctx`` (ssl loads a chain from files only: a private
-    temporary directory holds them for the call)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        cert, key = Path(tmp) / "client.crt", Path(tmp) / "client.key"
-        _write_private(cert, cert_pem)
-        _write_private(key, key_pem)
-        ctx.load_cert_chain(cert, key)
-
-
 def new_token() -> str:
     return secrets.token_urlsafe(32)
 
@@ -264,27 +253,3 @@ def write_kubeconfig(
     }
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
-
-
-def kubeconfig_client_cert(path: Path) -> tuple[bytes, bytes] | None:
-    """The (certificate, key) PEM pair of the current user, if it has one inline."""
-    doc = yaml.safe_load(path.read_text())
-    current = doc.get("current-context")
-    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
-    user = next(u["user"] for u in doc["users"] if u["name"] == ctx["user"])
-    cert, key = user.get("client-certificate-data"), user.get("client-key-data")
-    if not (cert and key):
-        return None
-    return base64.b64decode(cert), base64.b64decode(key)
-
-
-def read_kubeconfig(path: Path) -> tuple[str, str | None, bytes | None, str]:
-    """(server URL, bearer token, CA PEM, namespace) of the current context."""
-    doc = yaml.safe_load(path.read_text())
-    current = doc.get("current-context")
-    ctx = next(c["context"] for c in doc["contexts"] if c["name"] == current)
-    cluster = next(c["cluster"] for c in doc["clusters"] if c["name"] == ctx["cluster"])
-    user = next(u["user"] for u in doc["users"] if u["name"] == ctx["user"])
-    ca_data = cluster.get("certificate-authority-data")
-    ca = base64.b64decode(ca_data) if ca_data else None
-    return cluster["server"], user.get("token"), ca, ctx.get("namespace") or "default"

@@ -26,14 +26,13 @@ from . import __version__
 from .app import make_app
 from .certs import (
     CertificateAuthority,
-    kubeconfig_client_cert,
-    load_client_cert,
     load_token,
     private_dir,
-    read_kubeconfig,
     server_ssl_context,
     write_kubeconfig,
 )
+from .client.config import load_kubeconfig
+from .client.errors import ConfigError
 from .connections import GuardedSite, quiet_accept_errors, runner_kwargs
 from .limits import Limits
 from .podmanager import PodManager
@@ -249,15 +248,13 @@ class Client:
     def __init__(self, kubeconfig: Path) -> None:
         if not kubeconfig.exists():
             raise UsageError(f"no kubeconfig at {kubeconfig}: is `streamsrv serve` running?")
-        self.server, token, ca, self.namespace = read_kubeconfig(kubeconfig)
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.ssl: ssl.SSLContext | bool = True
-        client = kubeconfig_client_cert(kubeconfig)
-        if ca or client:
-            ctx = ssl.create_default_context(cadata=ca.decode() if ca else None)
-            if client:
-                load_client_cert(ctx, *client)
-            self.ssl = ctx
+        try:  # the same reading, credentials and TLS context as streamsrv.client's
+            config = load_kubeconfig(kubeconfig)
+            self.ssl: ssl.SSLContext | bool = config.ssl_context() or True
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from exc
+        self.server, self.namespace = config.server, config.namespace
+        self.headers = config.request_headers()
 
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         async with (

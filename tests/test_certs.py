@@ -7,7 +7,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from streamsrv.certs import CertificateAuthority, read_kubeconfig, write_kubeconfig
+from streamsrv.certs import CertificateAuthority, write_kubeconfig
+from streamsrv.client.config import load_kubeconfig
 
 
 def sans(path: Path) -> set[str]:
@@ -38,7 +39,10 @@ def test_ca_is_kept_and_cert_reissued_only_when_names_change(tmp_path: Path) -> 
 def test_kubeconfig_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "kubeconfig"
     write_kubeconfig(path, "https://127.0.0.1:1234", "tok", b"PEM")
-    assert read_kubeconfig(path) == ("https://127.0.0.1:1234", "tok", b"PEM", "default")
+    config = load_kubeconfig(path)
+    assert (config.server, config.token, config.ca_data, config.namespace) == (
+        "https://127.0.0.1:1234", "tok", b"PEM", "default",
+    )  # fmt: skip
     assert oct(path.stat().st_mode & 0o777) == "0o600"
 
 
