@@ -86,13 +86,19 @@ async def open_websocket(
         raise ConnectFailed(f"cannot connect to {config.server}: {exc}") from exc
 
 
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """``body`` decoded when it is a JSON object (a ``metav1.Status``, say), else None."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _status_text(body: bytes) -> tuple[str, str]:
     """(reason, message) of a ``metav1.Status`` body, else ("", the body's first line)."""
-    try:
-        status = json.loads(body)
-    except ValueError:
-        status = None
-    if isinstance(status, dict) and status.get("kind") == "Status":
+    status = json_object(body)
+    if status is not None and status.get("kind") == "Status":
         return str(status.get("reason") or ""), str(status.get("message") or "")
     text = body.decode("utf-8", "replace").strip().splitlines()
     return "", text[0][:500] if text else ""

@@ -34,6 +34,7 @@ from ..protocol.channels import (
     CloseChannel,
 )
 from ..protocol.status import parse_status
+from ._ws import json_object
 from .errors import ConnectionLost, HalfCloseUnsupported, RemoteError
 from .streams import ByteStream
 
@@ -261,17 +262,8 @@ class Process:
             return result
         if len(result) > MAX_MESSAGE:  # Go quotes a malformed body whole; keep it readable
             result = result[:MAX_MESSAGE] + f"... ({len(result) - MAX_MESSAGE} more characters)"
-        return RemoteError(result, *_reason(body))
-
-
-def _reason(body: bytes) -> tuple[str, dict[str, Any] | None]:
-    try:
-        status = json.loads(body)
-    except ValueError:
-        return "", None
-    if not isinstance(status, dict):
-        return "", None
-    return str(status.get("reason") or ""), status
+        status = json_object(body)
+        return RemoteError(result, str((status or {}).get("reason") or ""), status)
 
 
 async def run_to_end(process: Process, data: bytes | None) -> Completed:
