@@ -62,7 +62,7 @@ class _ForwardTransport(asyncio.Transport):
         super().__init__({"peername": ("pod", port), "subprotocol": ws.subprotocol or ""})
         self._ws, self._port, self._protocol = ws, port, protocol
         self._codec = ChannelCodec(ws.subprotocol or "", num_channels=2)
-        self._queue: deque[bytes] = deque()
+        self._queue: deque[bytes | memoryview] = deque()
         self._queued = 0
         self._write_paused = False
         self._closing = False
@@ -140,15 +140,24 @@ class _ForwardTransport(asyncio.Transport):
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                parts = [queue.popleft()]
-                size = len(parts[0])
-                while queue and size + len(queue[0]) <= MESSAGE:
-                    part = queue.popleft()
-                    parts.append(part)
-                    size += len(part)
-                self._queued -= size
+                # At most MESSAGE bytes per message: small writes are joined, a large one is
+                # cut (a server refuses messages over its limit: streamsrv's is 4 MiB).
+                parts: list[bytes | memoryview] = []
+                size = 0
+                while queue and size < MESSAGE:
+                    part, room = queue[0], MESSAGE - size
+                    if len(part) <= room:
+                        parts.append(queue.popleft())
+                        size += len(part)
+                    else:
+                        view = memoryview(part)
+                        parts.append(view[:room])
+                        queue[0] = view[room:]
+                        size += room
                 payload = parts[0] if len(parts) == 1 else b"".join(parts)
                 await ws.send(codec.encode(DATA, payload))
+                # counted until sent, so that drain() waits for what is still in flight
+                self._queued -= size
                 if self._write_paused and self._queued <= WRITE_LOW:
                     self._write_paused = False
                     self._protocol.resume_writing()

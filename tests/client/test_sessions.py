@@ -398,3 +398,39 @@ async def test_forwarder_ends_the_pod_connection_when_the_local_one_ends(serve: 
         writer.close()
         await writer.wait_closed()
         await asyncio.wait_for(closed.wait(), 30)
+
+
+async def test_port_forward_drain_waits_past_the_write_bound(serve: Any) -> None:
+    """Writes past WRITE_HIGH make drain() wait while the far side does not read; once it
+    reads, drain returns and every byte arrives, in messages of at most MESSAGE bytes."""
+    from streamsrv.client.portforward import MESSAGE, WRITE_HIGH
+
+    reading = asyncio.Event()
+    received = 0
+
+    async def script(ws: web.WebSocketResponse) -> None:
+        nonlocal received
+        await ws.send_bytes(b"\x00\x90\x1f")
+        await ws.send_bytes(b"\x01\x90\x1f")
+        await reading.wait()
+        async for msg in ws:
+            assert len(msg.data) <= MESSAGE + 1  # a large write goes out in pieces
+            received += len(msg.data) - 1
+            if received >= total:
+                break
+        await ws.close()
+
+    total = 32 << 20
+    client = await serve(functools.partial(portforward_server, script=script))
+    reader, writer = await client.port_forward("p", 8080)
+    writer.write(bytes(total))
+    drain = asyncio.ensure_future(writer.drain())
+    await asyncio.sleep(0.5)
+    assert not drain.done()  # held: nothing is read on the far side
+    assert writer.transport.get_write_buffer_size() > WRITE_HIGH
+    reading.set()
+    await asyncio.wait_for(drain, 60)
+    assert await asyncio.wait_for(reader.read(), 60) == b""  # the server closed after all
+    assert received == total
+    writer.close()
+    await writer.wait_closed()
