@@ -37,7 +37,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.pyclient import rss_kib  # noqa: E402
+from soak.common import cpu_seconds as soak_cpu_seconds  # noqa: E402
+from soak.common import read_rss_kib as rss_kib  # noqa: E402
 from tests.conftest import (  # noqa: E402
     BUSYBOX,
     Server,
@@ -101,17 +102,7 @@ def ms_text(values: list[float]) -> str:
 # ------------------------------------------------------------------------- CPU by process
 
 ENGINE = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of ``pid`` and of its children it has waited for."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return sum(int(f) for f in fields[11:15]) / TICK
+cpu_seconds = partial(soak_cpu_seconds, waited_children=True)
 
 
 def engine_pids() -> list[int]:

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script by the bench
+from soak.common import read_rss_kib as rss_kib  # noqa: E402
+
 POD = "bench"
 
 
@@ -57,13 +60,6 @@ def run_stdin(kubeconfig: str, size: int, cmd: str) -> None:
         resp.update(timeout=1)
     resp.close()
     assert resp.returncode == 0, resp.returncode
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def shells(kubeconfig: str, n: int, pid: int, doc: dict) -> None:  # type: ignore[type-arg]

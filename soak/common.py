@@ -355,14 +355,17 @@ class LiveServer:
         )
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time ``pid`` has used (0.0 if it is gone)."""
+def cpu_seconds(pid: int, *, waited_children: bool = False) -> float:
+    """User + system CPU time ``pid`` has used (0.0 if it is gone); with ``waited_children``
+    also that of the children it has waited for (a shim and the commands it ran)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return 0.0
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11 : 15 if waited_children else 13]) / os.sysconf(
+        "SC_CLK_TCK"
+    )
 
 
 def diagnose(pid: int, limit: float = 30) -> str:
