@@ -623,19 +623,26 @@ def bitflip(rng: random.Random, frame: bytes) -> bytes:
     return bytes(b)
 
 
-def mutate_spdy(rng: random.Random, op: str, frame: bytes, mat: Material) -> list[bytes]:
+def mutate_any(rng: random.Random, op: str, frame: bytes, mat: Material) -> list[bytes] | None:
+    """The mutations both framings share; None for an op that is not one of them."""
     if op == "bitflip":
         return [bitflip(rng, frame)]
-    if op == "length" and len(frame) >= 8:
-        value = rng.choice((0, len(frame) - 7, max(0, len(frame) - 9), 0xFFFFFF))
-        value = value if rng.random() < 0.7 else rng.randrange(0x1000000)
-        return [frame[:5] + (value & 0xFFFFFF).to_bytes(3, "big") + frame[8:]]
     if op == "truncate":
         return [frame[: rng.randrange(len(frame))]] if frame else [frame]
     if op == "duplicate":
         return [frame, frame]
     if op == "garbage":
         return [frame, mat.payload(rng, rng.randrange(1, 64))]
+    return None
+
+
+def mutate_spdy(rng: random.Random, op: str, frame: bytes, mat: Material) -> list[bytes]:
+    if (shared := mutate_any(rng, op, frame, mat)) is not None:
+        return shared
+    if op == "length" and len(frame) >= 8:
+        value = rng.choice((0, len(frame) - 7, max(0, len(frame) - 9), 0xFFFFFF))
+        value = value if rng.random() < 0.7 else rng.randrange(0x1000000)
+        return [frame[:5] + (value & 0xFFFFFF).to_bytes(3, "big") + frame[8:]]
     if op == "unknown_type":
         kind = rng.choice((0, 5, 10, 11, 12, 0x7FFF, 0xFFFF))
         return [ctrl(kind, mat.payload(rng, rng.randrange(0, 32)))]
@@ -666,14 +673,8 @@ def mutate_spdy(rng: random.Random, op: str, frame: bytes, mat: Material) -> lis
 
 
 def mutate_ws(rng: random.Random, op: str, frame: bytes, mat: Material) -> list[bytes]:
-    if op == "bitflip":
-        return [bitflip(rng, frame)]
-    if op == "truncate":
-        return [frame[: rng.randrange(len(frame))]] if frame else [frame]
-    if op == "duplicate":
-        return [frame, frame]
-    if op == "garbage":
-        return [frame, mat.payload(rng, rng.randrange(1, 64))]
+    if (shared := mutate_any(rng, op, frame, mat)) is not None:
+        return shared
     if op == "fatal":
         return [rng.choice(mat.ws_fatal)]
     if op == "unmask" and len(frame) >= 2:
