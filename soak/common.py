@@ -355,6 +355,27 @@ class LiveServer:
         )
 
 
+def timestamped(line: str) -> None:
+    """A progress line of a soak mode, with the time of day."""
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def conclude(
+    result: dict[str, Any], lines: list[str], rows: list[str], ok: bool, *, as_json: bool
+) -> int:
+    """A soak mode's ending: its report, the result as JSON when asked, its docs/reliability.md
+    rows, PASS or FAIL; the exit status."""
+    print()
+    for line in lines:
+        print(line)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    for line in rows:
+        print(line)
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
 def cpu_seconds(pid: int, *, waited_children: bool = False) -> float:
     """User + system CPU time ``pid`` has used (0.0 if it is gone); with ``waited_children``
     also that of the children it has waited for (a shim and the commands it ran)."""
@@ -496,6 +517,7 @@ __all__ = [
     "Sampler",
     "Snapshot",
     "count_fds",
+    "conclude",
     "cpu_seconds",
     "diagnose",
     "descendants",
@@ -504,5 +526,6 @@ __all__ = [
     "parse_metrics",
     "pod_manifest",
     "read_rss_kib",
+    "timestamped",
     "row",
 ]

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soak.common import LiveServer, Sampler, pod_manifest, row
+from soak.common import LiveServer, Sampler, conclude, pod_manifest, row, timestamped
 from streamsrv.connections import tune_tls_buffers
 
 #: `kubectl exec` under load must complete within this (the run reports whether it did).
@@ -732,18 +732,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             kubectl_gomaxprocs=args.kubectl_gomaxprocs,
             state_dir=args.state_dir,
             server_args=args.server_arg,
-            log=lambda line: print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True),
+            log=timestamped,
         )
     )
-    print()
-    for line in report(result):
-        print(line)
-    if args.json:
-        print(json.dumps(result, indent=2))
     ok = passed(result)
-    print(soak_row(result, ok))
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    return conclude(result, report(result), [soak_row(result, ok)], ok, as_json=args.json)
 
 
 def _median(spread: Any) -> Any:

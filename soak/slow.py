@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import json
 import re
 import signal
 import sys
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from soak.common import MIB, Sampler, free_port, read_rss_kib, row
+from soak.common import MIB, Sampler, conclude, free_port, read_rss_kib, row, timestamped
 from soak.load import Log, Server, find_kubectl, sleeper_pod, start_sampler
 
 #: The bound on what the server may buffer for one session (on top of its fixed costs).
@@ -511,19 +510,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             fast_bytes=parse_size(args.fast_bytes) if args.fast_bytes else None,
             max_buffer=parse_size(args.max_buffer),
             state_dir=args.state_dir,
-            log=lambda line: print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True),
+            log=timestamped,
         )
     )
-    print()
-    for line in report(result):
-        print(line)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    ok = passed(result)
-    for line in soak_rows(result):
-        print(line)
-    print("PASS" if ok else "FAIL")
-    return 0 if ok else 1
+    return conclude(result, report(result), soak_rows(result), passed(result), as_json=args.json)
 
 
 def soak_rows(result: dict[str, Any]) -> list[str]:
