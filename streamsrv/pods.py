@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,50 @@ class ContainerPort:
     protocol: str = "TCP"
 
 
+#: The volume sources served: a pod's scratch directory, and a directory of this host.
+EMPTY_DIR = "emptyDir"
+HOST_PATH = "hostPath"
+#: ``hostPath.type`` values, as the apiserver accepts them ("" checks nothing).
+HOST_PATH_TYPES = (
+    "",
+    "DirectoryOrCreate",
+    "Directory",
+    "FileOrCreate",
+    "File",
+    "Socket",
+    "CharDevice",
+    "BlockDevice",
+)
+#: ``emptyDir.medium`` values: a directory on disk, or a tmpfs.
+EMPTY_DIR_MEDIA = ("", "Memory")
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """One of ``spec.volumes``: ``kind`` is :data:`EMPTY_DIR` or :data:`HOST_PATH`.
+
+    ``medium`` and ``size_limit`` belong to an emptyDir (``size_limit`` as the manifest gave
+    it, e.g. ``"64Mi"``); ``path`` and ``host_path_type`` to a hostPath.
+    """
+
+    name: str
+    kind: str
+    medium: str = ""
+    size_limit: str | None = None
+    path: str = ""
+    host_path_type: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """One of a container's ``volumeMounts``; ``name`` is a volume of the pod."""
+
+    name: str
+    mount_path: str
+    read_only: bool = False
+    sub_path: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class ContainerSpec:
     name: str
@@ -64,6 +108,7 @@ class ContainerSpec:
     stdin: bool = False
     stdin_once: bool = False
     ports: tuple[ContainerPort, ...] = ()
+    volume_mounts: tuple[VolumeMount, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +122,13 @@ class PodSpec:
     host_network: bool = False
     termination_grace_period: int = 30
     manifest: Mapping[str, Any] = field(default_factory=dict)
+    volumes: tuple[Volume, ...] = ()
 
     def container(self, name: str) -> ContainerSpec | None:
         return next((c for c in self.containers if c.name == name), None)
+
+    def volume(self, name: str) -> Volume | None:
+        return next((v for v in self.volumes if v.name == name), None)
 
     def default_container(self) -> ContainerSpec:
         """The container kubectl picks without ``-c``: the annotated one, else the first."""
@@ -131,11 +180,28 @@ MAX_LABEL_KEY = 253 + 1 + 63
 MAX_LABELS = 64
 MAX_ANNOTATIONS_SIZE = 256 * 1024
 SHOWN = 80  # characters of a refused value an error message repeats
+#: Kubernetes sets no limit on the number of volumes or mounts; these bound the work (and the
+#: length of the error) one manifest can cause, far above what a real pod uses.
+MAX_VOLUMES = 256  # per pod
+MAX_VOLUME_MOUNTS = 256  # per container
+MAX_PATH = 4096  # characters of a hostPath path, mountPath or subPath: Linux's PATH_MAX
+MAX_QUANTITY = 64  # characters of an emptyDir sizeLimit
 
 
 def _shown(value: Any) -> str:
     """``repr(value)`` cut to :data:`SHOWN` characters: an error never echoes a huge value."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than sys.get_int_max_str_digits() digits
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
+
+
+def _quoted(value: Any) -> str:
+    """A string double-quoted as the apiserver shows it (else as :func:`_shown`), cut alike."""
+    if not isinstance(value, str):
+        return _shown(value)
+    text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= SHOWN else text[: SHOWN - 3] + "..."
 
 
@@ -168,7 +234,284 @@ def _str_map(value: Any, where: str, causes: list[tuple[str, str]]) -> dict[str,
     return dict(value)
 
 
-def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> ContainerSpec | None:
+# Volumes ------------------------------------------------------------------------------------
+
+#: A Kubernetes quantity (``resource.Quantity``): a decimal number with an optional SI,
+#: binary (Ki..Ei) or exponent suffix. ASCII digits only (``\d`` would take any Unicode one).
+_QUANTITY = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?")
+_SERVED_SOURCES = f'"{EMPTY_DIR}", "{HOST_PATH}"'
+#: Fields of a volumeMount whose behaviour is not served: refused rather than ignored.
+_UNSERVED_MOUNT_FIELDS = ("mountPropagation", "subPathExpr", "recursiveReadOnly")
+
+
+def _supported(values: Sequence[str]) -> str:
+    """The apiserver's list of supported values: sorted and quoted."""
+    return ", ".join(json.dumps(v) for v in sorted(values))
+
+
+def _has_backstep(path: str) -> bool:
+    return ".." in path.split("/")
+
+
+def _path(value: Any, where: str, causes: list[tuple[str, str]], *, required: bool) -> str | None:
+    """A path field that is a string of at most :data:`MAX_PATH` characters, else None."""
+    if value is None or value == "":
+        if required:
+            causes.append((where, "Required value"))
+        return None
+    if not isinstance(value, str):
+        causes.append((where, f"Invalid value: {_shown(value)}: must be a string"))
+        return None
+    if len(value) > MAX_PATH:
+        causes.append((where, f"Too long: must have at most {MAX_PATH} characters"))
+        return None
+    return value
+
+
+def _normalised(mount_path: str) -> str:
+    """``mount_path`` without empty or ``.`` elements: ``/data/`` and ``//data/.`` are ``/data``."""
+    return "/" + "/".join(p for p in mount_path.split("/") if p not in ("", "."))
+
+
+def _parse_empty_dir(
+    raw: Any, name: str, where: str, causes: list[tuple[str, str]]
+) -> Volume | None:
+    if not isinstance(raw, dict):
+        causes.append((where, "Invalid value: must be an object"))
+        return None
+    medium = raw.get("medium")
+    if medium is None:
+        medium = ""
+    if not isinstance(medium, str) or medium not in EMPTY_DIR_MEDIA:
+        causes.append(
+            (
+                f"{where}.medium",
+                f"Unsupported value: {_quoted(medium)}: supported values: "
+                f"{_supported(EMPTY_DIR_MEDIA)}",
+            )
+        )
+        medium = ""
+    size = raw.get("sizeLimit")
+    if isinstance(size, float) or (
+        isinstance(size, int) and not isinstance(size, bool) and size.bit_length() <= 128
+    ):
+        size = str(size)  # a quantity may be written as a JSON number
+    if size is not None and (
+        not isinstance(size, str)
+        or len(size) > MAX_QUANTITY
+        or not _QUANTITY.fullmatch(size)
+        or size.startswith("-")
+    ):
+        causes.append(
+            (
+                f"{where}.sizeLimit",
+                f"Invalid value: {_quoted(size)}: must be a non-negative quantity, e.g. 64Mi",
+            )
+        )
+        size = None
+    return Volume(name=name, kind=EMPTY_DIR, medium=medium, size_limit=size)
+
+
+def _parse_host_path(
+    raw: Any, name: str, where: str, causes: list[tuple[str, str]]
+) -> Volume | None:
+    if not isinstance(raw, dict):
+        causes.append((where, "Invalid value: must be an object"))
+        return None
+    path = _path(raw.get("path"), f"{where}.path", causes, required=True)
+    if path is not None:
+        if not path.startswith("/"):
+            causes.append(
+                (
+                    f"{where}.path",
+                    f"Invalid value: {_quoted(path)}: must be an absolute path: "
+                    "the runtime mounts it from this host",
+                )
+            )
+        if _has_backstep(path):
+            causes.append(
+                (f"{where}.path", f"Invalid value: {_quoted(path)}: must not contain '..'")
+            )
+    kind = raw.get("type")
+    if kind is None:
+        kind = ""
+    if not isinstance(kind, str) or kind not in HOST_PATH_TYPES:
+        causes.append(
+            (
+                f"{where}.type",
+                f"Unsupported value: {_quoted(kind)}: supported values: "
+                f"{_supported(HOST_PATH_TYPES)}",
+            )
+        )
+        kind = ""
+    return Volume(name=name, kind=HOST_PATH, path=path or "", host_path_type=kind)
+
+
+def _parse_volumes(
+    value: Any, causes: list[tuple[str, str]]
+) -> tuple[list[Volume], set[str] | None]:
+    """``spec.volumes``, and the names a mount may use (None: unknown, the list is refused).
+
+    A volume whose name is valid counts as a volume of the pod even when its source is
+    refused: its mounts then get no second, misleading ``Not found``.
+    """
+    if value is None:
+        return [], set()
+    if not isinstance(value, list):
+        causes.append(("spec.volumes", "Invalid value: must be a list"))
+        return [], None
+    if len(value) > MAX_VOLUMES:
+        causes.append(
+            ("spec.volumes", f"Too many: {len(value)}: must have at most {MAX_VOLUMES} items")
+        )
+        return [], None
+    volumes: list[Volume] = []
+    names: set[str] = set()
+    for i, raw in enumerate(value):
+        where = f"spec.volumes[{i}]"
+        if not isinstance(raw, dict):
+            causes.append((where, "Invalid value: must be an object"))
+            continue
+        name = raw.get("name")
+        if name is None or name == "":
+            causes.append((f"{where}.name", "Required value"))
+        elif not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
+            causes.append(
+                (f"{where}.name", f"Invalid value: {_quoted(name)}: must be a DNS-1123 label")
+            )
+        elif name in names:
+            causes.append((f"{where}.name", f"Duplicate value: {_quoted(name)}"))
+        else:
+            names.add(name)
+        # A key set to null is absent, as in the apiserver; any other key is a volume source.
+        sources = [k for k, v in raw.items() if k != "name" and v is not None]
+        for key in sources:
+            if key not in (EMPTY_DIR, HOST_PATH):
+                causes.append(
+                    (
+                        f"{where}.{str(key)[:SHOWN]}",
+                        f"Unsupported value: {_quoted(key)}: supported volume types: "
+                        f"{_SERVED_SOURCES}",
+                    )
+                )
+        vname = name if isinstance(name, str) else ""
+        volume: Volume | None = None
+        if not sources:
+            causes.append((where, "Required value: must specify a volume type"))
+        elif raw.get(EMPTY_DIR) is not None:
+            volume = _parse_empty_dir(raw[EMPTY_DIR], vname, f"{where}.{EMPTY_DIR}", causes)
+            if raw.get(HOST_PATH) is not None:
+                causes.append(
+                    (f"{where}.{HOST_PATH}", "Forbidden: may not specify more than 1 volume type")
+                )
+        elif raw.get(HOST_PATH) is not None:
+            volume = _parse_host_path(raw[HOST_PATH], vname, f"{where}.{HOST_PATH}", causes)
+        if volume is not None:
+            volumes.append(volume)
+    return volumes, names
+
+
+def _volume_manifest(v: Volume) -> dict[str, Any]:
+    """The manifest of a volume, from what the model keeps of it (only the set fields)."""
+    if v.kind == EMPTY_DIR:
+        source: dict[str, Any] = {}
+        if v.medium:
+            source["medium"] = v.medium
+        if v.size_limit is not None:
+            source["sizeLimit"] = v.size_limit
+    else:
+        source = {"path": v.path}
+        if v.host_path_type:
+            source["type"] = v.host_path_type
+    return {"name": v.name, v.kind: source}
+
+
+def _parse_mounts(
+    value: Any, volumes: Collection[str] | None, where: str, causes: list[tuple[str, str]]
+) -> tuple[VolumeMount, ...]:
+    """A container's ``volumeMounts``; ``volumes`` None skips the check of their names."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        causes.append((where, "Invalid value: must be a list"))
+        return ()
+    if len(value) > MAX_VOLUME_MOUNTS:
+        causes.append(
+            (where, f"Too many: {len(value)}: must have at most {MAX_VOLUME_MOUNTS} items")
+        )
+        return ()
+    mounts: list[VolumeMount] = []
+    seen: set[str] = set()
+    for j, raw in enumerate(value):
+        at = f"{where}[{j}]"
+        if not isinstance(raw, dict):
+            causes.append((at, "Invalid value: must be an object"))
+            continue
+        name = raw.get("name")
+        if name is None or name == "":
+            causes.append((f"{at}.name", "Required value"))
+            name = ""
+        elif not isinstance(name, str):
+            causes.append((f"{at}.name", f"Invalid value: {_shown(name)}: must be a string"))
+            name = ""
+        elif volumes is not None and name not in volumes:
+            causes.append((f"{at}.name", f"Not found: {_quoted(name)}"))
+        mount_path = _path(raw.get("mountPath"), f"{at}.mountPath", causes, required=True)
+        if mount_path is not None:
+            shown = _quoted(mount_path)
+            if not mount_path.startswith("/"):
+                causes.append(
+                    (f"{at}.mountPath", f"Invalid value: {shown}: must be an absolute path")
+                )
+            elif _has_backstep(mount_path):
+                causes.append((f"{at}.mountPath", f"Invalid value: {shown}: must not contain '..'"))
+            elif _normalised(mount_path) == "/":
+                causes.append(
+                    (f"{at}.mountPath", f"Invalid value: {shown}: must not be the root directory")
+                )
+            elif _normalised(mount_path) in seen:
+                causes.append((f"{at}.mountPath", f"Invalid value: {shown}: must be unique"))
+            else:
+                seen.add(_normalised(mount_path))
+        sub_path = _path(raw.get("subPath"), f"{at}.subPath", causes, required=False)
+        if sub_path is not None:
+            if sub_path.startswith("/"):
+                causes.append(
+                    (
+                        f"{at}.subPath",
+                        f"Invalid value: {_quoted(sub_path)}: must be a relative path",
+                    )
+                )
+            if _has_backstep(sub_path):
+                causes.append(
+                    (f"{at}.subPath", f"Invalid value: {_quoted(sub_path)}: must not contain '..'")
+                )
+        for key in _UNSERVED_MOUNT_FIELDS:
+            if raw.get(key) is not None:
+                causes.append(
+                    (f"{at}.{key}", f"Unsupported value: {_quoted(raw[key])}: {key} is not served")
+                )
+        mounts.append(
+            VolumeMount(
+                name=name,
+                mount_path=mount_path or "",
+                read_only=_bool(raw.get("readOnly"), f"{at}.readOnly", causes),
+                sub_path=sub_path or "",
+            )
+        )
+    return tuple(mounts)
+
+
+# Containers ---------------------------------------------------------------------------------
+
+
+def _parse_container(
+    raw: Any,
+    where: str,
+    causes: list[tuple[str, str]],
+    volumes: Collection[str] | None = None,
+) -> ContainerSpec | None:
+    """One container; ``volumes``, the names its mounts may use (None: not checked)."""
     if not isinstance(raw, dict):
         causes.append((where, "Invalid value: must be an object"))
         return None
@@ -176,7 +519,7 @@ def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> Con
     if not name:
         causes.append((f"{where}.name", "Required value"))
         name = ""
-    elif not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.match(name):
+    elif not isinstance(name, str) or len(name) > 63 or not _DNS1123_LABEL.fullmatch(name):
         causes.append((f"{where}.name", f"Invalid value: {_shown(name)}: must be a DNS-1123 label"))
     image = raw.get("image")
     if not image or not isinstance(image, str):
@@ -189,7 +532,7 @@ def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> Con
         raw_env = []
     for i, item in enumerate(raw_env):
         ename = item.get("name") if isinstance(item, dict) else None
-        if not isinstance(ename, str) or not _ENV_NAME.match(ename):
+        if not isinstance(ename, str) or not _ENV_NAME.fullmatch(ename):
             causes.append((f"{where}.env[{i}].name", f"Invalid value: {_shown(ename)}"))
             continue
         value = item.get("value", "")
@@ -236,6 +579,9 @@ def _parse_container(raw: Any, where: str, causes: list[tuple[str, str]]) -> Con
         stdin=_bool(raw.get("stdin"), f"{where}.stdin", causes),
         stdin_once=_bool(raw.get("stdinOnce"), f"{where}.stdinOnce", causes),
         ports=tuple(ports),
+        volume_mounts=_parse_mounts(
+            raw.get("volumeMounts"), volumes, f"{where}.volumeMounts", causes
+        ),
     )
 
 
@@ -258,6 +604,13 @@ def _container_manifest(c: ContainerSpec) -> dict[str, Any]:
             {"containerPort": p.container_port, "protocol": p.protocol}
             | ({"name": p.name} if p.name else {})
             for p in c.ports
+        ]
+    if c.volume_mounts:
+        out["volumeMounts"] = [
+            {"name": m.name, "mountPath": m.mount_path}
+            | ({"readOnly": True} if m.read_only else {})
+            | ({"subPath": m.sub_path} if m.sub_path else {})
+            for m in c.volume_mounts
         ]
     return out
 
@@ -285,7 +638,7 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
     if not name:
         causes.append(("metadata.name", "Required value: name is required"))
         name = ""
-    elif not isinstance(name, str) or len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+    elif not isinstance(name, str) or len(name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(name):
         causes.append(
             ("metadata.name", f"Invalid value: {_shown(name)}: must be a DNS-1123 subdomain")
         )
@@ -299,7 +652,7 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
                 "namespace sent on the request",
             )
         )
-    if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.match(ns):
+    if not isinstance(ns, str) or len(ns) > 63 or not _DNS1123_LABEL.fullmatch(ns):
         causes.append(
             ("metadata.namespace", f"Invalid value: {_shown(ns)}: must be a DNS-1123 label")
         )
@@ -331,6 +684,8 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
     if not isinstance(spec, dict):
         causes.append(("spec", "Required value"))
         spec = {}
+    # Volumes first: the containers' mounts name them.
+    volumes, volume_names = _parse_volumes(spec.get("volumes"), causes)
     raw_containers = spec.get("containers")
     containers: list[ContainerSpec] = []
     if not isinstance(raw_containers, list) or not raw_containers:
@@ -338,7 +693,7 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         raw_containers = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_containers):
-        c = _parse_container(raw, f"spec.containers[{i}]", causes)
+        c = _parse_container(raw, f"spec.containers[{i}]", causes, volume_names)
         if c is None:
             continue
         if c.name and c.name in seen:
@@ -366,6 +721,8 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
     }
     if host_network:
         kept_spec["hostNetwork"] = True
+    if volumes:
+        kept_spec["volumes"] = [_volume_manifest(v) for v in volumes]
     stored = {"apiVersion": "v1", "kind": "Pod", "metadata": kept_meta, "spec": kept_spec}
     return PodSpec(
         name=name,
@@ -377,6 +734,7 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         host_network=host_network,
         termination_grace_period=grace,
         manifest=stored,
+        volumes=tuple(volumes),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -186,3 +187,31 @@ def test_rendered_pod_has_status_fields_kubectl_reads() -> None:
     assert a["containerID"] == "docker://id-a"
     assert b["state"]["terminated"]["exitCode"] == 137 and not b["ready"]
     assert obj["spec"]["containers"][0]["name"] == "a"
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ("pod", "metadata.name"),
+        ("namespace", "metadata.namespace"),
+        ("container", "spec.containers[0].name"),
+        ("env", "spec.containers[0].env[0].name"),
+    ],
+)
+def test_a_name_with_a_trailing_newline_is_refused(where: str, field: str) -> None:
+    # `$` in a regular expression also matches before a final newline: names are matched whole.
+    manifest: dict[str, Any] = {
+        "metadata": {"name": "demo"},
+        "spec": {"containers": [{"name": "main", "image": "x", "env": [{"name": "A"}]}]},
+    }
+    if where == "pod":
+        manifest["metadata"]["name"] = "demo\n"
+    elif where == "namespace":
+        manifest["metadata"]["namespace"] = "default\n"
+    elif where == "container":
+        manifest["spec"]["containers"][0]["name"] = "main\n"
+    else:
+        manifest["spec"]["containers"][0]["env"][0]["name"] = "A\n"
+    with pytest.raises(InvalidPod) as caught:
+        parse_pod(manifest)
+    assert field in [f for f, _ in caught.value.causes]
