@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -37,8 +38,10 @@ from .connections import GuardedSite, quiet_accept_errors, runner_kwargs
 from .limits import Limits
 from .podmanager import PodManager
 from .runtime.base import StreamingRuntime
+from .runtime.cni import CniNetwork
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
 from .runtime.process import ProcessRuntime
+from .runtime.volumes import VolumeHost
 from .server import Config, StreamServer
 
 log = logging.getLogger("streamsrv")
@@ -67,7 +70,30 @@ def docker_endpoint() -> str:
     return os.environ.get("DOCKER_HOST") or "the default socket"
 
 
-async def pick_runtime(kind: str, pause_image: str, state_dir: Path) -> StreamingRuntime:
+DEFAULT_CNI_BIN_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))  # Debian's, then upstream's
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NetworkOptions:
+    """Where the CNI network manager finds its config and plugins (docs/architecture.md,
+    "Pod network")."""
+
+    conf_dir: Path = Path("/etc/cni/net.d")
+    bin_dirs: tuple[Path, ...] = DEFAULT_CNI_BIN_DIRS
+    plugin_netns: Path | None = None
+
+    def manager(self, state_dir: Path) -> CniNetwork:
+        return CniNetwork(
+            state_dir / "cni",
+            conf_dir=self.conf_dir,
+            bin_dirs=self.bin_dirs,
+            plugin_netns=self.plugin_netns,
+        )
+
+
+async def pick_runtime(
+    kind: str, pause_image: str, state_dir: Path, network: NetworkOptions | None = None
+) -> StreamingRuntime:
     """The runtime asked for; ``auto`` is Docker when an engine answers, else local processes."""
     if kind == "process":
         return ProcessRuntime(state_dir / "process-pods")
@@ -75,7 +101,13 @@ async def pick_runtime(kind: str, pause_image: str, state_dir: Path) -> Streamin
     try:
         # the SDK asks the engine for its API version as it is made: in a thread
         runtime = await asyncio.to_thread(
-            DockerRuntime, pause_image=pause_image, exec_journal=state_dir / "execs"
+            functools.partial(
+                DockerRuntime,
+                pause_image=pause_image,
+                exec_journal=state_dir / "execs",
+                volumes=VolumeHost(state_dir / "volumes"),
+                network=(network or NetworkOptions()).manager(state_dir),
+            )
         )
         await runtime.ping()
         if killed := await runtime.recover():
@@ -134,7 +166,12 @@ async def serve(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
     host, port = args.listen
     try:
-        runtime = await pick_runtime(args.runtime, args.pause_image, state_dir)
+        network = NetworkOptions(
+            conf_dir=args.cni_conf_dir,
+            bin_dirs=tuple(args.cni_bin_dir or DEFAULT_CNI_BIN_DIRS),
+            plugin_netns=args.cni_netns,
+        )
+        runtime = await pick_runtime(args.runtime, args.pause_image, state_dir, network)
     except UsageError as exc:
         print(f"streamsrv: {exc}", file=sys.stderr)
         return 2
@@ -352,6 +389,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig")
     s.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
+    net = s.add_argument_group(
+        "pod network (CNI)",
+        "pods that are not hostNetwork get their network from the first CNI config found "
+        "(docker runtime; without a config: loopback only)",
+    )
+    net.add_argument("--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"))
+    net.add_argument(
+        "--cni-bin-dir",
+        type=Path,
+        action="append",
+        help="where the plugins are (repeatable; default /usr/lib/cni and /opt/cni/bin)",
+    )
+    net.add_argument(
+        "--cni-netns",
+        type=Path,
+        metavar="PATH",
+        help="run the CNI plugins inside this network namespace (e.g. /var/run/netns/pods): "
+        "the bridge and the host end of each pod's interface then live there, not in the "
+        "server's own namespace",
+    )
     s.add_argument("--tls-cert", type=Path, help="serve this certificate instead of our own CA's")
     s.add_argument("--tls-key", type=Path)
     s.add_argument(

@@ -417,6 +417,21 @@ def decode_manifest(raw: bytes, ctype: str) -> Any:
         raise ValueError("the document is nested too deeply") from exc
 
 
+def _invalid(exc: InvalidPod) -> StatusError:
+    """The apiserver's 422 for an invalid pod, a cause for each field."""
+    return StatusError(
+        422,
+        str(exc),
+        details={
+            "name": exc.name,
+            "kind": "Pod",
+            "causes": [
+                {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in exc.causes
+            ],
+        },
+    )
+
+
 async def create_pod(request: web.Request) -> web.Response:
     namespace = request.match_info["namespace"]
     raw = await request.read()  # at most Limits.max_request_body (413 past it)
@@ -431,19 +446,11 @@ async def create_pod(request: web.Request) -> web.Response:
     try:
         spec = parse_pod(manifest, namespace=namespace)
     except InvalidPod as exc:
-        raise StatusError(
-            422,
-            str(exc),
-            details={
-                "name": exc.name,
-                "kind": "Pod",
-                "causes": [
-                    {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in exc.causes
-                ],
-            },
-        ) from exc
+        raise _invalid(exc) from exc
     try:
         pod = await request.app[MANAGER].create(spec)
+    except InvalidPod as exc:  # what only the runtime can tell (a hostPath type check)
+        raise _invalid(exc) from exc
     except PodExists as exc:
         raise StatusError(409, str(exc), details={"name": spec.name, "kind": "pods"}) from exc
     except ImageNotFound as exc:

@@ -191,6 +191,18 @@ async def runtime(docker_engine: None) -> AsyncIterator[DockerRuntime]:
     await rt.close()
 
 
+def engine_sh(container_id: str, script: str) -> tuple[int, str]:
+    """Run ``sh -c script`` in a container through the engine (not through streamsrv):
+    (exit code, stdout and stderr)."""
+    client = docker.from_env()
+    try:
+        code, out = client.containers.get(container_id).exec_run(["sh", "-c", script])
+    finally:
+        client.close()
+    assert isinstance(out, bytes)
+    return int(code or 0), out.decode()
+
+
 @contextlib.contextmanager
 def engine_container(pod: str, container: str) -> Iterator[Any]:
     """The Docker SDK's object for one container of a pod (the engine's own view)."""

@@ -28,16 +28,19 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import docker.transport.unixconn
+import docker.types
 import docker.utils
 import requests
 
 from ..pods import (
     LABEL_CONTAINER_NAME,
+    LABEL_POD_UID,
     LABEL_TYPE,
     TYPE_CONTAINER,
     TYPE_SANDBOX,
     ContainerSpec,
     ContainerState,
+    InvalidPod,
     PodSpec,
     SandboxState,
     pod_from_labels,
@@ -53,6 +56,8 @@ from .base import (
     loopback_sockets,
     wait_event,
 )
+from .cni import CniNetwork
+from .volumes import VolumeHost
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +138,20 @@ class DockerRuntime:
         timeout: int = 120,
         api_workers: int = 16,
         exec_journal: Path | None = None,
+        volumes: VolumeHost | None = None,
+        network: CniNetwork | None = None,
     ) -> None:
         """``exec_journal``: a directory where every live exec leaves its id, so that the
-        next server finds and kills what a killed one left running (:meth:`recover`)."""
+        next server finds and kills what a killed one left running (:meth:`recover`).
+
+        ``volumes``: where pods' emptyDirs live (without it, a pod with volumes is refused).
+        ``network``: the CNI network manager for pods that are not ``hostNetwork`` (without
+        it, or with no CNI config, such a pod has loopback only).
+        """
         self._journal = ExecJournal(exec_journal) if exec_journal is not None else None
+        self._volumes = volumes
+        self._network = network
+        self._pod_ips: dict[str, str | None] = {}  # sandbox id -> its CNI address
         kwargs: dict[str, Any] = dict(docker.utils.kwargs_from_env())
         if base_url:
             kwargs["base_url"] = base_url
@@ -240,33 +255,106 @@ class DockerRuntime:
     # ----------------------------------------------------------------------------- sandboxes
 
     async def run_pod_sandbox(self, pod: PodSpec) -> str:
+        """The pause container, its volumes made first and its network (CNI) added after it
+        starts; on any failure everything made so far is undone (no container, no lease)."""
+        if pod.volumes and self._volumes is None:
+            raise InvalidPod(
+                pod.name, [("spec.volumes", "Forbidden: this runtime has no volume directory")]
+            )
         image = await self.resolve_pause_image()
         host_config = self.api.create_host_config(
             network_mode="host" if pod.host_network else "none",
             ipc_mode="shareable",
             init=False,
         )
-        created = await self._call(
-            self.api.create_container,
-            image=image,
-            name=f"k8s_POD_{pod.name}_{pod.namespace}_{pod.uid}_0",
-            labels=pod.sandbox_labels(),
-            hostname=None if pod.host_network else pod.name[:63],
-            host_config=host_config,
-        )
-        sandbox_id: str = created["Id"]
+        if self._volumes is not None:
+            await self._thread(self._volumes.prepare, pod)
+        sandbox_id: str | None = None
         try:
+            created = await self._call(
+                self.api.create_container,
+                image=image,
+                name=f"k8s_POD_{pod.name}_{pod.namespace}_{pod.uid}_0",
+                labels=pod.sandbox_labels(),
+                hostname=None if pod.host_network else pod.name[:63],
+                host_config=host_config,
+            )
+            sandbox_id = str(created["Id"])
             await self._call(self.api.start, sandbox_id)
-        except BackendError:
-            await self.remove_pod_sandbox(sandbox_id)
+            if not pod.host_network:
+                await self._add_network(sandbox_id, pod)
+        except BaseException:
+            await asyncio.shield(self._undo_sandbox(sandbox_id, pod.uid))
             raise
         return sandbox_id
 
+    async def _add_network(self, sandbox_id: str, pod: PodSpec) -> None:
+        """CNI ADD on the pause container's network namespace (the kubelet's SetUpPod)."""
+        if self._network is None:
+            return
+        if not self._local:
+            log.warning(
+                "pod %s/%s: no CNI: the engine is not on this host", pod.namespace, pod.name
+            )
+            return
+        info = await self._call(self.api.inspect_container, sandbox_id)
+        pid = int(info.get("State", {}).get("Pid") or 0)
+        if pid <= 0:
+            raise BackendError(f"pod sandbox {sandbox_id[:12]} has no process to network")
+        attachment = await self._network.add(
+            sandbox_id,
+            f"/proc/{pid}/ns/net",
+            pod_name=pod.name,
+            pod_namespace=pod.namespace,
+            pod_uid=pod.uid,
+        )
+        if attachment is not None:
+            self._pod_ips[sandbox_id] = attachment.ips[0] if attachment.ips else None
+
+    async def _undo_sandbox(self, sandbox_id: str | None, uid: str) -> None:
+        with contextlib.suppress(BackendError):
+            if sandbox_id is not None:
+                await self._remove_network(sandbox_id)
+                await self._remove(sandbox_id)
+        if self._volumes is not None:
+            await self._thread(self._volumes.remove, uid)
+
+    async def _remove_network(self, sandbox_id: str, info: dict[str, Any] | None = None) -> None:
+        """CNI DEL (the kubelet's TearDownPod), into the pause container's namespace while it
+        runs; once it does not, with no namespace (a recorded ``/proc/PID`` may be another
+        process's by now): the plugins then release what they hold, such as the address."""
+        self._pod_ips.pop(sandbox_id, None)
+        if self._network is None or self._network.attachment(sandbox_id) is None:
+            return
+        if info is None:
+            with contextlib.suppress(ContainerNotFound):
+                info = await self._call(self.api.inspect_container, sandbox_id)
+        state = (info or {}).get("State", {})
+        pid = int(state.get("Pid") or 0) if state.get("Running") else 0
+        await self._network.delete(sandbox_id, netns=f"/proc/{pid}/ns/net" if pid > 0 else "")
+
     async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        await self._remove_network(sandbox_id)
         await self._call(self.api.stop, sandbox_id, timeout=10)
 
     async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        info: dict[str, Any] | None = None
+        with contextlib.suppress(ContainerNotFound):
+            info = await self._call(self.api.inspect_container, sandbox_id)
+        await self._remove_network(sandbox_id, info)
         await self._remove(sandbox_id)
+        uid = ((info or {}).get("Config", {}).get("Labels") or {}).get(LABEL_POD_UID)
+        if uid and self._volumes is not None:
+            await self._thread(self._volumes.remove, uid)
+
+    def pod_ip(self, sandbox_id: str) -> str | None:
+        """The pod's CNI address, from memory or from the network manager's record."""
+        if sandbox_id not in self._pod_ips:
+            attachment = self._network.attachment(sandbox_id) if self._network else None
+            self._pod_ips[sandbox_id] = (
+                attachment.ips[0] if attachment is not None and attachment.ips else None
+            )
+        return self._pod_ips[sandbox_id]
 
     async def _remove(self, container_id: str) -> None:
         self._inspected.pop(container_id, None)
@@ -324,6 +412,7 @@ class DockerRuntime:
             state = info.get("State", {})
             networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
             ip = next((n.get("IPAddress") for n in networks.values() if n.get("IPAddress")), None)
+            ip = self.pod_ip(info["Id"]) or ip
             if pod.host_network:
                 ip = "127.0.0.1"
             created = _parse_time(info.get("Created")) or datetime.now(UTC)
@@ -337,8 +426,21 @@ class DockerRuntime:
         self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
     ) -> str:
         joined = f"container:{sandbox_id}"
+        mounts = []
+        if container.volume_mounts:
+            if self._volumes is None:
+                raise InvalidPod(
+                    pod.name, [("spec.volumes", "Forbidden: this runtime has no volume directory")]
+                )
+            for mount in container.volume_mounts:
+                source = await self._thread(self._volumes.mount_source, pod, container, mount)
+                mounts.append(
+                    docker.types.Mount(
+                        mount.mount_path, str(source), type="bind", read_only=mount.read_only
+                    )
+                )
         host_config = self.api.create_host_config(
-            network_mode=joined, ipc_mode=joined, pid_mode=joined
+            network_mode=joined, ipc_mode=joined, pid_mode=joined, mounts=mounts or None
         )
         created = await self._call(
             self.api.create_container,
@@ -611,7 +713,9 @@ class DockerRuntime:
 
     async def recover(self) -> int:
         """Kill the execs a previous server left running (it was killed before it could), as
-        its journal lists them; returns how many were still running."""
+        its journal lists them; returns how many were still running. Also release what pods
+        removed behind our back (or by a killed server) still hold: :meth:`sweep`."""
+        await self.sweep()
         if self._journal is None:
             return 0
         killed = 0
@@ -620,6 +724,42 @@ class DockerRuntime:
                 killed += 1
             self._journal.remove(exec_id)
         return killed
+
+    async def sweep(self) -> tuple[list[str], list[str]]:
+        """CNI DEL for every network record whose pause container is gone (and CNI CHECK for
+        those that run: a failure is logged), and remove the emptyDirs of every pod uid that
+        has no sandbox; (sandbox ids, pod uids) released."""
+        sandboxes = await self._list(TYPE_SANDBOX, None)
+        live_ids = {s["Id"] for s in sandboxes}
+        running = {s["Id"] for s in sandboxes if s.get("State") == "running"}
+        released: list[str] = []
+        if self._network is not None:
+            for sandbox_id in self._network.recorded():
+                if sandbox_id not in live_ids:
+                    try:
+                        await self._network.delete(sandbox_id, netns="")
+                        released.append(sandbox_id)
+                    except BackendError as exc:
+                        log.warning("CNI DEL of gone sandbox %s: %s", sandbox_id[:12], exc)
+                elif sandbox_id in running:
+                    try:
+                        await self._network.check(sandbox_id)
+                    except BackendError as exc:
+                        log.warning("pod sandbox %s: CNI CHECK failed: %s", sandbox_id[:12], exc)
+        for sandbox_id in list(self._pod_ips):
+            if sandbox_id not in live_ids:
+                del self._pod_ips[sandbox_id]
+        removed: list[str] = []
+        if self._volumes is not None:
+            uids = {(s.get("Labels") or {}).get(LABEL_POD_UID, "") for s in sandboxes}
+            removed = await self._thread(self._volumes.sweep, uids)
+        if released or removed:
+            log.info(
+                "released the network of %d and the volumes of %d pods whose sandbox is gone",
+                len(released),
+                len(removed),
+            )
+        return released, removed
 
     async def _kill_exec(
         self, exec_id: str, why: str = "its session ended first", *, starting: bool = False

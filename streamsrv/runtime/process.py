@@ -39,6 +39,7 @@ from ..pods import (
     LABEL_CONTAINER_NAME,
     ContainerSpec,
     ContainerState,
+    InvalidPod,
     PodSpec,
     SandboxState,
 )
@@ -238,6 +239,20 @@ class ProcessRuntime:
     # ----------------------------------------------------------------------------- sandboxes
 
     async def run_pod_sandbox(self, pod: PodSpec) -> str:
+        if pod.volumes or any(c.volume_mounts for c in pod.containers):
+            # Nothing here could honour a mountPath: a "container" is a process that sees the
+            # host's own files, with no mount namespace of its own to mount a volume into.
+            raise InvalidPod(
+                pod.name,
+                [
+                    (
+                        "spec.volumes",
+                        "Forbidden: the process runtime cannot mount volumes: its containers "
+                        "are processes on this host, with no mount namespace of their own "
+                        "(the docker runtime mounts emptyDir and hostPath volumes)",
+                    )
+                ],
+            )
         sandbox_id = _new_id()
         directory = self.root / f"{pod.namespace}_{pod.name}_{sandbox_id[:12]}"
         await asyncio.to_thread(directory.mkdir, parents=True)

@@ -19,20 +19,15 @@ from streamsrv.pods import (
 )
 from streamsrv.runtime.base import BackendError, ImageNotFound
 from streamsrv.runtime.docker import DockerRuntime
-from tests.conftest import BUSYBOX, PAUSE, pod_manifest, sleeper, unique
+from tests.conftest import BUSYBOX, PAUSE, engine_sh, pod_manifest, sleeper, unique
 
 pytestmark = pytest.mark.docker
 
 
 def sh(container_id: str, script: str) -> str:
-    client = docker.from_env()
-    try:
-        code, out = client.containers.get(container_id).exec_run(["sh", "-c", script])
-    finally:
-        client.close()
+    code, out = engine_sh(container_id, script)
     assert code == 0, out
-    assert isinstance(out, bytes)
-    return out.decode()
+    return out
 
 
 def inspect(container_id: str) -> dict[str, object]:
