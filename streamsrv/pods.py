@@ -273,24 +273,38 @@ def _normalised(mount_path: str) -> str:
     return "/" + "/".join(p for p in mount_path.split("/") if p not in ("", "."))
 
 
+def _bounded_list(
+    value: Any, where: str, limit: int, causes: list[tuple[str, str]]
+) -> list[Any] | None:
+    """``value`` if it is a list of at most ``limit`` items, else None and a cause."""
+    if not isinstance(value, list):
+        causes.append((where, "Invalid value: must be a list"))
+        return None
+    if len(value) > limit:
+        causes.append((where, f"Too many: {len(value)}: must have at most {limit} items"))
+        return None
+    return value
+
+
+def _one_of(value: Any, allowed: Sequence[str], where: str, causes: list[tuple[str, str]]) -> str:
+    """``value`` if it is one of ``allowed`` (absent counts as ""), else "" and a cause."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or value not in allowed:
+        causes.append(
+            (where, f"Unsupported value: {_quoted(value)}: supported values: {_supported(allowed)}")
+        )
+        return ""
+    return value
+
+
 def _parse_empty_dir(
     raw: Any, name: str, where: str, causes: list[tuple[str, str]]
 ) -> Volume | None:
     if not isinstance(raw, dict):
         causes.append((where, "Invalid value: must be an object"))
         return None
-    medium = raw.get("medium")
-    if medium is None:
-        medium = ""
-    if not isinstance(medium, str) or medium not in EMPTY_DIR_MEDIA:
-        causes.append(
-            (
-                f"{where}.medium",
-                f"Unsupported value: {_quoted(medium)}: supported values: "
-                f"{_supported(EMPTY_DIR_MEDIA)}",
-            )
-        )
-        medium = ""
+    medium = _one_of(raw.get("medium"), EMPTY_DIR_MEDIA, f"{where}.medium", causes)
     size = raw.get("sizeLimit")
     if isinstance(size, float) or (
         isinstance(size, int) and not isinstance(size, bool) and size.bit_length() <= 128
@@ -332,18 +346,7 @@ def _parse_host_path(
             causes.append(
                 (f"{where}.path", f"Invalid value: {_quoted(path)}: must not contain '..'")
             )
-    kind = raw.get("type")
-    if kind is None:
-        kind = ""
-    if not isinstance(kind, str) or kind not in HOST_PATH_TYPES:
-        causes.append(
-            (
-                f"{where}.type",
-                f"Unsupported value: {_quoted(kind)}: supported values: "
-                f"{_supported(HOST_PATH_TYPES)}",
-            )
-        )
-        kind = ""
+    kind = _one_of(raw.get("type"), HOST_PATH_TYPES, f"{where}.type", causes)
     return Volume(name=name, kind=HOST_PATH, path=path or "", host_path_type=kind)
 
 
@@ -357,17 +360,12 @@ def _parse_volumes(
     """
     if value is None:
         return [], set()
-    if not isinstance(value, list):
-        causes.append(("spec.volumes", "Invalid value: must be a list"))
-        return [], None
-    if len(value) > MAX_VOLUMES:
-        causes.append(
-            ("spec.volumes", f"Too many: {len(value)}: must have at most {MAX_VOLUMES} items")
-        )
+    items = _bounded_list(value, "spec.volumes", MAX_VOLUMES, causes)
+    if items is None:
         return [], None
     volumes: list[Volume] = []
     names: set[str] = set()
-    for i, raw in enumerate(value):
+    for i, raw in enumerate(items):
         where = f"spec.volumes[{i}]"
         if not isinstance(raw, dict):
             causes.append((where, "Invalid value: must be an object"))
@@ -432,17 +430,12 @@ def _parse_mounts(
     """A container's ``volumeMounts``; ``volumes`` None skips the check of their names."""
     if value is None:
         return ()
-    if not isinstance(value, list):
-        causes.append((where, "Invalid value: must be a list"))
-        return ()
-    if len(value) > MAX_VOLUME_MOUNTS:
-        causes.append(
-            (where, f"Too many: {len(value)}: must have at most {MAX_VOLUME_MOUNTS} items")
-        )
+    items = _bounded_list(value, where, MAX_VOLUME_MOUNTS, causes)
+    if items is None:
         return ()
     mounts: list[VolumeMount] = []
     seen: set[str] = set()
-    for j, raw in enumerate(value):
+    for j, raw in enumerate(items):
         at = f"{where}[{j}]"
         if not isinstance(raw, dict):
             causes.append((at, "Invalid value: must be an object"))

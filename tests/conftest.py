@@ -203,6 +203,26 @@ def engine_sh(container_id: str, script: str) -> tuple[int, str]:
     return int(code or 0), out.decode()
 
 
+async def engine_run(container_id: str, script: str) -> str:
+    """:func:`engine_sh` from a test's event loop; its output, the command having succeeded."""
+    import asyncio
+
+    code, out = await asyncio.to_thread(engine_sh, container_id, script)
+    assert code == 0, out
+    return out
+
+
+def engine_pod_containers(pod: str) -> list[Any]:
+    """Every container (running or not) the engine has for pod ``pod``, sandbox included."""
+    client = docker.from_env()
+    try:
+        return list(
+            client.containers.list(all=True, filters={"label": f"io.kubernetes.pod.name={pod}"})
+        )
+    finally:
+        client.close()
+
+
 @contextlib.contextmanager
 def engine_container(pod: str, container: str) -> Iterator[Any]:
     """The Docker SDK's object for one container of a pod (the engine's own view)."""

@@ -12,7 +12,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 
 from tests.cni_env import PodNetwork, pod_network
@@ -20,6 +19,7 @@ from tests.conftest import (
     BUSYBOX,
     Server,
     _remove_everything,
+    engine_pod_containers,
     require_runtime,
     stop_process,
     unique,
@@ -171,16 +171,6 @@ spec:
 """
 
 
-def engine_containers(name: str) -> list[object]:
-    client = docker.from_env()
-    try:
-        return list(
-            client.containers.list(all=True, filters={"label": f"io.kubernetes.pod.name={name}"})
-        )
-    finally:
-        client.close()
-
-
 @pytest.mark.parametrize("version", VERSIONS)
 def test_bad_volume_mounts_get_a_422_and_nothing_is_created(
     server: Server, tmp_path: Path, version: str
@@ -195,7 +185,7 @@ def test_bad_volume_mounts_get_a_422_and_nothing_is_created(
     assert 'spec.containers[0].volumeMounts[0].name: Not found: "nosuch"' in err, err
     assert "spec.containers[0].volumeMounts[1].mountPath" in err and "absolute" in err, err
     assert "spec.containers[0].volumeMounts[3].mountPath" in err and "must be unique" in err, err
-    assert engine_containers(name) == []
+    assert engine_pod_containers(name) == []
 
 
 def test_a_failed_host_path_check_is_a_422_and_nothing_is_created(
@@ -224,7 +214,7 @@ spec:
         f'spec.volumes[1].hostPath.path: Invalid value: "{tmp_path}/nothing-here": '
         f"hostPath type check failed: {tmp_path}/nothing-here does not exist"
     ) in r.stderr, r.stderr
-    assert engine_containers(name) == []
+    assert engine_pod_containers(name) == []
     assert list((server.state_dir / "volumes").iterdir()) == []
 
 

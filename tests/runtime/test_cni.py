@@ -392,6 +392,16 @@ async def test_oversized_output_is_refused(fake: Fake, body: str) -> None:
     assert open_fds() == fds
 
 
+def fails_when_flagged(command: str, flag: Path, error: dict[str, object]) -> str:
+    """A plugin script ("b") that adds, and fails ``command`` with ``error`` once ``flag``
+    exists."""
+    return f"""case "$CNI_COMMAND" in
+ADD) printf '%s' '{json.dumps(result_of("b"))}' ;;
+{command}) [ -e {flag} ] && {{ printf '%s' '{json.dumps(error)}'; exit 1; }} ;;
+esac
+exit 0"""
+
+
 async def test_delete_without_a_record_does_nothing(fake: Fake) -> None:
     fake.plugin("a")
     fake.config("a")
@@ -403,12 +413,7 @@ async def test_a_failed_delete_keeps_the_record_for_a_retry(fake: Fake) -> None:
     flag = fake.root / "fail-del"
     fake.plugin("a")
     fake.plugin(
-        "b",
-        f"""case "$CNI_COMMAND" in
-ADD) printf '%s' '{json.dumps(result_of("b"))}' ;;
-DEL) [ -e {flag} ] && {{ printf '{{"code":11,"msg":"busy","details":"later"}}'; exit 1; }} ;;
-esac
-exit 0""",
+        "b", fails_when_flagged("DEL", flag, {"code": 11, "msg": "busy", "details": "later"})
     )
     fake.config("a", "b")
     net = fake.network()
@@ -486,14 +491,7 @@ async def test_delete_passes_the_namespace_only_while_it_is_the_same(fake: Fake)
 async def test_check_runs_with_the_recorded_result(fake: Fake) -> None:
     flag = fake.root / "fail-check"
     fake.plugin("a")
-    fake.plugin(
-        "b",
-        f"""case "$CNI_COMMAND" in
-ADD) printf '%s' '{json.dumps(result_of("b"))}' ;;
-CHECK) [ -e {flag} ] && {{ printf '{{"code":3,"msg":"eth0 is gone"}}'; exit 1; }} ;;
-esac
-exit 0""",
-    )
+    fake.plugin("b", fails_when_flagged("CHECK", flag, {"code": 3, "msg": "eth0 is gone"}))
     fake.config("a", "b")
     net = fake.network()
     container = cid()

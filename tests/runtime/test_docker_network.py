@@ -21,7 +21,16 @@ from streamsrv.pods import parse_pod
 from streamsrv.runtime.cni import CniError, CniNetwork
 from streamsrv.runtime.docker import DockerRuntime
 from tests.cni_env import CNI_BIN, PodNetwork, pod_network
-from tests.conftest import BUSYBOX, PAUSE, engine_sh, pod_manifest, sleeper, unique
+from tests.conftest import (
+    BUSYBOX,
+    PAUSE,
+    engine_pod_containers,
+    engine_run,
+    engine_sh,
+    pod_manifest,
+    sleeper,
+    unique,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -43,12 +52,6 @@ async def netruntime(
     rt = DockerRuntime(pause_image=PAUSE, network=manager_for(net, tmp_path / "cni"))
     yield rt
     await rt.close()
-
-
-async def run(container_id: str, script: str) -> str:
-    code, out = await asyncio.to_thread(engine_sh, container_id, script)
-    assert code == 0, out
-    return out
 
 
 def web(marker: str) -> dict[str, object]:
@@ -82,7 +85,7 @@ async def test_pods_reach_each_other_and_themselves_by_pod_ip(
     web_id, client_id = a.container_id("web"), b.container_id("client")
     assert web_id and client_id
     # The address is the pod's eth0, inside the pod's own namespace.
-    assert f"inet {ip_a}/24" in await run(web_id, "ip -o addr show dev eth0")
+    assert f"inet {ip_a}/24" in await engine_run(web_id, "ip -o addr show dev eth0")
     # Pod to pod by address, and a pod to its own address.
     for _ in range(50):  # httpd may not listen yet
         code, out = await asyncio.to_thread(engine_sh, client_id, f"wget -qO- http://{ip_a}:8080/")
@@ -90,7 +93,7 @@ async def test_pods_reach_each_other_and_themselves_by_pod_ip(
             break
         await asyncio.sleep(0.1)
     assert out == "served-by-a\n"
-    assert await run(web_id, f"wget -qO- http://{ip_a}:8080/") == "served-by-a\n"
+    assert await engine_run(web_id, f"wget -qO- http://{ip_a}:8080/") == "served-by-a\n"
 
     # The bridge is in the test's namespace, not in the machine's own.
     assert net.in_netns("ip", "link", "show", net.bridge).returncode == 0
@@ -139,14 +142,7 @@ async def test_a_broken_config_fails_the_create_and_leaves_nothing(
         with pytest.raises(CniError) as caught:
             await PodManager(rt).create(parse_pod(pod_manifest(name, sleeper())))
         assert "bridge" in str(caught.value) and "10.251.0.0/33" in str(caught.value)
-        client = docker.from_env()
-        try:
-            left = client.containers.list(
-                all=True, filters={"label": f"io.kubernetes.pod.name={name}"}
-            )
-        finally:
-            client.close()
-        assert left == []
+        assert await asyncio.to_thread(engine_pod_containers, name) == []
         assert net.leases() == []
         assert list((tmp_path / "cni").glob("*.json")) == []
     finally:
@@ -179,7 +175,7 @@ async def test_no_config_means_loopback_only(
             assert pod.sandbox.ip is None
             cid = pod.container_id("main")
             assert cid
-            links = await run(cid, "ip -o link")
+            links = await engine_run(cid, "ip -o link")
             assert "lo:" in links and "eth0" not in links
         said = [r for r in caplog.records if "no CNI config" in r.getMessage()]
         assert len(said) == 1  # said once, not per pod

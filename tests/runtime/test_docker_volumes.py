@@ -17,7 +17,15 @@ from streamsrv.podmanager import PodManager
 from streamsrv.pods import InvalidPod, parse_pod
 from streamsrv.runtime.docker import DockerRuntime
 from streamsrv.runtime.volumes import VolumeHost
-from tests.conftest import PAUSE, engine_sh, pod_manifest, sleeper, unique
+from tests.conftest import (
+    PAUSE,
+    engine_pod_containers,
+    engine_run,
+    engine_sh,
+    pod_manifest,
+    sleeper,
+    unique,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -29,28 +37,12 @@ async def vruntime(docker_engine: None, tmp_path: Path) -> AsyncIterator[DockerR
     await rt.close()
 
 
-async def run(container_id: str, script: str) -> str:
-    code, out = await asyncio.to_thread(engine_sh, container_id, script)
-    assert code == 0, out
-    return out
-
-
 def with_mounts(container: dict[str, Any], *mounts: dict[str, Any]) -> dict[str, Any]:
     return {**container, "volumeMounts": list(mounts)}
 
 
 def mountinfo() -> str:
     return Path("/proc/self/mountinfo").read_text()
-
-
-def pod_labelled_containers(name: str) -> list[Any]:
-    client = docker.from_env()
-    try:
-        return list(
-            client.containers.list(all=True, filters={"label": f"io.kubernetes.pod.name={name}"})
-        )
-    finally:
-        client.close()
 
 
 async def test_empty_dir_is_shared_by_the_pods_containers_and_removed_with_it(
@@ -68,10 +60,10 @@ async def test_empty_dir_is_shared_by_the_pods_containers_and_removed_with_it(
     pod = await manager.create(spec)
     writer, reader = pod.container_id("writer"), pod.container_id("reader")
     assert writer and reader
-    await run(
+    await engine_run(
         writer, "echo written-by-writer > /data/note && mkdir -p /data/d && echo x > /data/d/y"
     )
-    assert await run(reader, "cat /shared/note") == "written-by-writer\n"
+    assert await engine_run(reader, "cat /shared/note") == "written-by-writer\n"
     # readOnly: the reader cannot write, the writer still can.
     code, out = await asyncio.to_thread(engine_sh, reader, "echo no > /shared/other")
     assert code != 0 and "Read-only file system" in out
@@ -98,11 +90,11 @@ async def test_memory_empty_dir_is_one_tmpfs_for_the_whole_pod(
     pod = await manager.create(spec)
     a, b = pod.container_id("a"), pod.container_id("b")
     assert a and b
-    mounts = await run(a, "grep ' /m ' /proc/mounts")
+    mounts = await engine_run(a, "grep ' /m ' /proc/mounts")
     assert mounts.split()[2] == "tmpfs", mounts
     assert "size=8192k" in mounts, mounts
-    await run(a, "echo in-memory > /m/f")
-    assert await run(b, "cat /m/f") == "in-memory\n"
+    await engine_run(a, "echo in-memory > /m/f")
+    assert await engine_run(b, "cat /m/f") == "in-memory\n"
     host_dir = tmp_path / "volumes" / spec.uid / "m"
     assert spec.uid in mountinfo() and host_dir.is_dir()
 
@@ -122,9 +114,9 @@ async def test_sub_path_mounts_one_directory_of_the_volume(vruntime: DockerRunti
     pod = await PodManager(vruntime).create(parse_pod(manifest))
     whole, part = pod.container_id("whole"), pod.container_id("part")
     assert whole and part
-    await run(part, "echo from-part > /logs/l.txt")
-    assert await run(whole, "cat /all/app/logs/l.txt") == "from-part\n"
-    await run(whole, "echo top > /all/top.txt")
+    await engine_run(part, "echo from-part > /logs/l.txt")
+    assert await engine_run(whole, "cat /all/app/logs/l.txt") == "from-part\n"
+    await engine_run(whole, "echo top > /all/top.txt")
     code, _ = await asyncio.to_thread(engine_sh, part, "test -e /logs/top.txt")
     assert code != 0  # the part container sees only its subPath
 
@@ -163,11 +155,11 @@ async def test_host_path_types(vruntime: DockerRuntime, tmp_path: Path) -> None:
         )
         cid = pod.container_id("main")
         assert cid
-        assert await run(cid, "cat /d/hello /f") == "from the host\nfile on host\n"
+        assert await engine_run(cid, "cat /d/hello /f") == "from the host\nfile on host\n"
         assert to_create_dir.is_dir() and oct(to_create_dir.stat().st_mode & 0o777) == "0o755"
         assert to_create_file.is_file() and to_create_file.stat().st_size == 0
         assert oct(to_create_file.stat().st_mode & 0o777) == "0o644"
-        await run(cid, "echo via-pod > /fc && test -S /s.sock && echo z > /any/z")
+        await engine_run(cid, "echo via-pod > /fc && test -S /s.sock && echo z > /any/z")
         assert to_create_file.read_text() == "via-pod\n"
         assert (existing_dir / "sub" / "z").read_text() == "z\n"  # subPath made on the host
     finally:
@@ -210,7 +202,7 @@ async def test_a_failed_host_path_check_refuses_the_pod_and_leaves_nothing(
         await PodManager(vruntime).create(spec)
     assert caught.value.causes[0][0] == "spec.volumes[1].hostPath.path"
     assert words in caught.value.causes[0][1], caught.value.causes
-    assert await asyncio.to_thread(pod_labelled_containers, name) == []
+    assert await asyncio.to_thread(engine_pod_containers, name) == []
     assert not (tmp_path / "volumes" / spec.uid).exists()
 
 
@@ -278,4 +270,4 @@ async def test_a_runtime_without_a_volume_directory_refuses_volumes(runtime: Doc
     )
     with pytest.raises(InvalidPod, match="no volume directory"):
         await PodManager(runtime).create(spec)
-    assert await asyncio.to_thread(pod_labelled_containers, name) == []
+    assert await asyncio.to_thread(engine_pod_containers, name) == []
