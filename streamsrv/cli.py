@@ -394,7 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
         "pods that are not hostNetwork get their network from the first CNI config found "
         "(docker runtime; without a config: loopback only)",
     )
-    net.add_argument("--cni-conf-dir", type=Path, default=Path("/etc/cni/net.d"))
+    net.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        default=Path("/etc/cni/net.d"),
+        help="the first *.conflist, *.conf or *.json here is used (default: %(default)s)",
+    )
     net.add_argument(
         "--cni-bin-dir",
         type=Path,
