@@ -33,7 +33,10 @@ pytestmark = pytest.mark.docker
 def core(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[tuple[client.CoreV1Api, Server]]:
-    with server_with_pod(tmp_path_factory.mktemp("pypf"), manifest(), request.param) as server:
+    runtime = request.param
+    with server_with_pod(
+        tmp_path_factory.mktemp("pypf"), manifest(runtime=runtime), runtime
+    ) as server:
         api_client = config.new_client_from_config(config_file=str(server.kubeconfig))
         yield client.CoreV1Api(api_client), server
         api_client.close()
