@@ -13,7 +13,10 @@ Run through `scripts/bench` (which starts a private engine and builds the images
   8. the Python clients: exec stdout 1 GiB and stdin 512 MiB through `streamsrv.client`
      (`python -m streamsrv.client exec`, which writes the output to its stdout as kubectl does),
      kubectl 1.33 and the official `kubernetes` client (64 MiB of stdout: it is that slow), all
-     over WebSocket v5 to the same server and pod, with each one's CPU seconds per GiB.
+     over WebSocket v5 to the same server and pod, with each one's CPU seconds per GiB;
+  9. pod create and delete (pause + one container) with a CNI network (bridge + host-local +
+     loopback, the plugins in a network namespace of the bench's own), against the same pods
+     without CNI, alternating, BENCH_PODS of each (the runtime called in-process).
 Medians of RUNS runs with min-max. Ratios are ours / baseline for throughput (higher is better)
 and baseline / ours for times. Figures only: nothing here asserts a time.
 
@@ -22,6 +25,7 @@ BENCH_ROWS=1,2,... picks rows; BENCH_RUNS, BENCH_LATENCY_RUNS, BENCH_SHELLS, BEN
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -39,13 +43,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soak.common import cpu_seconds as soak_cpu_seconds  # noqa: E402
 from soak.common import read_rss_kib as rss_kib  # noqa: E402
+from streamsrv.podmanager import PodManager  # noqa: E402
+from streamsrv.pods import parse_pod  # noqa: E402
+from streamsrv.runtime.cni import CniNetwork  # noqa: E402
+from streamsrv.runtime.docker import DockerRuntime  # noqa: E402
+from tests.cni_env import CNI_BIN, pod_network  # noqa: E402
 from tests.conftest import (  # noqa: E402
     BUSYBOX,
+    PAUSE,
     Server,
     _remove_everything,
     free_port,
     kubectl_path,
+    pod_manifest,
     proc_table,
+    sleeper,
+    unique,
     wait_forwarding,
 )
 
@@ -53,7 +66,8 @@ RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 LATENCY_RUNS = int(os.environ.get("BENCH_LATENCY_RUNS", "50"))
 SHELLS = int(os.environ.get("BENCH_SHELLS", "1000"))
 EXECS = int(os.environ.get("BENCH_EXECS", "1000"))
-ROWS = {int(r) for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7,8").split(",")}
+ROWS = {int(r) for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7,8,9").split(",")}
+PODS = int(os.environ.get("BENCH_PODS", "15"))
 OUT_SIZE = 1 << 30
 IN_SIZE = 512 << 20
 PF_SIZE = 512 << 20
@@ -62,6 +76,37 @@ DD_OUT = f"dd if=/dev/zero bs=65536 count={OUT_SIZE // 65536} 2>/dev/null"
 DD_IN = "dd of=/dev/null bs=65536 2>/dev/null"
 DOWN, UP = 7100, 7101
 PYCLIENT = Path(__file__).with_name("pyclient.py")
+
+
+async def pod_network_times(directory: Path, count: int) -> dict[str, list[float]]:
+    """Seconds to create and to delete ``count`` pods with CNI and ``count`` without, in turn."""
+    times: dict[str, list[float]] = {}
+    with pod_network(directory) as net:
+        cni = DockerRuntime(
+            pause_image=PAUSE,
+            network=CniNetwork(
+                directory / "state", conf_dir=net.conf_dir, bin_dirs=[CNI_BIN],
+                plugin_netns=net.netns,
+            ),
+        )  # fmt: skip
+        plain = DockerRuntime(pause_image=PAUSE)
+        try:
+            for _ in range(count):
+                for label, runtime in (("cni", cni), ("plain", plain)):
+                    manager = PodManager(runtime)
+                    spec = parse_pod(pod_manifest(unique("net"), sleeper()))
+                    t0 = time.perf_counter()
+                    await manager.create(spec)
+                    t1 = time.perf_counter()
+                    await manager.delete("default", spec.name, grace=0)
+                    t2 = time.perf_counter()
+                    times.setdefault(f"{label} create", []).append(t1 - t0)
+                    times.setdefault(f"{label} delete", []).append(t2 - t1)
+            assert net.leases() == [], net.leases()
+        finally:
+            await cni.close()
+            await plain.close()
+    return times
 
 
 def timed(cmd: list[str], stdin_path: Path | None = None) -> tuple[float, int]:
@@ -466,6 +511,17 @@ class Bench:
                 statistics.median(base) / statistics.median(ours),
             )
 
+    def row9_pod_network(self) -> None:
+        times = asyncio.run(pod_network_times(self.tmp / "cni", PODS))
+        for step in ("create", "delete"):
+            with_cni, without = times[f"cni {step}"], times[f"plain {step}"]
+            self.row(
+                f"pod {step} with CNI (bridge + host-local)",
+                ms_text(with_cni),
+                f"same pod without CNI: {ms_text(without)}",
+                statistics.median(without) / statistics.median(with_cni),
+            )
+
     def row8_python_clients(self) -> None:
         """streamsrv.client against kubectl 1.33 and the kubernetes client, same run."""
         assert self.server.proc is not None
@@ -545,6 +601,7 @@ def main() -> None:
             6: bench.row6_many_execs,
             7: bench.row7_exit_to_exit,
             8: bench.row8_python_clients,
+            9: bench.row9_pod_network,
         }
         for number, step in steps.items():
             if number in ROWS:
