@@ -324,7 +324,15 @@ class DockerRuntime:
         runs; once it does not, with no namespace (a recorded ``/proc/PID`` may be another
         process's by now): the plugins then release what they hold, such as the address."""
         self._pod_ips.pop(sandbox_id, None)
-        if self._network is None or self._network.attachment(sandbox_id) is None:
+        if self._network is None:
+            return
+        try:
+            if self._network.attachment(sandbox_id) is None:
+                return
+        except BackendError as exc:  # the pod must stay deletable all the same
+            log.warning(
+                "pod sandbox %s: no CNI DEL, its address may stay leased: %s", sandbox_id[:12], exc
+            )
             return
         if info is None:
             with contextlib.suppress(ContainerNotFound):
@@ -348,9 +356,14 @@ class DockerRuntime:
             await self._thread(self._volumes.remove, uid)
 
     def pod_ip(self, sandbox_id: str) -> str | None:
-        """The pod's CNI address, from memory or from the network manager's record."""
+        """The pod's CNI address, from memory or from the network manager's record (an
+        unreadable record costs that pod its address in listings, not the listing)."""
         if sandbox_id not in self._pod_ips:
-            attachment = self._network.attachment(sandbox_id) if self._network else None
+            try:
+                attachment = self._network.attachment(sandbox_id) if self._network else None
+            except BackendError as exc:
+                log.warning("pod sandbox %s: %s", sandbox_id[:12], exc)
+                attachment = None
             self._pod_ips[sandbox_id] = (
                 attachment.ips[0] if attachment is not None and attachment.ips else None
             )

@@ -224,3 +224,26 @@ def pause_pid(sandbox_id: str) -> int:
         return int(client.api.inspect_container(sandbox_id)["State"]["Pid"])
     finally:
         client.close()
+
+
+async def test_an_unreadable_record_costs_the_pod_its_address_not_the_listing(
+    net: PodNetwork, docker_engine: None, tmp_path: Path
+) -> None:
+    state = tmp_path / "cni"
+    first = DockerRuntime(pause_image=PAUSE, network=manager_for(net, state))
+    try:
+        pod = await PodManager(first).create(parse_pod(pod_manifest(unique("torn"), sleeper())))
+        assert pod.sandbox.ip
+    finally:
+        await first.close()
+    (state / f"{pod.sandbox.id}.json").write_text("{not json")
+    again = DockerRuntime(pause_image=PAUSE, network=manager_for(net, state))  # a restart
+    try:
+        manager = PodManager(again)
+        [listed] = await manager.list(name=pod.spec.name)
+        assert listed.sandbox.ip is None and listed.phase == "Running"
+        # ... and the pod can still be deleted (its address cannot be released: logged).
+        assert await manager.delete("default", pod.spec.name, grace=0) is not None
+        assert await manager.list(name=pod.spec.name) == []
+    finally:
+        await again.close()
