@@ -55,6 +55,32 @@ ensure_venv() {
     echo "$want" >"$stamp"
 }
 
+# The CRI messages (streamsrv/cri/api_pb2.py and .pyi) from streamsrv/cri/api.proto, with the
+# venv's protoc (grpcio-tools). Only when an output is missing or older than the proto, this
+# file or the venv's last install (a new protobuf may need new code). Generated into a scratch
+# directory and moved into place, so a concurrent run never imports a half-written module.
+gen_proto() {
+    local dir="$ROOT/streamsrv/cri" out tmp
+    local outputs=("$dir/api_pb2.py" "$dir/api_pb2.pyi")
+    local stale=""
+    for out in "${outputs[@]}"; do
+        if [ ! -f "$out" ] || [ "$dir/api.proto" -nt "$out" ] ||
+            [ "$ROOT/scripts/lib.sh" -nt "$out" ] || [ "$VENV/.streamsrv-installed" -nt "$out" ]; then
+            stale=1
+        fi
+    done
+    [ -n "$stale" ] || return 0
+    log "generating streamsrv/cri/api_pb2.py and .pyi from api.proto"
+    tmp=$(mktemp -d)
+    if ! (cd "$ROOT" && "$PY" -m grpc_tools.protoc -I. --python_out="$tmp" --pyi_out="$tmp" \
+        streamsrv/cri/api.proto); then
+        rm -rf "$tmp"
+        return 1
+    fi
+    mv -f "$tmp/streamsrv/cri/api_pb2.py" "$tmp/streamsrv/cri/api_pb2.pyi" "$dir/"
+    rm -rf "$tmp"
+}
+
 # A private dockerd: its own socket, data dir, exec root and pid file, no iptables, no bridge.
 # Usage: dockerd_start STATE_DIR ; afterwards DOCKER_HOST is exported.
 dockerd_start() {
