@@ -12,7 +12,7 @@ import json
 import re
 import uuid
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,18 @@ LABEL_TYPE = "io.kubernetes.docker.type"
 TYPE_SANDBOX = "podsandbox"
 TYPE_CONTAINER = "container"
 LABEL_MANIFEST = "io.streamsrv.pod.manifest"
+#: The host path a container's output is written to in the CRI log format (dockershim's key).
+LABEL_LOG_PATH = "io.kubernetes.container.logpath"
+#: A CRI caller's attempt numbers, when not 0 (a manifest's pods and containers are 0).
+LABEL_POD_ATTEMPT = "io.streamsrv.pod.attempt"
+LABEL_CONTAINER_ATTEMPT = "io.streamsrv.container.attempt"
+
+#: ``ContainerSpec.pid_namespace``: the sandbox's PID namespace (what every app container had
+#: before CRI), one of its own, or the host's.
+PID_POD = "pod"
+PID_CONTAINER = "container"
+PID_NODE = "node"
+PID_NAMESPACES = (PID_POD, PID_CONTAINER, PID_NODE)
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 
@@ -109,6 +121,16 @@ class ContainerSpec:
     stdin_once: bool = False
     ports: tuple[ContainerPort, ...] = ()
     volume_mounts: tuple[VolumeMount, ...] = ()
+    #: :data:`PID_POD` (join the sandbox's PID namespace), :data:`PID_CONTAINER` (a namespace
+    #: of its own) or :data:`PID_NODE` (the host's); the CRI's ``NamespaceOption.pid``.
+    pid_namespace: str = PID_POD
+    #: An absolute host path: the runtime writes the container's stdout and stderr there in
+    #: the CRI log format (:mod:`streamsrv.protocol.crilog`) from its start until it ends.
+    #: Empty: no log file. The caller makes the directory.
+    log_path: str = ""
+    #: The CRI's ``ContainerMetadata.attempt``: a container made again in its sandbox (the
+    #: kubelet's restart) has a new attempt, so that its name differs from the old one's.
+    attempt: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +145,11 @@ class PodSpec:
     termination_grace_period: int = 30
     manifest: Mapping[str, Any] = field(default_factory=dict)
     volumes: tuple[Volume, ...] = ()
+    #: The sandbox joins the host's PID namespace (``hostPID``) or IPC namespace (``hostIPC``).
+    host_pid: bool = False
+    host_ipc: bool = False
+    #: The CRI's ``PodSandboxMetadata.attempt`` (a sandbox made again for the same pod).
+    attempt: int = 0
 
     def container(self, name: str) -> ContainerSpec | None:
         return next((c for c in self.containers if c.name == name), None)
@@ -143,16 +170,21 @@ class PodSpec:
             LABEL_POD_UID: self.uid,
             LABEL_TYPE: TYPE_SANDBOX,
             LABEL_MANIFEST: json.dumps(self.manifest, separators=(",", ":"), sort_keys=True),
-        }
+        } | ({LABEL_POD_ATTEMPT: str(self.attempt)} if self.attempt else {})
 
     def container_labels(self, container: ContainerSpec) -> dict[str, str]:
-        return {
+        labels = {
             LABEL_POD_NAME: self.name,
             LABEL_POD_NAMESPACE: self.namespace,
             LABEL_POD_UID: self.uid,
             LABEL_CONTAINER_NAME: container.name,
             LABEL_TYPE: TYPE_CONTAINER,
         }
+        if container.log_path:
+            labels[LABEL_LOG_PATH] = container.log_path
+        if container.attempt:
+            labels[LABEL_CONTAINER_ATTEMPT] = str(container.attempt)
+        return labels
 
 
 def pod_filter(
@@ -503,6 +535,7 @@ def _parse_container(
     where: str,
     causes: list[tuple[str, str]],
     volumes: Collection[str] | None = None,
+    pid_namespace: str = PID_POD,
 ) -> ContainerSpec | None:
     """One container; ``volumes``, the names its mounts may use (None: not checked)."""
     if not isinstance(raw, dict):
@@ -575,6 +608,7 @@ def _parse_container(
         volume_mounts=_parse_mounts(
             raw.get("volumeMounts"), volumes, f"{where}.volumeMounts", causes
         ),
+        pid_namespace=pid_namespace,
     )
 
 
@@ -679,6 +713,19 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         spec = {}
     # Volumes first: the containers' mounts name them.
     volumes, volume_names = _parse_volumes(spec.get("volumes"), causes)
+    host_pid = _bool(spec.get("hostPID"), "spec.hostPID", causes)
+    host_ipc = _bool(spec.get("hostIPC"), "spec.hostIPC", causes)
+    # Checked, kept in the manifest, but no change: every container of a manifest joins the
+    # sandbox's PID namespace (the kubelet would give each its own when this is false).
+    share_pids = _bool(spec.get("shareProcessNamespace"), "spec.shareProcessNamespace", causes)
+    if host_pid and share_pids:
+        causes.append(
+            (
+                "spec.shareProcessNamespace",
+                "Invalid value: true: ShareProcessNamespace and HostPID cannot both be enabled",
+            )
+        )
+    pid_namespace = PID_NODE if host_pid else PID_POD
     raw_containers = spec.get("containers")
     containers: list[ContainerSpec] = []
     if not isinstance(raw_containers, list) or not raw_containers:
@@ -686,7 +733,7 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         raw_containers = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_containers):
-        c = _parse_container(raw, f"spec.containers[{i}]", causes, volume_names)
+        c = _parse_container(raw, f"spec.containers[{i}]", causes, volume_names, pid_namespace)
         if c is None:
             continue
         if c.name and c.name in seen:
@@ -712,8 +759,14 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         "containers": [_container_manifest(c) for c in containers],
         "terminationGracePeriodSeconds": grace,
     }
-    if host_network:
-        kept_spec["hostNetwork"] = True
+    for key, flag in (
+        ("hostNetwork", host_network),
+        ("hostPID", host_pid),
+        ("hostIPC", host_ipc),
+        ("shareProcessNamespace", share_pids),
+    ):
+        if flag:
+            kept_spec[key] = True
     if volumes:
         kept_spec["volumes"] = [_volume_manifest(v) for v in volumes]
     stored = {"apiVersion": "v1", "kind": "Pod", "metadata": kept_meta, "spec": kept_spec}
@@ -728,13 +781,34 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         termination_grace_period=grace,
         manifest=stored,
         volumes=tuple(volumes),
+        host_pid=host_pid,
+        host_ipc=host_ipc,
     )
 
 
 def pod_from_labels(labels: Mapping[str, str]) -> PodSpec:
     """Rebuild a pod's spec from its sandbox's labels (see :meth:`PodSpec.sandbox_labels`)."""
     manifest = json.loads(labels[LABEL_MANIFEST])
-    return parse_pod(manifest, uid=labels[LABEL_POD_UID])
+    spec = manifest.get("spec") if isinstance(manifest, dict) else None
+    if isinstance(spec, dict) and spec.get("containers") == []:
+        # A sandbox made through CRI (RunPodSandbox): its containers come one by one later,
+        # so there is no pod manifest to validate, only what the sandbox itself needs.
+        pod = PodSpec(
+            name=labels[LABEL_POD_NAME],
+            namespace=labels[LABEL_POD_NAMESPACE],
+            uid=labels[LABEL_POD_UID],
+            containers=(),
+            host_network=spec.get("hostNetwork") is True,
+            host_pid=spec.get("hostPID") is True,
+            host_ipc=spec.get("hostIPC") is True,
+            manifest=manifest,
+        )
+    else:
+        pod = parse_pod(manifest, uid=labels[LABEL_POD_UID])
+    attempt = labels.get(LABEL_POD_ATTEMPT, "")
+    if attempt.isdigit() and len(attempt) <= 10:
+        pod = replace(pod, attempt=int(attempt))
+    return pod
 
 
 # --------------------------------------------------------------------------------------------
@@ -756,6 +830,7 @@ class ContainerState:
     reason: str | None = None
     runtime: str = "docker"
     labels: Mapping[str, str] = field(default_factory=dict)
+    log_path: str = ""  # the container's CRI log file (ContainerSpec.log_path), if any
 
     @property
     def pod_uid(self) -> str:
@@ -769,6 +844,9 @@ class SandboxState:
     ready: bool
     created_at: datetime
     ip: str | None = None
+    #: The node the pod runs on (``spec.nodeName``): set by a gateway that fronts several CRI
+    #: endpoints; empty renders as "streamsrv".
+    node: str = ""
 
 
 def _ts(when: datetime | None) -> str | None:
@@ -860,5 +938,8 @@ def render_pod(sandbox: SandboxState, containers: Sequence[ContainerState]) -> d
         status["podIP"] = sandbox.ip
         status["podIPs"] = [{"ip": sandbox.ip}]
     spec = dict(manifest.get("spec", {}))
-    spec.setdefault("nodeName", "streamsrv")
+    if sandbox.node:
+        spec["nodeName"] = sandbox.node
+    else:
+        spec.setdefault("nodeName", "streamsrv")
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}

@@ -8,15 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import json
+import logging
+import os
 import socket
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import BackendError as BackendError  # the one error of every runtime call
 from ..errors import EngineUnavailable as EngineUnavailable  # the engine cannot be reached
-from ..pods import ContainerSpec, ContainerState, PodSpec, SandboxState
+from ..pods import (
+    PID_CONTAINER,
+    PID_NAMESPACES,
+    ContainerSpec,
+    ContainerState,
+    InvalidPod,
+    PodSpec,
+    SandboxState,
+)
 from ..protocol.resize import TerminalSize
+
+_log = logging.getLogger(__name__)
 
 
 class ImageNotFound(BackendError):
@@ -65,6 +80,111 @@ class Runtime(Protocol):
     ) -> list[ContainerState]: ...
 
     async def close(self) -> None: ...
+
+
+def check_container(
+    pod: PodSpec, container: ContainerSpec, *, own_pid_refused: str | None = None
+) -> None:
+    """Refuse (InvalidPod, before anything is made) a container whose ``pid_namespace`` is
+    not one of :data:`~streamsrv.pods.PID_NAMESPACES` or whose ``log_path`` is not absolute.
+
+    ``own_pid_refused``: why this runtime cannot give a container a PID namespace of its own
+    (None: it can).
+    """
+    index = next((i for i, c in enumerate(pod.containers) if c.name == container.name), None)
+    where = f"spec.containers[{index if index is not None else json.dumps(container.name)}]"
+    causes: list[tuple[str, str]] = []
+    if container.pid_namespace not in PID_NAMESPACES:
+        allowed = ", ".join(json.dumps(v) for v in sorted(PID_NAMESPACES))
+        causes.append(
+            (
+                f"{where}.pidNamespace",
+                f"Unsupported value: {json.dumps(container.pid_namespace)[:80]}: "
+                f"supported values: {allowed}",
+            )
+        )
+    elif container.pid_namespace == PID_CONTAINER and own_pid_refused is not None:
+        causes.append((f"{where}.pidNamespace", f"Forbidden: {own_pid_refused}"))
+    if container.log_path and not os.path.isabs(container.log_path):
+        causes.append(
+            (
+                f"{where}.logPath",
+                f"Invalid value: {json.dumps(container.log_path)[:80]}: must be an absolute path",
+            )
+        )
+    if causes:
+        raise InvalidPod(pod.name, causes)
+
+
+class LogFile:
+    """A container's CRI log file (``ContainerSpec.log_path``), appended to.
+
+    Opened ``O_APPEND`` (made ``0640`` when missing; its directory is the caller's to make),
+    and read-write, so that a runtime resuming after a restart can read back what it wrote.
+    ``write`` is one ``os.write`` loop on the caller's thread: local appends, as containerd
+    does them. A failed write is logged (once) and dropped; the container's output is still
+    drained (containerd: "Continue on write error to drain the container output").
+    """
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+        self._failed = False
+
+    @classmethod
+    def open(cls, path: str) -> LogFile:
+        """Blocking: run it in a worker thread.
+
+        Raises:
+            BackendError: the file cannot be made or opened.
+        """
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise BackendError(f'failed to create and open log file "{path}": {exc}') from exc
+        return cls(path, fd)
+
+    @classmethod
+    async def open_async(cls, path: str, executor: Executor | None = None) -> LogFile:
+        """:meth:`open` in ``executor`` (None: the loop's default); a caller cancelled
+        meanwhile leaves no descriptor open."""
+        future = asyncio.get_running_loop().run_in_executor(executor, cls.open, path)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(_close_opened)
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self.fd >= 0:
+            try:
+                n = os.write(self.fd, view)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if not self._failed:
+                    self._failed = True
+                    _log.warning(
+                        "container log %s: write failed, output dropped: %s", self.path, exc
+                    )
+                return
+            view = view[n:]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _close_opened(future: asyncio.Future[LogFile]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
 
 
 # --------------------------------------------------------------------------------------------

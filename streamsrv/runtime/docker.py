@@ -18,6 +18,8 @@ import os
 import re
 import signal
 import socket
+import struct
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +36,12 @@ import requests
 
 from ..pods import (
     LABEL_CONTAINER_NAME,
+    LABEL_LOG_PATH,
     LABEL_POD_UID,
     LABEL_TYPE,
+    PID_CONTAINER,
+    PID_NODE,
+    PID_POD,
     TYPE_CONTAINER,
     TYPE_SANDBOX,
     ContainerSpec,
@@ -45,13 +51,16 @@ from ..pods import (
     SandboxState,
     pod_from_labels,
 )
+from ..protocol import crilog
 from ..protocol.dockermux import STDERR, STDOUT, Demuxer
 from .base import (
     BackendError,
     ContainerNotFound,
     EngineUnavailable,
     ImageNotFound,
+    LogFile,
     StdIO,
+    check_container,
     connect_first,
     loopback_sockets,
     wait_event,
@@ -111,6 +120,16 @@ LOCAL_PAUSE_IMAGE = "streamsrv/pause:local"
 FIRST_SIZE_WAIT = 1.0  # seconds a tty session's input waits for the client's first size
 START_WAIT_POLLS = 40  # x 50 ms: how long a cancelled exec's start may take to show
 INSPECT_CACHE_SIZE = 4096  # container inspections kept for pod lookups
+LOG_DRAIN_WAIT = 5.0  # seconds stop_container waits for the log file to have all the output
+LOG_REMOVE_WAIT = 1.0  # seconds remove_container waits for it (stop waited already)
+LOG_RETRY = (0.1, 5.0)  # first and longest wait before a log follower tries the engine again
+LOG_CATCHUP_TAIL = 1000  # messages a stopped container's last read asks for beyond the file's
+#: A log follower that resumes asks the engine for the output since this long before the
+#: last line its file holds, and skips as many lines as its file has since then: the engine's
+#: order (that of the file) is not quite the order of its timestamps between stdout and
+#: stderr. Lines more than LOG_DISORDER apart are taken to be in order.
+LOG_OVERLAP = 1_000_000_000  # ns
+LOG_DISORDER = 5_000_000_000  # ns
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -165,6 +184,9 @@ class DockerRuntime:
         # container id -> (its listing's State and Status, its inspection); see _inspect_all
         self._inspected: dict[str, tuple[tuple[Any, Any], dict[str, Any]]] = {}
         self._pool = ThreadPoolExecutor(api_workers, thread_name_prefix="streamsrv-docker")
+        # containers this runtime made and has not started yet: (log path, tty)
+        self._created: dict[str, tuple[str, bool]] = {}
+        self._log_followers: dict[str, asyncio.Task[None]] = {}  # container id -> its follower
 
     async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` in the runtime's own thread pool."""
@@ -209,6 +231,9 @@ class DockerRuntime:
         return str(info.get("Version", "?"))
 
     async def close(self) -> None:
+        """Stop following logs (a later server resumes them, :meth:`resume_logs`), close."""
+        for container_id in list(self._log_followers):
+            await self._stop_follower(container_id)
         await self._thread(self.api.close)
         self._pool.shutdown(wait=False)
 
@@ -264,7 +289,8 @@ class DockerRuntime:
         image = await self.resolve_pause_image()
         host_config = self.api.create_host_config(
             network_mode="host" if pod.host_network else "none",
-            ipc_mode="shareable",
+            ipc_mode="host" if pod.host_ipc else "shareable",
+            pid_mode="host" if pod.host_pid else None,
             init=False,
         )
         if self._volumes is not None:
@@ -274,7 +300,7 @@ class DockerRuntime:
             created = await self._call(
                 self.api.create_container,
                 image=image,
-                name=f"k8s_POD_{pod.name}_{pod.namespace}_{pod.uid}_0",
+                name=f"k8s_POD_{pod.name}_{pod.namespace}_{pod.uid}_{pod.attempt}",
                 labels=pod.sandbox_labels(),
                 hostname=None if pod.host_network else pod.name[:63],
                 host_config=host_config,
@@ -438,7 +464,12 @@ class DockerRuntime:
     async def create_container(
         self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
     ) -> str:
+        check_container(pod, container)
         joined = f"container:{sandbox_id}"
+        # The network always joins the sandbox (which has the host's for hostNetwork); IPC
+        # too, except the host's, which is not a shareable IPC namespace Docker can join.
+        pid_mode = {PID_POD: joined, PID_NODE: "host", PID_CONTAINER: None}[container.pid_namespace]
+        ipc_mode = "host" if pod.host_ipc else joined
         mounts = []
         if container.volume_mounts:
             if self._volumes is None:
@@ -453,12 +484,12 @@ class DockerRuntime:
                     )
                 )
         host_config = self.api.create_host_config(
-            network_mode=joined, ipc_mode=joined, pid_mode=joined, mounts=mounts or None
+            network_mode=joined, ipc_mode=ipc_mode, pid_mode=pid_mode, mounts=mounts or None
         )
         created = await self._call(
             self.api.create_container,
             image=container.image,
-            name=f"k8s_{container.name}_{pod.name}_{pod.namespace}_{pod.uid}_0",
+            name=f"k8s_{container.name}_{pod.name}_{pod.namespace}_{pod.uid}_{container.attempt}",
             entrypoint=list(container.command) or None,
             command=list(container.args) or None,
             environment=[f"{k}={v}" for k, v in container.env] or None,
@@ -468,16 +499,44 @@ class DockerRuntime:
             labels=pod.container_labels(container),
             host_config=host_config,
         )
-        return str(created["Id"])
+        container_id = str(created["Id"])
+        self._created[container_id] = (container.log_path, container.tty)
+        return container_id
 
     async def start_container(self, container_id: str) -> None:
-        await self._call(self.api.start, container_id)
+        """Start it; with a log path, its log file is opened first (a file that cannot be
+        opened fails the start) and followed from then on (:meth:`_follow_log`)."""
+        known = self._created.pop(container_id, None)
+        if known is None:  # made by an earlier server
+            info = await self._call(self.api.inspect_container, container_id)
+            labels = info.get("Config", {}).get("Labels") or {}
+            known = (str(labels.get(LABEL_LOG_PATH, "")), bool(info.get("Config", {}).get("Tty")))
+        path, tty = known
+        logfile: LogFile | None = None
+        if path and container_id not in self._log_followers:
+            logfile = await LogFile.open_async(path, self._pool)
+        try:
+            await self._call(self.api.start, container_id)
+        except BaseException:
+            if logfile is not None:
+                logfile.close()
+            raise
+        if logfile is not None:
+            self._start_follower(container_id, logfile, tty)
 
     async def stop_container(self, container_id: str, grace_period: float) -> None:
         await self._call(self.api.stop, container_id, timeout=int(grace_period))
+        # Its log file has all the output once stop returns (the follower ends right after
+        # the engine's log stream does), bounded: a stop never waits long on a log.
+        await self._log_drained(container_id, LOG_DRAIN_WAIT)
 
     async def remove_container(self, container_id: str) -> None:
-        await self._remove(container_id)
+        self._created.pop(container_id, None)
+        await self._log_drained(container_id, LOG_REMOVE_WAIT)
+        try:
+            await self._remove(container_id)
+        finally:
+            await self._stop_follower(container_id)
 
     async def list_containers(
         self, labels: Mapping[str, str] | None = None
@@ -502,9 +561,211 @@ class DockerRuntime:
                     finished_at=_parse_time(state.get("FinishedAt")),
                     reason="OOMKilled" if state.get("OOMKilled") else None,
                     labels=dict(info["Config"]["Labels"]),
+                    log_path=str(info["Config"]["Labels"].get(LABEL_LOG_PATH, "")),
                 )
             )
         return out
+
+    # ----------------------------------------------------------------------------- log files
+
+    def _start_follower(self, container_id: str, logfile: LogFile, tty: bool) -> None:
+        task = asyncio.create_task(
+            self._follow_log(container_id, logfile, tty), name=f"log {container_id[:12]}"
+        )
+        self._log_followers[container_id] = task
+        task.add_done_callback(lambda t: self._follower_done(container_id, t))
+
+    def _follower_done(self, container_id: str, task: asyncio.Task[None]) -> None:
+        if self._log_followers.get(container_id) is task:
+            del self._log_followers[container_id]
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("container %s: following its log failed: %r", container_id[:12], exc)
+
+    async def _log_drained(self, container_id: str, seconds: float) -> None:
+        """Wait at most ``seconds`` for the container's log follower to finish."""
+        task = self._log_followers.get(container_id)
+        if task is not None:
+            await asyncio.wait({task}, timeout=seconds)
+
+    async def _stop_follower(self, container_id: str) -> None:
+        task = self._log_followers.pop(container_id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def resume_logs(self) -> int:
+        """Follow again the log of every container with a log path that runs (a previous
+        server followed it), or that ended after its log file was last complete: each goes
+        on after the last line its file has, with no line twice. How many were resumed."""
+        resumed = 0
+        for summary in await self._list(TYPE_CONTAINER, None):
+            container_id = summary["Id"]
+            path = (summary.get("Labels") or {}).get(LABEL_LOG_PATH)
+            if not path or container_id in self._log_followers:
+                continue
+            if summary.get("State") in ("created", "removing"):
+                continue  # never started (start_container opens its log), or going
+            try:
+                info = await self._call(self.api.inspect_container, container_id)
+                if not info.get("State", {}).get("Running"):
+                    finished = _parse_ns(info.get("State", {}).get("FinishedAt"))
+                    if finished is None or not await self._thread(_stale, path, finished):
+                        continue
+                logfile = await LogFile.open_async(path, self._pool)
+            except BackendError as exc:  # removed meanwhile; a directory that is gone
+                log.warning("container %s: log not resumed: %s", container_id[:12], exc)
+                continue
+            self._start_follower(container_id, logfile, bool(info.get("Config", {}).get("Tty")))
+            resumed += 1
+        if resumed:
+            log.info("resumed following the logs of %d containers", resumed)
+        return resumed
+
+    async def _follow_log(self, container_id: str, logfile: LogFile, tty: bool) -> None:
+        """Append the container's output to its log file until it has all of it.
+
+        Follows the engine's log stream (``timestamps=1``: every message carries its time,
+        which its lines keep) while the container runs. That stream ends when the container
+        does, but not always with its last messages (Docker 20.10 closes it with the log
+        driver, before it has read them all: 13 of 40 containers that ended with
+        ``printf partial`` lost that line). So once the container is seen stopped, when the
+        engine has all its output, one more read (:meth:`_catch_up`) writes what the file
+        lacks. A stream that breaks while the container runs (an engine restart) is followed
+        again, from what the file holds; an engine that does not answer is asked again after
+        a wait. Cancelled by ``close``; ends when the container is removed.
+        """
+        delay = LOG_RETRY[0]
+        short = False  # the last pass ended within a second: the next one waits first
+        try:
+            while True:
+                try:
+                    info = await self._call(self.api.inspect_container, container_id)
+                except ContainerNotFound:
+                    return
+                except BackendError as exc:
+                    log.debug("container %s: log: %s", container_id[:12], exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LOG_RETRY[1])
+                    continue
+                running = bool(info.get("State", {}).get("Running"))
+                if running and short:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LOG_RETRY[1])
+                created = _parse_ns(info.get("Created")) or 0
+                began = time.monotonic()
+                try:
+                    if running:
+                        since, skip = await self._resume_point(logfile, created)
+                        await self._log_pass(container_id, logfile, tty, since, skip, follow=True)
+                    else:
+                        await self._catch_up(container_id, logfile, tty, created)
+                except ContainerNotFound:
+                    return
+                except (BackendError, OSError) as exc:
+                    log.debug("container %s: log stream broke: %s", container_id[:12], exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, LOG_RETRY[1])
+                    continue
+                if not running:
+                    break  # read after it stopped: the file has all its output
+                short = time.monotonic() - began < 1.0
+                if not short:
+                    delay = LOG_RETRY[0]
+            # complete: a file touched after the container finished needs no catching up
+            with contextlib.suppress(OSError):
+                os.utime(logfile.fd)
+        finally:
+            logfile.close()
+
+    async def _resume_point(self, logfile: LogFile, created: int) -> tuple[int, int]:
+        """:func:`resume_point` in a worker, on a descriptor of its own: a follower cancelled
+        meanwhile closes the file's, whose number the worker must not use after that."""
+        fd = os.dup(logfile.fd)
+        return await self._thread(_resume_point_closing, fd, created)
+
+    async def _catch_up(self, container_id: str, logfile: LogFile, tty: bool, created: int) -> None:
+        """Write what the file lacks of a stopped container's output.
+
+        Asked as the last ``tail`` messages first (the engine reads those from the end of its
+        log, where a ``since`` makes it decode all of it): when they reach back beyond
+        ``since`` (by more than :data:`LOG_DISORDER`) or are the whole log, the same request
+        is read again and its messages since then written; else the whole log since then.
+        """
+        since, skip = await self._resume_point(logfile, created)
+        tail = skip + LOG_CATCHUP_TAIL
+        stream = await self._log_stream(container_id, since, follow=False, tail=tail)
+        count, first = 0, None
+        try:
+            reader = DockerLogReader(tty)
+            while True:
+                data = await stream.read()
+                for _, ns, _, end in reader.feed(data) if data else reader.close():
+                    if end:
+                        count += 1
+                        first = ns if first is None else first
+                if not data:
+                    break
+        finally:
+            stream.close()
+        covers = count < tail or (first is not None and first < since - LOG_DISORDER)
+        log.debug(
+            "container %s: log catch-up: %s",
+            container_id[:12],
+            f"the last {tail} messages" if covers else "all messages since the file's last",
+        )
+        await self._log_pass(
+            container_id, logfile, tty, since, skip, follow=False, tail=tail if covers else None
+        )
+
+    async def _log_stream(
+        self, container_id: str, since: int, *, follow: bool, tail: int | None = None
+    ) -> _EngineStream:
+        """The engine's log of the container with timestamps: since ``since`` (ns), or its
+        last ``tail`` messages (then all of them: ``since`` is not sent, the reader drops
+        what is older)."""
+        seconds, frac = divmod(since if tail is None else 0, 1_000_000_000)
+        query = {
+            "follow": int(follow),
+            "stdout": 1,
+            "stderr": 1,
+            "timestamps": 1,
+            "since": f"{seconds}.{frac:09d}",
+            "tail": "all" if tail is None else str(tail),
+        }
+        path = f"/v{self.api.api_version}/containers/{container_id}/logs"
+        # HTTP/1.0: the engine sends the body as it is, no chunked encoding, and closes.
+        request = f"GET {path}?{urllib.parse.urlencode(query)} HTTP/1.0\r\nHost: docker\r\n\r\n"
+        return await self._engine_stream(request.encode(), (200,))
+
+    async def _log_pass(
+        self,
+        container_id: str,
+        logfile: LogFile,
+        tty: bool,
+        since: int,
+        skip: int,
+        *,
+        follow: bool,
+        tail: int | None = None,
+    ) -> None:
+        """Write the lines of one log request's messages since ``since``, less the first
+        ``skip`` (the file has them), until the engine ends it. One read's worth at a time."""
+        stream = await self._log_stream(container_id, since, follow=follow, tail=tail)
+        try:
+            reader = DockerLogReader(tty)
+            writer = crilog.CriLogWriter()
+            while True:
+                data = await stream.read()
+                out = _cri_lines(reader.feed(data) if data else reader.close(), writer, since)
+                if skip and out:
+                    out, skip = _drop_lines(out, skip)
+                if out:
+                    logfile.write(out)
+                if not data:
+                    return
+        finally:
+            stream.close()
 
     # ----------------------------------------------------------------------------- streaming
 
@@ -515,6 +776,18 @@ class DockerRuntime:
         response headers through a buffered reader, and output that arrives with them
         (``echo hello`` does) would be lost when it hands over the raw socket.
         """
+        payload = json.dumps(body or {}).encode()
+        head = (
+            f"POST /v{self.api.api_version}{path} HTTP/1.1\r\n"
+            "Host: docker\r\nContent-Type: application/json\r\n"
+            "Connection: Upgrade\r\nUpgrade: tcp\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        return await self._engine_stream(head.encode() + payload, (101, 200))
+
+    async def _engine_stream(self, request: bytes, ok: tuple[int, ...]) -> _EngineStream:
+        """Send ``request`` on a connection of our own and read the answer's head; a status
+        not in ``ok`` raises (ContainerNotFound for 404, else BackendError)."""
         url = urllib.parse.urlsplit(self._endpoint)
         if url.scheme in ("unix", "http+unix"):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -525,22 +798,15 @@ class DockerRuntime:
         else:
             raise BackendError(f"streaming over {url.scheme}:// Docker endpoints is not supported")
         stream = _EngineStream(sock)
-        payload = json.dumps(body or {}).encode()
-        head = (
-            f"POST /v{self.api.api_version}{path} HTTP/1.1\r\n"
-            "Host: docker\r\nContent-Type: application/json\r\n"
-            "Connection: Upgrade\r\nUpgrade: tcp\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n"
-        )
         try:
             try:
                 await stream.loop.sock_connect(sock, address)
             except OSError as exc:
                 raise self._unavailable(exc) from exc
-            await stream.write(head.encode() + payload)
+            await stream.write(request)
             raw = await stream.read_head()
             status = int(raw.split(b" ", 2)[1])
-            if status not in (101, 200):
+            if status not in ok:
                 rest = await asyncio.wait_for(stream.read(), 5)
                 message = rest.decode(errors="replace").strip()
                 with contextlib.suppress(ValueError):
@@ -727,8 +993,13 @@ class DockerRuntime:
     async def recover(self) -> int:
         """Kill the execs a previous server left running (it was killed before it could), as
         its journal lists them; returns how many were still running. Also release what pods
-        removed behind our back (or by a killed server) still hold: :meth:`sweep`."""
+        removed behind our back (or by a killed server) still hold (:meth:`sweep`), and go on
+        writing the log files of containers that have one (:meth:`resume_logs`)."""
         await self.sweep()
+        try:
+            await self.resume_logs()
+        except BackendError as exc:  # the logs wait for the next start; the server serves
+            log.warning("container logs not resumed: %s", exc)
         if self._journal is None:
             return 0
         killed = 0
@@ -806,6 +1077,271 @@ class DockerRuntime:
         await self._thread(_kill_tree, pid)
         log.info("killed exec %s (pid %d): %s", exec_id[:12], pid, why)
         return True
+
+
+def _parse_ns(value: str | None) -> int | None:
+    """Docker's RFC 3339 time in nanoseconds since the epoch; None for the zero time."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    try:
+        return crilog.parse_timestamp(value)
+    except crilog.CriLogError:
+        return None
+
+
+def _stale(path: str, finished: int) -> bool:
+    """Whether the log file at ``path`` was last written (or marked complete) before the
+    container finished: it may lack the end of the output."""
+    try:
+        return os.stat(path).st_mtime_ns < finished
+    except OSError:
+        return False  # gone: nothing to resume into
+
+
+# Docker's log stream --------------------------------------------------------------------------
+
+#: Content bytes of a log message the engine cut from a longer line: its copier's buffer
+#: (json-file's and the default: 16 KiB). With a tty (no frames) a message that is not a
+#: line ends exactly there, or at the end of the stream.
+DOCKER_PIECE = 16 * 1024
+_DOCKER_TIMESTAMP = re.compile(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ")
+_HEAD_MAX = 64  # bytes a message's timestamp and its space may take
+_FRAME = struct.Struct(">BxxxL")
+_STREAM_NAMES = {STDOUT: crilog.STDOUT, STDERR: crilog.STDERR}
+
+#: (stream, timestamp in ns, content, whether the message ends here)
+LogPiece = tuple[str, int, bytes, bool]
+
+
+class DockerLogReader:
+    """The engine's log stream (``/containers/ID/logs?timestamps=1``), cut into its log
+    messages, sans-IO: ``feed`` gives ``(stream, ns, content, end)`` pieces.
+
+    Each message is ``<RFC3339Nano timestamp> <content>``: a line with its newline, or a
+    piece of a longer line without (the engine cuts lines at its buffer, 16 KiB, and every
+    piece of one line has the same timestamp), or what was left without a newline when the
+    container ended. Without a tty every message is one frame (8-byte header, as attach's).
+    With a tty the messages follow each other raw: one ends after its newline, or after
+    :data:`DOCKER_PIECE` content bytes when a timestamp follows, or at the stream's end.
+
+    Content is handed on as it comes (a piece never waits for the rest of its message); at
+    most a frame header, a timestamp or the look-ahead for one (64 bytes) is held.
+    """
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self._buf = b""
+        self._stream = crilog.STDOUT
+        self._remaining = 0  # frames: payload bytes of the current message still to come
+        self._in_message = False  # its timestamp has been read
+        self._ns = 0
+        self._taken = 0  # tty: content bytes of the current message so far
+        self._limited = True  # tty: the current message may end at DOCKER_PIECE
+
+    def feed(self, data: bytes) -> list[LogPiece]:
+        if self._buf:
+            data, self._buf = self._buf + data, b""
+        out: list[LogPiece] = []
+        if self.tty:
+            self._feed_raw(data, out)
+        else:
+            self._feed_frames(data, out)
+        return out
+
+    def close(self) -> list[LogPiece]:
+        """The stream ended: the end of a message cut short (a tty's last one)."""
+        out: list[LogPiece] = []
+        if self.tty and (self._in_message or self._buf):
+            if not self._in_message:  # only part of a timestamp came: keep it as content
+                self._ns = time.time_ns()
+            out.append((self._stream, self._ns, self._buf, True))
+        self._buf = b""
+        self._in_message = False
+        return out
+
+    def _head(self, data: bytes, pos: int, limit: int, *, final: bool) -> int | None:
+        """Read a message's timestamp from ``data[pos:limit]``: the position after its space,
+        or None when more bytes are needed (``final``: none will come for this message)."""
+        space = data.find(b" ", pos, min(limit, pos + _HEAD_MAX))
+        self._in_message = True
+        if space < 0:
+            if not final and limit - pos < _HEAD_MAX:
+                self._in_message = False
+                return None
+            self._ns = time.time_ns()  # no timestamp where one must be: all is content
+            return pos
+        try:
+            self._ns = crilog.parse_timestamp(data[pos:space])
+        except crilog.CriLogError:
+            self._ns = time.time_ns()
+            return pos
+        return space + 1
+
+    def _feed_frames(self, data: bytes, out: list[LogPiece]) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._remaining == 0:
+                if end - pos < _FRAME.size:
+                    self._buf = data[pos:]
+                    return
+                number, length = _FRAME.unpack_from(data, pos)
+                name = _STREAM_NAMES.get(number)
+                if name is None:
+                    raise BackendError(f"docker sent a log frame of unknown stream {number}")
+                pos += _FRAME.size
+                self._stream, self._remaining, self._in_message = name, length, False
+                if length == 0:
+                    continue
+            if not self._in_message:
+                limit = min(end, pos + self._remaining)
+                start = self._head(data, pos, limit, final=limit == pos + self._remaining)
+                if start is None:
+                    self._buf = data[pos:]  # the frame's start, read again with what follows
+                    return
+                self._remaining -= start - pos
+                pos = start
+            take = min(self._remaining, end - pos)
+            self._remaining -= take
+            done = self._remaining == 0
+            if take or done:
+                out.append((self._stream, self._ns, data[pos : pos + take], done))
+            pos += take
+            if done:
+                self._in_message = False
+
+    def _feed_raw(self, data: bytes, out: list[LogPiece]) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if not self._in_message:
+                start = self._head(data, pos, end, final=False)
+                if start is None:
+                    self._buf = data[pos:]
+                    return
+                pos, self._taken, self._limited = start, 0, True
+                continue
+            if self._limited and self._taken == DOCKER_PIECE:
+                # a message cut from a long line ends here if a timestamp follows
+                if end - pos < len("2016-10-06T00:17:09.669794202Z "):
+                    self._buf = data[pos:]
+                    return
+                if _DOCKER_TIMESTAMP.match(data, pos):
+                    out.append((self._stream, self._ns, b"", True))
+                    self._in_message = False
+                    continue
+                self._limited = False  # another engine's piece size: read on to a newline
+            stop = end
+            if self._limited:
+                stop = min(end, pos + DOCKER_PIECE - self._taken)
+            newline = data.find(b"\n", pos, stop)
+            if newline >= 0:
+                out.append((self._stream, self._ns, data[pos : newline + 1], True))
+                self._in_message = False
+                pos = newline + 1
+                continue
+            out.append((self._stream, self._ns, data[pos:stop], False))
+            self._taken += stop - pos
+            pos = stop
+
+
+def _cri_lines(pieces: list[LogPiece], writer: crilog.CriLogWriter, since: int = 0) -> bytes:
+    """Log file lines for the engine's messages from ``since`` on (as the engine's own
+    ``since``: none older): each keeps its message's timestamp, and a message without a
+    newline (a piece of a long line, or the last output) is a ``P`` line, so every message
+    makes the same lines whenever it is read again."""
+    out: list[bytes] = []
+    for stream, ns, content, end in pieces:
+        if ns < since:
+            continue
+        if content:
+            out.append(writer.feed(stream, content, ns))
+        if end:
+            out.append(writer.flush(stream, ns))
+    return b"".join(out)
+
+
+def _drop_lines(data: bytes, count: int) -> tuple[bytes, int]:
+    """``data`` without its first ``count`` lines; how many are still to drop."""
+    pos = 0
+    while count:
+        newline = data.find(b"\n", pos)
+        if newline < 0:
+            return b"", count
+        pos = newline + 1
+        count -= 1
+    return data[pos:], 0
+
+
+def _line_heads(fd: int, size: int, block: int = 1 << 16) -> Iterator[bytes]:
+    """The first bytes (up to a timestamp's worth) of every line of the file, last first."""
+    pos = size
+    carry = b""  # the start of a line whose beginning is in the block before
+    while pos > 0:
+        n = min(block, pos)
+        pos -= n
+        data = os.pread(fd, n, pos) + carry
+        lines = data.split(b"\n")
+        carry = lines[0][:_HEAD_MAX]  # only its head is ever needed
+        for line in reversed(lines[1:]):
+            if line:
+                yield line[:_HEAD_MAX]
+    if carry:
+        yield carry
+
+
+def _head_ns(head: bytes) -> int | None:
+    space = head.find(b" ")
+    if space < 0:
+        return None
+    try:
+        return crilog.parse_timestamp(head[:space])
+    except crilog.CriLogError:
+        return None
+
+
+def resume_point(fd: int, created: int) -> tuple[int, int]:
+    """Where a log follower goes on in the log file open at ``fd`` (blocking: a thread):
+    ``(since, skip)``, the engine's output to ask for (ns since the epoch) and how many of
+    the lines it makes the file has already.
+
+    A line cut short (a server killed while writing it) is cut off. ``since`` is
+    :data:`LOG_OVERLAP` before the last line's time (but not before ``created``, the
+    container's: older lines are another container's), and ``skip`` counts the file's lines
+    from then on: the engine gives its messages in the order the file has them, which
+    between streams is not quite the order of their timestamps.
+    """
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        last = -1
+        for pos in range(size - 1, -1, -(1 << 16)):
+            start = max(0, pos - (1 << 16) + 1)
+            chunk = os.pread(fd, pos - start + 1, start)
+            found = chunk.rfind(b"\n")
+            if found >= 0:
+                last = start + found
+                break
+        size = last + 1
+        os.ftruncate(fd, size)
+    heads = _line_heads(fd, size)
+    newest = next((ns for ns in map(_head_ns, heads) if ns is not None), None)
+    if newest is None or newest < created:
+        return created, 0
+    since = max(newest - LOG_OVERLAP, created)
+    skip = 1  # the newest line itself
+    for ns in map(_head_ns, heads):
+        if ns is None:
+            continue
+        if ns >= since:
+            skip += 1
+        elif ns < since - LOG_DISORDER:
+            break
+    return since, skip
+
+
+def _resume_point_closing(fd: int, created: int) -> tuple[int, int]:
+    try:
+        return resume_point(fd, created)
+    finally:
+        os.close(fd)
 
 
 def _unreachable(exc: BaseException) -> bool:

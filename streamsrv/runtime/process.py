@@ -43,13 +43,16 @@ from ..pods import (
     PodSpec,
     SandboxState,
 )
+from ..protocol.crilog import STDERR, STDOUT, CriLogWriter
 from ..protocol.resize import TerminalSize
 from .base import (
     BackendError,
     ByteSink,
     ContainerNotFound,
+    LogFile,
     Resizes,
     StdIO,
+    check_container,
     connect_first,
     loopback_sockets,
     wait_event,
@@ -62,6 +65,13 @@ CHUNK = 1 << 16
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+#: Why a container cannot have a PID namespace of its own here ("pod" and "node" are what
+#: every process already has: the host's, shared by all).
+_NO_OWN_PID = (
+    'the process runtime cannot give a container a PID namespace of its own ("container"): '
+    "its containers are processes on this host, which all see the host's processes "
+    '("pod" and "node" are served; the docker runtime serves "container")'
+)
 _INHERITED = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ")
 
 
@@ -205,6 +215,7 @@ class _Container:
     listeners: list[tuple[ByteSink | None, ByteSink | None]] = field(default_factory=list)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
+    log: LogFile | None = None  # spec.log_path, open while the output lasts
 
 
 class ProcessRuntime:
@@ -253,6 +264,8 @@ class ProcessRuntime:
                     )
                 ],
             )
+        for c in pod.containers:
+            check_container(pod, c, own_pid_refused=_NO_OWN_PID)
         sandbox_id = _new_id()
         directory = self.root / f"{pod.namespace}_{pod.name}_{sandbox_id[:12]}"
         await asyncio.to_thread(directory.mkdir, parents=True)
@@ -305,6 +318,7 @@ class ProcessRuntime:
         self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
     ) -> str:
         sandbox = self._sandbox(sandbox_id)
+        check_container(pod, container, own_pid_refused=_NO_OWN_PID)
         if not container.command and not container.args:
             raise BackendError(
                 f"container {container.name}: the process runtime runs no image entrypoint; "
@@ -339,6 +353,8 @@ class ProcessRuntime:
         spec = c.spec
         argv = [*spec.command, *spec.args]
         child: list[int] = []
+        if spec.log_path and c.log is None:
+            c.log = await LogFile.open_async(spec.log_path)
         try:
             if spec.tty:
                 c.master, slave = pty.openpty()
@@ -357,6 +373,9 @@ class ProcessRuntime:
         except BaseException:
             _close_fds([c.master, c.stdin_fd, *child])
             c.master = c.stdin_fd = None
+            if c.log is not None:
+                c.log.close()
+                c.log = None
             raise
         finally:
             _close_fds(child)
@@ -401,19 +420,32 @@ class ProcessRuntime:
             raise _StartError(126, f'exec: "{argv[0]}": {exc.strerror or exc}') from exc
 
     async def _pump(self, c: _Container, outputs: list[tuple[FdReader, int]]) -> None:
-        """Read the container's output until it ends, handing it to whoever is attached."""
+        """Read the container's output until it ends, handing it to whoever is attached and
+        to its log file (each chunk written as it comes; a line not ended when its stream
+        ends is written as a partial line, as containerd does)."""
+        writer = CriLogWriter() if c.log is not None else None
 
         async def one(reader: FdReader, stream: int) -> None:
-            while data := await reader.read():
-                for listener in list(c.listeners):
-                    sink = listener[0] if stream == 1 else listener[1]
-                    if sink is None:
-                        continue
-                    try:
-                        await sink.write(data)
-                    except (ConnectionError, OSError, RuntimeError):
-                        with contextlib.suppress(ValueError):
-                            c.listeners.remove(listener)
+            name = STDOUT if stream == 1 else STDERR
+            try:
+                while data := await reader.read():
+                    if writer is not None and c.log is not None:
+                        c.log.write(writer.feed(name, data))
+                    await fan_out(data, stream)
+            finally:
+                if writer is not None and c.log is not None:
+                    c.log.write(writer.flush(name))
+
+        async def fan_out(data: bytes, stream: int) -> None:
+            for listener in list(c.listeners):
+                sink = listener[0] if stream == 1 else listener[1]
+                if sink is None:
+                    continue
+                try:
+                    await sink.write(data)
+                except (ConnectionError, OSError, RuntimeError):
+                    with contextlib.suppress(ValueError):
+                        c.listeners.remove(listener)
 
         try:
             await asyncio.gather(*(one(r, s) for r, s in outputs))
@@ -422,6 +454,8 @@ class ProcessRuntime:
             c.state, c.exit_code, c.finished_at = "exited", code, _now()
             log.info("container %s exited with %d", c.spec.name, code)
         finally:
+            if c.log is not None:
+                c.log.close()
             _close_fds([r.fd for r, _ in outputs])
             c.master = None  # closed above: it was one of the outputs
             _close_fds([c.stdin_fd])
@@ -469,6 +503,7 @@ class ProcessRuntime:
                 finished_at=c.finished_at,
                 runtime="process",
                 labels=dict(c.labels),
+                log_path=c.spec.log_path,
             )
             for c in self._containers.values()
             if _matches(c.labels, labels)
