@@ -1,4 +1,4 @@
-"""Command line: ``streamsrv serve`` and ``streamsrv pod run|ls|rm``."""
+"""Command line: ``streamsrv serve``, ``streamsrv cri`` and ``streamsrv pod run|ls|rm``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from .podmanager import PodManager
 from .runtime.base import StreamingRuntime
 from .runtime.cni import CniNetwork
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
+from .runtime.images import DockerImages, ImageStore, RecordedImages
 from .runtime.process import ProcessRuntime
 from .runtime.volumes import VolumeHost
 from .server import Config, StreamServer
@@ -127,7 +128,48 @@ async def pick_runtime(
     return runtime
 
 
+async def cri_nodes(endpoints: list[str], ca: Path | None, state_dir: Path) -> StreamingRuntime:
+    """``--cri-endpoint [NAME=]unix:///PATH`` (repeated): each endpoint a node of the gateway.
+
+    A node is named by NAME, else by the runtime's own name (``containerd``, ``streamsrv``),
+    numbered when several share one. Each must answer Version now: a typo fails at start.
+    """
+    from .cri.remote import CriRuntime, NodeSet
+
+    cafile = ca or CertificateAuthority(state_dir).cert_path
+    trust = ssl.create_default_context(cafile=str(cafile))
+    nodes: list[CriRuntime] = []
+    try:
+        for spec in endpoints:
+            name, sep, endpoint = spec.partition("=")
+            if not sep or "://" in name:
+                name, endpoint = "", spec
+            node = CriRuntime(endpoint, name, stream_ssl=trust)
+            nodes.append(node)
+            try:
+                described = await node.identify()
+            except Exception as exc:
+                raise UsageError(f"CRI endpoint {endpoint}: {exc}") from exc
+            node.node = node.node or described.split()[0]
+            log.info("node %s: %s at %s", node.node or "?", described, endpoint)
+        seen: dict[str, int] = {}
+        for node in nodes:
+            seen[node.node] = seen.get(node.node, 0) + 1
+        for name in [n for n, count in seen.items() if count > 1]:
+            for i, node in enumerate(n for n in nodes if n.node == name):
+                node.node = f"{name}-{i}"
+    except BaseException:
+        for node in nodes:
+            await node.close()
+        raise
+    return NodeSet(nodes)
+
+
 async def describe(runtime: StreamingRuntime) -> str:
+    from .cri.remote import NodeSet
+
+    if isinstance(runtime, NodeSet):
+        return "CRI: " + ", ".join(f"{n.node} at {n.endpoint}" for n in runtime.nodes)
     if isinstance(runtime, DockerRuntime):
         return f"docker {await runtime.version()} at {docker_endpoint()}"
     return "process (local processes, NO isolation: every container runs as this user on this host)"
@@ -171,7 +213,10 @@ async def serve(args: argparse.Namespace) -> int:
             bin_dirs=tuple(args.cni_bin_dir or DEFAULT_CNI_BIN_DIRS),
             plugin_netns=args.cni_netns,
         )
-        runtime = await pick_runtime(args.runtime, args.pause_image, state_dir, network)
+        if args.cri_endpoint:
+            runtime = await cri_nodes(args.cri_endpoint, args.cri_stream_ca, state_dir)
+        else:
+            runtime = await pick_runtime(args.runtime, args.pause_image, state_dir, network)
     except UsageError as exc:
         print(f"streamsrv: {exc}", file=sys.stderr)
         return 2
@@ -255,6 +300,77 @@ async def serve(args: argparse.Namespace) -> int:
     await streams.shutdown()
     await runner.cleanup()
     log.info("stopped")
+    return 0
+
+
+def stream_ssl(args: argparse.Namespace, state_dir: Path, host: str) -> ssl.SSLContext | None:
+    """The stream server's TLS for ``streamsrv cri``: our CA's certificate unless
+    ``--stream-plain-http`` (what containerd and a stock kubelet use on loopback)."""
+    if args.stream_plain_http:
+        return None
+    ca = CertificateAuthority(state_dir)
+    names = sorted({"localhost", "127.0.0.1", "::1", host} - {"", "0.0.0.0", "::"})
+    return server_ssl_context(*ca.serving_cert(names), None)
+
+
+async def cri(args: argparse.Namespace) -> int:
+    """``streamsrv cri``: CRI v1 over gRPC on a unix socket (docs/cri.md)."""
+    from .cri.daemon import CriDaemon, EndpointError, install_signal_handlers, socket_path
+    from .cri.server import NetworkStatus
+
+    state_dir: Path = args.state_dir
+    try:
+        socket_path(args.listen)
+        limits = limits_from_args(args)
+        network = NetworkOptions(
+            conf_dir=args.cni_conf_dir,
+            bin_dirs=tuple(args.cni_bin_dir or DEFAULT_CNI_BIN_DIRS),
+            plugin_netns=args.cni_netns,
+        )
+        runtime = await pick_runtime(args.runtime, args.pause_image, state_dir, network)
+    except (UsageError, EndpointError) as exc:
+        print(f"streamsrv: {exc}", file=sys.stderr)
+        return 2
+    log.info("runtime: %s", await describe(runtime))
+    images: ImageStore
+    if isinstance(runtime, DockerRuntime):
+        images = DockerImages(runtime)
+        config = network.manager(state_dir).load_config()
+        status = (
+            NetworkStatus()
+            if config is not None
+            else NetworkStatus(
+                False,
+                "NetworkPluginNotReady",
+                f"no CNI config in {network.conf_dir}: pods get loopback only",
+            )
+        )
+        mounts = True
+    else:
+        images = RecordedImages(state_dir / "cri" / "images.json")
+        status = NetworkStatus(True, "", "process runtime: containers use the host's network")
+        mounts = False
+    host, port = args.stream_address
+    ssl_ctx = stream_ssl(args, state_dir, host)
+    shown = f"[{host}]" if ":" in host else host
+    daemon = CriDaemon(
+        runtime,
+        images,
+        state_dir,
+        Config(listen=f"{shown}:{port}", ssl=ssl_ctx, limits=limits),
+        status,
+        supports_mounts=mounts,
+    )
+    raise_fd_limit()
+    stop = asyncio.Event()
+    install_signal_handlers(stop)
+    try:
+        await daemon.run(args.listen, stop)
+    except EndpointError as exc:
+        print(f"streamsrv: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await runtime.close()
     return 0
 
 
@@ -366,29 +482,7 @@ async def pod_command(args: argparse.Namespace) -> int:
     raise AssertionError(args.pod_command)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamsrv", description=__doc__)
-    p.add_argument("--version", action="version", version=f"streamsrv {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=default_state_dir(),
-        help="CA, certificates and the kubeconfig (default: %(default)s)",
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("serve", help="run the server")
-    s.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
-    s.add_argument(
-        "--listen",
-        type=parse_listen,
-        default=("127.0.0.1", 6443),
-        metavar="HOST:PORT",
-        help="address to listen on (default 127.0.0.1:6443; port 0 picks one)",
-    )
-    s.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig")
-    s.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
+def add_network_args(s: argparse.ArgumentParser) -> None:
     net = s.add_argument_group(
         "pod network (CNI)",
         "pods that are not hostNetwork get their network from the first CNI config found "
@@ -414,6 +508,62 @@ def build_parser() -> argparse.ArgumentParser:
         "the bridge and the host end of each pod's interface then live there, not in the "
         "server's own namespace",
     )
+
+
+def add_limit_args(s: argparse.ArgumentParser) -> None:
+    limits = s.add_argument_group(
+        "limits", "bounds on time, memory and concurrency (docs/architecture.md, Limits)"
+    )
+    defaults = Limits()
+    for f in dataclasses.fields(Limits):
+        default = getattr(defaults, f.name)
+        limits.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(default),
+            default=default,
+            metavar="N",
+            help=_limit_help(f.name, default),
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamsrv", description=__doc__)
+    p.add_argument("--version", action="version", version=f"streamsrv {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default_state_dir(),
+        help="CA, certificates and the kubeconfig (default: %(default)s)",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
+    s.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("127.0.0.1", 6443),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:6443; port 0 picks one)",
+    )
+    s.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig")
+    s.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
+    add_network_args(s)
+    s.add_argument(
+        "--cri-endpoint",
+        action="append",
+        metavar="[NAME=]unix:///PATH",
+        help="front this CRI runtime instead of running one in-process (repeatable: each "
+        "endpoint is a node); sessions are proxied to its stream server (docs/cri.md)",
+    )
+    s.add_argument(
+        "--cri-stream-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA that https stream URLs of the CRI endpoints are checked against (default: "
+        "STATE_DIR's CA, which `streamsrv cri` with the same state dir uses)",
+    )
     s.add_argument("--tls-cert", type=Path, help="serve this certificate instead of our own CA's")
     s.add_argument("--tls-key", type=Path)
     s.add_argument(
@@ -435,19 +585,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="plain http (kubectl then sends no bearer token, so only non-kubectl clients work)",
     )
 
-    limits = s.add_argument_group(
-        "limits", "bounds on time, memory and concurrency (docs/architecture.md, Limits)"
+    add_limit_args(s)
+
+    c = sub.add_parser(
+        "cri",
+        help="serve CRI v1 over gRPC (for a kubelet, crictl, or `serve --cri-endpoint`)",
+        description="CRI v1 (runtime.v1 RuntimeService and ImageService) over gRPC on a unix "
+        "socket, with the stream server for Exec/Attach/PortForward in the same process "
+        "(docs/cri.md).",
     )
-    defaults = Limits()
-    for f in dataclasses.fields(Limits):
-        default = getattr(defaults, f.name)
-        limits.add_argument(
-            "--" + f.name.replace("_", "-"),
-            type=type(default),
-            default=default,
-            metavar="N",
-            help=_limit_help(f.name, default),
-        )
+    c.add_argument(
+        "--listen",
+        default="unix:///run/streamsrv/cri.sock",
+        metavar="unix:///PATH",
+        help="the socket (made 0600; default: %(default)s)",
+    )
+    c.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
+    c.add_argument(
+        "--stream-address",
+        type=parse_listen,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="where the stream server listens (default 127.0.0.1:0, a free port)",
+    )
+    c.add_argument(
+        "--stream-plain-http",
+        action="store_true",
+        help="stream URLs over plain http, as containerd's default (a stock kubelet does not "
+        "trust our CA); by default https with STATE_DIR's CA",
+    )
+    c.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
+    add_network_args(c)
+    add_limit_args(c)
 
     pod = sub.add_parser("pod", help="manage pods through a running server")
     pod.add_argument("--kubeconfig", type=Path)
@@ -485,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.command == "serve":
             return asyncio.run(serve(args))
+        if args.command == "cri":
+            return asyncio.run(cri(args))
         return asyncio.run(pod_command(args))
     except UsageError as exc:
         print(f"streamsrv: {exc}", file=sys.stderr)
