@@ -9,6 +9,7 @@ the kubeconfig; the gateway is the only place that knows pods by name.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import logging
@@ -19,10 +20,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from .podmanager import Pod, PodExists, PodManager
+from .podmanager import Pod, PodExists, PodManager, RemoteStreams
 from .pods import DEFAULT_CONTAINER_ANNOTATION, ContainerSpec, InvalidPod, parse_pod
 from .protocol import channels
 from .protocol.status import kube_status
+from .proxy import ProxyStats, proxy_upgrade
 from .requests import (
     AnyRequest,
     InvalidRequest,
@@ -35,6 +37,7 @@ from .requests import (
 from .runtime.base import BackendError, EngineUnavailable, ImageNotFound
 from .server import StreamServer
 from .tokens import CacheFull
+from .transport import is_websocket
 
 log = logging.getLogger(__name__)
 
@@ -549,11 +552,65 @@ async def issue_url(
 
 async def _stream(request: web.Request, req: AnyRequest) -> web.StreamResponse:
     """The session on this connection: authenticated by the bearer token already, so no
-    one-time token is issued and no cache slot is held (kubectl never sees a 429 here)."""
+    one-time token is issued and no cache slot is held (kubectl never sees a 429 here).
+
+    With a remote runtime (``serve --cri-endpoint``) the stream server relays it to the node
+    (:func:`proxied`)."""
     try:
         return await request.app[STREAMS].serve_request(request, req)
     except InvalidRequest as exc:
         raise StatusError(400, str(exc)) from exc
+
+
+#: The one WebSocket protocol the gateway offers a node for a session whose stdin can end
+#: (stdin without a tty), when the client offers it: v5 carries the end of stdin, v4 cannot,
+#: and a v4 session would wait for it forever. A node that has no v5 (containerd 1.6's stream
+#: server) refuses the upgrade and kubectl falls back to SPDY, as it does behind an apiserver
+#: that does not translate (docs/cri.md). Other sessions lose nothing on v4: the client's own
+#: offer goes to the node as it is.
+NODE_WEBSOCKET_PROTOCOL = "v5.channel.k8s.io"
+
+
+def _offer(request: web.Request, req: AnyRequest) -> dict[str, list[str]]:
+    if not is_websocket(request) or isinstance(req, PortForwardRequest):
+        return {}
+    if not req.stdin or req.tty:
+        return {}
+    offered = [
+        p.strip()
+        for header in request.headers.getall("Sec-WebSocket-Protocol", [])
+        for p in header.split(",")
+        if p.strip()
+    ]
+    if NODE_WEBSOCKET_PROTOCOL in offered:
+        return {"Sec-WebSocket-Protocol": [NODE_WEBSOCKET_PROTOCOL]}
+    return {}
+
+
+async def proxied(
+    streams: StreamServer, runtime: RemoteStreams, request: web.Request, req: AnyRequest
+) -> web.StreamResponse:
+    """A session on a node (``serve --cri-endpoint``): its CRI Exec/Attach/PortForward gives a
+    one-time URL, and the client's connection is spliced to it, as the kubelet and apiserver
+    do (docs/cri.md). kubectl's sessions and the browser page's come here alike."""
+    url = await runtime.stream_url(req)
+    stats = ProxyStats()
+    with streams.context.session():
+        resp = await proxy_upgrade(
+            request,
+            url,
+            ssl=runtime.stream_ssl,
+            limits=streams.limits,
+            stopping=streams.context.stopping,
+            stats=stats,
+            offer=_offer(request, req),
+        )
+    if stats.answered == 101:
+        transport = "websocket" if is_websocket(request) else "spdy"
+        streams.metrics.sessions[(kind_of(req), transport)] += 1
+    if stats.error:
+        log.debug("proxied %s session: %s", kind_of(req), stats.error)
+    return resp
 
 
 async def live_pod(request: web.Request, doing: str) -> Pod:
@@ -608,6 +665,8 @@ def add_routes(
     app[TOKEN] = token
     app[STREAMS] = streams
     app[DECODING] = asyncio.Semaphore(DECODERS)
+    if isinstance(manager.runtime, RemoteStreams):
+        streams.relay = functools.partial(proxied, streams, manager.runtime)
     streams.add_routes(app)
     r = app.router
     r.add_get("/healthz", healthz)

@@ -7,13 +7,25 @@ I/O; this module drives a :class:`~streamsrv.runtime.base.Runtime` with it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import RequestError
 from .pods import ContainerState, PodSpec, SandboxState, pod_filter, pod_phase, render_pod
+from .requests import AnyRequest
 from .runtime.base import Runtime
+
+
+@runtime_checkable
+class RemoteStreams(Protocol):
+    """A runtime whose sessions are served by another stream server (a CRI endpoint's):
+    the gateway asks it for the session's one-time URL and proxies the client there."""
+
+    stream_ssl: ssl.SSLContext | None  # how to reach https URLs (None: the default trust)
+
+    async def stream_url(self, req: AnyRequest) -> str: ...
 
 
 class PodExists(RequestError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,10 @@ log = logging.getLogger(__name__)
 BROWSER = "browser"
 #: Seconds sessions ended by a shutdown get to send their status and close.
 STOP_WAIT = 10.0
+
+
+#: A session served elsewhere: the request's connection and what it asked for.
+Relay = Callable[[web.Request, AnyRequest], Awaitable[web.StreamResponse]]
 
 
 @dataclass(slots=True)
@@ -95,6 +100,9 @@ class StreamServer:
         self._runner: web.AppRunner | None = None
         #: Set by :meth:`shutdown`: new sessions are refused.
         self.closing = False
+        #: Where sessions go instead of this process's runtime, when they are another stream
+        #: server's (a gateway fronting CRI endpoints proxies them there; docs/cri.md).
+        self.relay: Relay | None = None
 
     @property
     def limits(self) -> Limits:
@@ -163,6 +171,8 @@ class StreamServer:
         if self.closing:
             self.metrics.refused["shutting-down"] += 1
             return _text(503, f"{SHUTTING_DOWN}\n", **{"Retry-After": "5"})
+        if self.relay is not None:
+            return await self.relay(request, req)
         with ctx.session():
             if isinstance(req, PortForwardRequest):
                 if is_websocket(request):

@@ -1,0 +1,472 @@
+"""The gateway's runtime when it fronts CRI endpoints (``serve --cri-endpoint``, docs/cri.md).
+
+:class:`CriRuntime` is one endpoint (one node): the pod model's calls become CRI calls as the
+kubelet makes them (RunPodSandbox, CreateContainer, StartContainer, ...), and a session's URL
+comes from the endpoint's Exec/Attach/PortForward, which the gateway then proxies to. A pod's
+manifest rides along as a sandbox annotation, so the gateway shows the pod it was given;
+sandboxes someone else made (a kubelet, crictl) are shown from their CRI metadata.
+
+:class:`NodeSet` puts several endpoints behind one runtime: listings are merged, each pod runs
+on the node its manifest names (``spec.nodeName``) or on the one with the fewest pods, and
+every later call about an object goes to the node that has it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import BackendError, EngineUnavailable
+from ..pods import (
+    EMPTY_DIR,
+    LABEL_CONTAINER_NAME,
+    LABEL_POD_NAME,
+    LABEL_POD_NAMESPACE,
+    LABEL_POD_UID,
+    ContainerSpec,
+    ContainerState,
+    InvalidPod,
+    PodSpec,
+    SandboxState,
+    parse_pod,
+)
+from ..requests import AnyRequest, AttachRequest, ExecRequest, PortForwardRequest
+from ..runtime.base import ContainerNotFound, ImageNotFound, StdIO
+from . import api_pb2 as pb
+from .client import CriClient, CriError
+
+log = logging.getLogger(__name__)
+
+#: The sandbox annotation that carries the manifest the gateway was given.
+ANNOTATION_MANIFEST = "io.streamsrv.pod.manifest"
+
+_PID = {"pod": pb.POD, "container": pb.CONTAINER, "node": pb.NODE}
+_STATES = {
+    pb.CONTAINER_CREATED: "created",
+    pb.CONTAINER_RUNNING: "running",
+    pb.CONTAINER_EXITED: "exited",
+}
+
+
+def _when(ns: int) -> datetime | None:
+    return datetime.fromtimestamp(ns / 1e9, UTC) if ns > 0 else None
+
+
+def _failure(exc: CriError, ref: str = "") -> BackendError:
+    """A CRI error as the runtime error the gateway knows how to answer."""
+    if exc.code == "NOT_FOUND":
+        return ContainerNotFound(ref or exc.details)
+    if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+        return EngineUnavailable(f"CRI endpoint: {exc.details}")
+    return BackendError(exc.details or exc.code)
+
+
+class CriRuntime:
+    """One CRI endpoint as a :class:`~streamsrv.runtime.base.Runtime` plus stream URLs."""
+
+    def __init__(self, endpoint: str, node: str = "", *, stream_ssl: ssl.SSLContext | None = None):
+        self.endpoint = endpoint
+        self.client = CriClient(endpoint)
+        self.node = node
+        self.name = "cri"
+        self.stream_ssl = stream_ssl
+
+    async def identify(self) -> str:
+        """``runtime_name runtime_version`` of the endpoint (and the node name, if unset)."""
+        try:
+            v = await self.client.version()
+        except CriError as exc:
+            raise _failure(exc) from exc
+        return f"{v.runtime_name} {v.runtime_version}"
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ------------------------------------------------------------------------------ configs
+
+    @staticmethod
+    def sandbox_config(pod: PodSpec) -> pb.PodSandboxConfig:
+        pid = pb.NODE if pod.host_pid else pb.POD
+        if not pod.host_pid and all(c.pid_namespace == "container" for c in pod.containers):
+            pid = pb.CONTAINER
+        cfg = pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(
+                name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt
+            ),
+            hostname="" if pod.host_network else pod.name[:63],
+            labels={
+                **pod.labels,
+                LABEL_POD_NAME: pod.name,
+                LABEL_POD_NAMESPACE: pod.namespace,
+                LABEL_POD_UID: pod.uid,
+            },
+            annotations={
+                **pod.annotations,
+                ANNOTATION_MANIFEST: json.dumps(
+                    pod.manifest, separators=(",", ":"), sort_keys=True
+                ),
+            },
+        )
+        opts = cfg.linux.security_context.namespace_options
+        opts.network = pb.NODE if pod.host_network else pb.POD
+        opts.pid = pid
+        opts.ipc = pb.NODE if pod.host_ipc else pb.POD
+        return cfg
+
+    @staticmethod
+    def container_config(pod: PodSpec, c: ContainerSpec) -> pb.ContainerConfig:
+        mounts = []
+        for m in c.volume_mounts:
+            volume = pod.volume(m.name)
+            if volume is None or volume.kind == EMPTY_DIR or m.sub_path:
+                raise InvalidPod(
+                    pod.name,
+                    [
+                        (
+                            "spec.volumes",
+                            "Forbidden: through a CRI endpoint only hostPath volumes without "
+                            "subPath can be mounted",
+                        )
+                    ],
+                )
+            mounts.append(
+                pb.Mount(container_path=m.mount_path, host_path=volume.path, readonly=m.read_only)
+            )
+        cfg = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=c.name, attempt=c.attempt),
+            image=pb.ImageSpec(image=c.image),
+            command=c.command,
+            args=c.args,
+            working_dir=c.working_dir or "",
+            envs=[pb.KeyValue(key=k, value=v.encode()) for k, v in c.env],
+            mounts=mounts,
+            labels={
+                LABEL_POD_NAME: pod.name,
+                LABEL_POD_NAMESPACE: pod.namespace,
+                LABEL_POD_UID: pod.uid,
+                LABEL_CONTAINER_NAME: c.name,
+            },
+            stdin=c.stdin,
+            stdin_once=c.stdin_once,
+            tty=c.tty,
+        )
+        opts = cfg.linux.security_context.namespace_options
+        opts.network = pb.NODE if pod.host_network else pb.POD
+        opts.pid = pb.NODE if pod.host_pid else _PID.get(c.pid_namespace, pb.POD)
+        opts.ipc = pb.NODE if pod.host_ipc else pb.POD
+        return cfg
+
+    # ------------------------------------------------------------------------------ Runtime
+
+    async def ensure_image(self, image: str) -> None:
+        try:
+            status = await self.client.image_status(image)
+            if status.HasField("image"):
+                return
+            await self.client.pull_image(image)
+        except CriError as exc:
+            if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise _failure(exc) from exc
+            raise ImageNotFound(image, exc.details) from exc
+
+    async def run_pod_sandbox(self, pod: PodSpec) -> str:
+        try:
+            return await self.client.run_pod_sandbox(self.sandbox_config(pod))
+        except CriError as exc:
+            raise _failure(exc) from exc
+
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        try:
+            await self.client.stop_pod_sandbox(sandbox_id)
+        except CriError as exc:
+            raise _failure(exc, sandbox_id) from exc
+
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        try:
+            await self.client.remove_pod_sandbox(sandbox_id)
+        except CriError as exc:
+            raise _failure(exc, sandbox_id) from exc
+
+    async def create_container(
+        self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
+    ) -> str:
+        cfg = self.container_config(pod, container)
+        try:
+            return await self.client.create_container(sandbox_id, cfg, self.sandbox_config(pod))
+        except CriError as exc:
+            raise _failure(exc) from exc
+
+    async def start_container(self, container_id: str) -> None:
+        try:
+            await self.client.start_container(container_id)
+        except CriError as exc:
+            raise _failure(exc, container_id) from exc
+
+    async def stop_container(self, container_id: str, grace_period: float) -> None:
+        try:
+            await self.client.stop_container(container_id, int(grace_period))
+        except CriError as exc:
+            raise _failure(exc, container_id) from exc
+
+    async def remove_container(self, container_id: str) -> None:
+        try:
+            await self.client.remove_container(container_id)
+        except CriError as exc:
+            raise _failure(exc, container_id) from exc
+
+    def _pod(self, sandbox: pb.PodSandbox, containers: Sequence[pb.Container]) -> PodSpec:
+        meta = sandbox.metadata
+        raw = sandbox.annotations.get(ANNOTATION_MANIFEST)
+        if raw:
+            try:
+                return parse_pod(json.loads(raw), uid=meta.uid)
+            except (ValueError, InvalidPod) as exc:
+                log.warning("sandbox %s: unreadable manifest annotation: %s", sandbox.id[:12], exc)
+        mine = [c for c in containers if c.pod_sandbox_id == sandbox.id]
+        return PodSpec(
+            name=meta.name,
+            namespace=meta.namespace,
+            uid=meta.uid,
+            attempt=meta.attempt,
+            containers=tuple(ContainerSpec(c.metadata.name, c.image.image) for c in mine),
+            labels=dict(sandbox.labels),
+            annotations=dict(sandbox.annotations),
+        )
+
+    async def list_pod_sandboxes(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[SandboxState]:
+        try:
+            sandboxes = await self.client.list_pod_sandbox(
+                pb.PodSandboxFilter(label_selector=labels or {})
+            )
+            containers: list[pb.Container] = []
+            if any(ANNOTATION_MANIFEST not in s.annotations for s in sandboxes):
+                containers = await self.client.list_containers()
+            statuses = await asyncio.gather(
+                *(self.client.pod_sandbox_status(s.id) for s in sandboxes),
+                return_exceptions=True,
+            )
+        except CriError as exc:
+            raise _failure(exc) from exc
+        out = []
+        for s, st in zip(sandboxes, statuses, strict=True):
+            ip = None
+            if isinstance(st, pb.PodSandboxStatusResponse):
+                ip = st.status.network.ip or None
+            out.append(
+                SandboxState(
+                    id=s.id,
+                    pod=self._pod(s, containers),
+                    ready=s.state == pb.SANDBOX_READY,
+                    created_at=_when(s.created_at) or datetime.now(UTC),
+                    ip=ip,
+                    node=self.node,
+                )
+            )
+        return out
+
+    async def list_containers(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[ContainerState]:
+        try:
+            found = await self.client.list_containers(
+                pb.ContainerFilter(label_selector=labels or {})
+            )
+            statuses = await asyncio.gather(
+                *(self.client.container_status(c.id) for c in found), return_exceptions=True
+            )
+        except CriError as exc:
+            raise _failure(exc) from exc
+        out = []
+        for c, st in zip(found, statuses, strict=True):
+            if not isinstance(st, pb.ContainerStatusResponse):
+                continue  # removed in between
+            s = st.status
+            state = _STATES.get(s.state, "unknown")
+            out.append(
+                ContainerState(
+                    id=c.id,
+                    name=c.metadata.name,
+                    image=s.image.image or c.image.image,
+                    image_id=s.image_ref,
+                    state=state,
+                    exit_code=s.exit_code if state == "exited" else None,
+                    started_at=_when(s.started_at),
+                    finished_at=_when(s.finished_at),
+                    reason=s.reason or None,
+                    runtime="cri",
+                    labels=dict(c.labels),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------------------ streams
+
+    async def stream_url(self, req: AnyRequest) -> str:
+        """The endpoint's one-time URL for ``req`` (its Exec, Attach or PortForward)."""
+        try:
+            if isinstance(req, ExecRequest):
+                return await self.client.exec(
+                    pb.ExecRequest(
+                        container_id=req.container_id,
+                        cmd=req.cmd,
+                        tty=req.tty,
+                        stdin=req.stdin,
+                        stdout=req.stdout,
+                        stderr=req.stderr,
+                    )
+                )
+            if isinstance(req, AttachRequest):
+                return await self.client.attach(
+                    pb.AttachRequest(
+                        container_id=req.container_id,
+                        tty=req.tty,
+                        stdin=req.stdin,
+                        stdout=req.stdout,
+                        stderr=req.stderr,
+                    )
+                )
+            assert isinstance(req, PortForwardRequest)
+            return await self.client.port_forward(req.sandbox_id, req.ports)
+        except CriError as exc:
+            raise _failure(exc) from exc
+
+
+class NodeSet:
+    """Several CRI endpoints as one runtime; each is a node (``kubectl get pods -o wide``)."""
+
+    name = "cri"
+
+    def __init__(self, nodes: Sequence[CriRuntime]) -> None:
+        if not nodes:
+            raise ValueError("no CRI endpoint")
+        self.nodes = list(nodes)
+        self._where: dict[str, CriRuntime] = {}  # sandbox or container id -> its node
+        self._lock = asyncio.Lock()
+
+    @property
+    def stream_ssl(self) -> ssl.SSLContext | None:
+        return self.nodes[0].stream_ssl
+
+    async def close(self) -> None:
+        await asyncio.gather(*(n.close() for n in self.nodes))
+
+    async def _node_of(self, oid: str) -> CriRuntime:
+        node = self._where.get(oid)
+        if node is None:  # not seen yet (made before we started): look
+            await self.list_pod_sandboxes()
+            await self.list_containers()
+            node = self._where.get(oid)
+        if node is None:
+            raise ContainerNotFound(oid)
+        return node
+
+    def _choose(self, pod: PodSpec, counts: Mapping[str, int]) -> CriRuntime:
+        wanted = (pod.manifest.get("spec") or {}).get("nodeName")
+        if wanted:
+            for n in self.nodes:
+                if n.node == wanted:
+                    return n
+            raise InvalidPod(
+                pod.name,
+                [("spec.nodeName", f'Not found: "{wanted}" (nodes: {", ".join(self.names)})')],
+            )
+        return min(self.nodes, key=lambda n: counts.get(n.node, 0))
+
+    @property
+    def names(self) -> list[str]:
+        return [n.node for n in self.nodes]
+
+    async def ensure_image(self, image: str) -> None:
+        """Nothing yet: the image is made present on the node the pod goes to."""
+
+    async def run_pod_sandbox(self, pod: PodSpec) -> str:
+        counts: dict[str, int] = {}
+        for s in await self.list_pod_sandboxes():
+            counts[s.node] = counts.get(s.node, 0) + 1
+        node = self._choose(pod, counts)
+        for image in dict.fromkeys(c.image for c in pod.containers):
+            await node.ensure_image(image)
+        sandbox_id = await node.run_pod_sandbox(pod)
+        self._where[sandbox_id] = node
+        return sandbox_id
+
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        await (await self._node_of(sandbox_id)).stop_pod_sandbox(sandbox_id)
+
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        await (await self._node_of(sandbox_id)).remove_pod_sandbox(sandbox_id)
+        self._where.pop(sandbox_id, None)
+
+    async def create_container(
+        self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
+    ) -> str:
+        node = await self._node_of(sandbox_id)
+        cid = await node.create_container(sandbox_id, pod, container)
+        self._where[cid] = node
+        return cid
+
+    async def start_container(self, container_id: str) -> None:
+        await (await self._node_of(container_id)).start_container(container_id)
+
+    async def stop_container(self, container_id: str, grace_period: float) -> None:
+        await (await self._node_of(container_id)).stop_container(container_id, grace_period)
+
+    async def remove_container(self, container_id: str) -> None:
+        await (await self._node_of(container_id)).remove_container(container_id)
+        self._where.pop(container_id, None)
+
+    async def list_pod_sandboxes(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[SandboxState]:
+        found = await asyncio.gather(*(n.list_pod_sandboxes(labels) for n in self.nodes))
+        out = []
+        for node, items in zip(self.nodes, found, strict=True):
+            for s in items:
+                self._where[s.id] = node
+                out.append(s)
+        return out
+
+    async def list_containers(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[ContainerState]:
+        found = await asyncio.gather(*(n.list_containers(labels) for n in self.nodes))
+        out = []
+        for node, items in zip(self.nodes, found, strict=True):
+            for c in items:
+                self._where[c.id] = node
+                out.append(c)
+        return out
+
+    async def stream_url(self, req: AnyRequest) -> str:
+        oid = req.sandbox_id if isinstance(req, PortForwardRequest) else req.container_id
+        return await (await self._node_of(oid)).stream_url(req)
+
+    # The gateway proxies every session to a node's stream server (stream_url); nothing is
+    # streamed through this process's own runtime, so these only say so.
+
+    async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
+        raise BackendError("sessions go through the node's stream server (stream_url)")
+
+    async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
+        raise BackendError("sessions go through the node's stream server (stream_url)")
+
+    async def container_stopped(self, container_id: str) -> str | None:
+        return None
+
+    async def sandbox_ready(self, sandbox_id: str) -> bool:
+        return True
+
+    async def dial(self, sandbox_id: str, port: int) -> socket.socket:
+        raise BackendError("sessions go through the node's stream server (stream_url)")
+
+
+def _unused(_: Any) -> None:  # pragma: no cover
+    pass
