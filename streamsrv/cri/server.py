@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from .. import __version__
 from ..pods import (
@@ -752,7 +752,15 @@ IMAGE_METHODS: dict[str, tuple[type[Message], str]] = {
 def _handler(
     rpc: str, fn: Callable[[Any], Awaitable[Message]], req_type: type[Message]
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+    async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+        try:
+            request = req_type.FromString(data)
+        except DecodeError:  # as Go's gRPC answers it: never the decoder's exception
+            await context.abort(
+                grpc.StatusCode.INTERNAL,
+                f"grpc: error unmarshalling request: not a {req_type.__name__}",
+            )
+            raise AssertionError("abort returned") from None
         try:
             return await fn(request)
         except asyncio.CancelledError:
@@ -768,7 +776,6 @@ def _handler(
 
     return grpc.unary_unary_rpc_method_handler(
         call,
-        request_deserializer=req_type.FromString,
         response_serializer=lambda m: m.SerializeToString(),
     )
 
