@@ -16,26 +16,38 @@ Run through `scripts/bench` (which starts a private engine and builds the images
      over WebSocket v5 to the same server and pod, with each one's CPU seconds per GiB;
   9. pod create and delete (pause + one container) with a CNI network (bridge + host-local +
      loopback, the plugins in a network namespace of the bench's own), against the same pods
-     without CNI, alternating, BENCH_PODS of each (the runtime called in-process).
+     without CNI, alternating, BENCH_PODS of each (the runtime called in-process);
+ 10. CRI side by side: a private containerd 1.6 (its CRI plugin's stream server is the kubelet's
+     Go streaming library; scripts/lib.sh containerd_start) and `streamsrv cri --runtime docker`,
+     each behind its own `streamsrv serve --cri-endpoint` gateway with the same pod: exec stdout
+     256 MiB, exec stdin 128 MiB, port-forward 128 MiB to the client and `exec -- true` p50 (10
+     runs), kubectl 1.27 and 1.33, the two nodes in turn (A B A B). It touches no pod but its
+     own (rows 1-9 clear the engine: scripts/bench gives them a private one).
 Medians of RUNS runs with min-max. Ratios are ours / baseline for throughput (higher is better)
 and baseline / ours for times. Figures only: nothing here asserts a time.
 
 BENCH_ROWS=1,2,... picks rows; BENCH_RUNS, BENCH_LATENCY_RUNS, BENCH_SHELLS, BENCH_EXECS scale.
+Row 10: BENCH_CRI_STDOUT_MIB, BENCH_CRI_STDIN_MIB, BENCH_CRI_PF_MIB, BENCH_CRI_LATENCY_RUNS;
+BENCH_CRI_PLAIN_HTTP=1 gives `streamsrv cri` plain http stream URLs, as containerd's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -562,6 +574,426 @@ class Bench:
             self.client_rows.append(line)
 
 
+# ------------------------------------------------------------------------- row 10: CRI side by side
+
+CRI_OUT_SIZE = int(os.environ.get("BENCH_CRI_STDOUT_MIB", "256")) << 20
+CRI_IN_SIZE = int(os.environ.get("BENCH_CRI_STDIN_MIB", "128")) << 20
+CRI_PF_SIZE = int(os.environ.get("BENCH_CRI_PF_MIB", "128")) << 20
+CRI_LATENCY_RUNS = int(os.environ.get("BENCH_CRI_LATENCY_RUNS", "10"))
+CRI_VERSIONS = ("1.27", "1.33")
+#: Stream URLs of `streamsrv cri` over plain http, as containerd's (by default https, its CA).
+CRI_PLAIN_HTTP = os.environ.get("BENCH_CRI_PLAIN_HTTP", "") == "1"
+GO_NAME = "Go stream server (containerd 1.6)"
+OURS_NAME = "streamsrv cri (docker)"
+
+
+def cri_manifest(name: str) -> str:
+    """The one pod of both nodes: `sleep` to exec into, busybox `nc` serving CRI_PF_SIZE."""
+    return f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  containers:
+  - {{name: main, image: {BUSYBOX}, command: [sleep, "100000"]}}
+  - name: down
+    image: {BUSYBOX}
+    command: [busybox, nc, -ll, -p, "{DOWN}", -e, dd, if=/dev/zero, bs=65536,
+              count={CRI_PF_SIZE // 65536}]
+"""
+
+
+def docker_engine_pids(container_ids: Collection[str]) -> list[int]:
+    """The engine under `streamsrv cri --runtime docker`: the dockerd of DOCKER_HOST, the
+    containerd it started and the shims of the given containers (each `-id ID`)."""
+    host = os.environ.get("DOCKER_HOST", "").removeprefix("unix://")
+    table = proc_table()
+
+    def named(args: str, *names: str) -> bool:
+        return bool(args) and Path(args.split()[0]).name in names
+
+    dockerd = {pid for pid, (_, args) in table.items() if named(args, "dockerd") and host in args}
+    under = {pid for pid, (ppid, args) in table.items() if ppid in dockerd and named(args, *ENGINE)}
+    shims = {
+        pid
+        for pid, (_, args) in table.items()
+        if named(args, "containerd-shim", "containerd-shim-runc-v2")
+        and any(f" -id {cid} " in f" {args} " for cid in container_ids)
+    }
+    return sorted(dockerd | under | shims)
+
+
+def download_exact(port: int, size: int) -> tuple[float, float]:
+    """Read ``size`` bytes from a local port: seconds to the last byte and to the end of the
+    stream (they differ by how long the node takes to close the forwarded connection)."""
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        total = 0
+        buf = bytearray(1 << 20)
+        while total < size and (n := s.recv_into(buf)):
+            total += n
+        last = time.perf_counter() - start
+        assert total == size, f"port-forward: {total} bytes, expected {size}"
+        while s.recv_into(buf):
+            pass
+        return last, time.perf_counter() - start
+
+
+@dataclass
+class CriSide:
+    """One node behind its own gateway: where kubectl goes, and what to count CPU of."""
+
+    name: str
+    gateway: Server
+    stream_pid: int  # the process that serves the node's stream URLs
+    engine: Callable[[], list[int]]  # the engine processes under it (read before each run)
+
+    def kubectl(self, version: str, *args: str) -> list[str]:
+        return [kubectl_path(version), "--kubeconfig", str(self.gateway.kubeconfig),
+                "--cache-dir", str(self.gateway.state_dir / f"kc-{version}"), *args]  # fmt: skip
+
+    def sessions(self, kind: str) -> dict[str, int]:
+        """Proxied sessions of ``kind`` so far, by transport (the gateway's counter: it counts a
+        session once the node has answered 101, when the session ends)."""
+        text = self.gateway.metrics()
+        out = {}
+        for transport in ("spdy", "websocket"):
+            m = re.search(
+                rf'streamsrv_sessions_total{{kind="{kind}",transport="{transport}"}} (\d+)', text
+            )
+            out[transport] = int(m.group(1)) if m else 0
+        return out
+
+    def parts(self, client: Callable[[], float]) -> dict[str, Callable[[], float]]:
+        gateway = self.gateway.proc.pid if self.gateway.proc else 0
+        engine = self.engine()
+        return {
+            "gateway": lambda: cpu_seconds(gateway),
+            "stream server": lambda: cpu_seconds(self.stream_pid),
+            "engine": lambda: sum(cpu_seconds(p) for p in engine),
+            "client": client,
+        }
+
+
+class CriSideBySide:
+    """Row 10: containerd 1.6's CRI plugin (its stream server is the kubelet's Go streaming
+    library) and `streamsrv cri --runtime docker`, each behind its own `streamsrv serve
+    --cri-endpoint` gateway, with the same pod; identical kubectl commands, A B A B."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.pod = unique("cribench")
+        self.rows: list[str] = []
+        self.cpu_rows: list[str] = []
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ the two nodes
+
+    def run(self) -> list[tuple[str, str, list[str]]]:
+        from tests.containerd_env import containerd_cri, shim_pids
+        from tests.cri_env import StreamsrvCri
+
+        started = time.perf_counter()
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        manifest = self.tmp / "pod.yaml"
+        manifest.write_text(cri_manifest(self.pod))
+        with contextlib.ExitStack() as stack:
+            ctd = stack.enter_context(containerd_cri(self.tmp / "go"))
+            assert Path(proc_table()[ctd.pid][1].split()[0]).name == "containerd", ctd.pid
+            go = CriSide(GO_NAME, self._gateway(stack, "go-gateway", ctd.endpoint), ctd.pid,
+                         partial(shim_pids, ctd.socket))  # fmt: skip
+            stack.callback(self._remove_docker_pod)  # after `streamsrv cri` stopped, if need be
+            cri = StreamsrvCri(
+                self.tmp / "ours", "docker", ["--stream-plain-http"] if CRI_PLAIN_HTTP else []
+            )
+            cri.start()
+            stack.callback(cri.stop)
+            assert cri.proc is not None
+            assert cri.stream_url.startswith("http://" if CRI_PLAIN_HTTP else "https://")
+            ca = None if CRI_PLAIN_HTTP else cri.ca_file
+            gateway = self._gateway(stack, "ours-gateway", cri.endpoint, ca)
+            ours = CriSide(OURS_NAME, gateway, cri.proc.pid, self._docker_engine)
+            for side in (go, ours):
+                r = side.gateway.cli("pod", "run", "-f", str(manifest))
+                assert r.returncode == 0, f"{side.name}: pod run: {r.stderr}"
+                stack.callback(self._remove_pod, side)
+            for side in (go, ours):
+                self._wait_running(side)
+            setup = time.perf_counter() - started
+            self._measure(go, ours)
+            measured = time.perf_counter() - started - setup
+        total = time.perf_counter() - started
+        self.notes.append(
+            f"Row 10 took {total:.0f} s: {setup:.0f} s to start both nodes, gateways and pods, "
+            f"{measured:.0f} s measuring, {total - setup - measured:.0f} s to clean up."
+        )
+        stream = "plain http" if CRI_PLAIN_HTTP else "https (its default; --cri-stream-ca)"
+        notes = [
+            "Each node has its own `streamsrv serve --cri-endpoint` gateway (kubectl talks to "
+            "it; it proxies each session to the node's stream URL) and the same pod; the "
+            f"kubectl commands are identical and alternate, Go first; medians of {RUNS} runs.",
+            "Transports (read from each gateway's session counter, not assumed): kubectl 1.27 "
+            "speaks SPDY to both. kubectl 1.33 asks for WebSocket v5 first: streamsrv cri takes "
+            "it (v5 for exec, the WebSocket tunnel for port-forward); containerd 1.6's stream "
+            "server has no v5 and no WebSocket port-forward, so kubectl 1.33 falls back to SPDY "
+            "there, after one refused upgrade per session.",
+            "Gateway to node: plain http to containerd (enable_tls_streaming = false, its "
+            f"default); {stream} to streamsrv cri.",
+            "Below the stream server: containerd reads the shims' fifos itself; streamsrv cri "
+            "goes through dockerd's exec API (dockerd reads its containerd's fifos). So each "
+            "side is a stream server with its own engine path under it, not the stream server "
+            "alone.",
+            "Ratios: streamsrv cri / Go for throughput, Go / streamsrv cri for times (above 1: "
+            "streamsrv cri is better). Port-forward rates are to the last byte.",
+            *self.notes,
+        ]
+        return [
+            (
+                "Row 10, CRI side by side:\n\n"
+                + "\n".join(f"- {n}" for n in notes)
+                + "\n\nRow 10, CPU seconds per GiB moved, by process (medians of the same runs;"
+                " gateway: `streamsrv serve`; stream server: containerd, whose CRI plugin, stream"
+                " server and container I/O are one process, or `streamsrv cri`; engine:"
+                " containerd's shims with the commands they ran, or dockerd, its containerd and"
+                " the pod's shims, dockerd and its containerd being shared with whatever else"
+                " uses that engine; client: kubectl, for port-forward with the bench's socket"
+                " code; the pod's `nc`/`dd` are left out):",
+                "| run | gateway | stream server | engine | client | all"
+                " | wall seconds per GiB |\n|---|---|---|---|---|---|---|",
+                self.cpu_rows,
+            )
+        ]
+
+    def _gateway(
+        self, stack: contextlib.ExitStack, name: str, endpoint: str, ca: Path | None = None
+    ) -> Server:
+        extra = ["--cri-endpoint", endpoint] + (["--cri-stream-ca", str(ca)] if ca else [])
+        gateway = Server(self.tmp / name, extra=extra)
+        gateway.start()
+        stack.callback(gateway.stop)
+        return gateway
+
+    def _docker_ids(self) -> list[str]:
+        r = subprocess.run(
+            ["docker", "ps", "-aq", "--no-trunc", "-f", f"label=io.kubernetes.pod.name={self.pod}"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return r.stdout.split()
+
+    def _docker_engine(self) -> list[int]:
+        return docker_engine_pids(self._docker_ids())
+
+    def _remove_pod(self, side: CriSide) -> None:
+        r = side.gateway.cli("pod", "rm", self.pod)
+        if r.returncode != 0:
+            print(f"{side.name}: pod rm {self.pod}: {r.stderr.strip()}", file=sys.stderr)
+
+    def _remove_docker_pod(self) -> None:
+        """Whatever of the pod the engine still has (only this pod's containers: the engine
+        may be shared)."""
+        if ids := self._docker_ids():
+            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+
+    def _wait_running(self, side: CriSide) -> None:
+        deadline = time.monotonic() + 120
+        phase = ""
+        while time.monotonic() < deadline:
+            for version in CRI_VERSIONS:  # both fill their discovery cache here
+                r = subprocess.run(
+                    side.kubectl(version, "get", "pod", self.pod, "-o", "jsonpath={.status.phase}"),
+                    capture_output=True, text=True,
+                )  # fmt: skip
+                phase = r.stdout
+            if phase == "Running":
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{side.name}: pod {self.pod} is {phase!r}, not Running")
+
+    # ------------------------------------------------------------------ measuring
+
+    def _measure(self, go: CriSide, ours: CriSide) -> None:
+        sides = (go, ours)
+        data = self.tmp / "stdin.bin"
+        with data.open("wb") as f:
+            f.truncate(CRI_IN_SIZE)
+        out_cmd = [
+            "sh",
+            "-c",
+            f"dd if=/dev/zero bs=65536 count={CRI_OUT_SIZE // 65536} 2>/dev/null",
+        ]
+        in_cmd = ["sh", "-c", DD_IN]
+        for version in CRI_VERSIONS:
+            for side in sides:  # one session each first: nothing measured pays for a first time
+                subprocess.run(side.kubectl(version, "exec", self.pod, "-c", "main", "--", "true"),
+                               check=True, capture_output=True)  # fmt: skip
+        exec_args = ["exec", self.pod, "-c", "main", "--"]
+        for version in CRI_VERSIONS:
+            what = f"exec stdout {CRI_OUT_SIZE >> 20} MiB"
+            self._exec_rates(sides, version, what, CRI_OUT_SIZE, [*exec_args, *out_cmd], None)
+        stdin_args = ["exec", "-i", self.pod, "-c", "main", "--"]
+        for version in CRI_VERSIONS:
+            what = f"exec stdin {CRI_IN_SIZE >> 20} MiB"
+            self._exec_rates(sides, version, what, CRI_IN_SIZE, [*stdin_args, *in_cmd], data)
+        for version in CRI_VERSIONS:
+            self._portforward(sides, version)
+        for version in CRI_VERSIONS:
+            self._latency(sides, version)
+
+    def _settled(
+        self, side: CriSide, kind: str, before: dict[str, int], count: int
+    ) -> dict[str, int]:
+        """The sessions ``side``'s gateway counted since ``before``: ``count`` of them, all of
+        one transport, which it returns (the counter moves when a session has ended)."""
+        deadline = time.monotonic() + 10
+        while True:
+            now = side.sessions(kind)
+            delta = {t: now[t] - before[t] for t in now}
+            if sum(delta.values()) >= count or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert sum(delta.values()) == count and max(delta.values()) == count, (
+            f"{side.name}: expected {count} {kind} sessions of one transport, got {delta}"
+        )
+        return delta
+
+    @staticmethod
+    def _transport(delta: dict[str, int], version: str, kind: str) -> str:
+        if delta["websocket"]:
+            return "WebSocket tunnel" if kind == "portforward" else "WebSocket v5"
+        # kubectl 1.33 asks for WebSocket first: SPDY is what it fell back to
+        return "SPDY, fallback" if version >= "1.31" else "SPDY"
+
+    def _row(
+        self,
+        what: str,
+        version: str,
+        transports: dict[str, str],
+        go: list[float],
+        ours: list[float],
+        text: Callable[[list[float]], str],
+        times: bool = False,
+    ) -> None:
+        label = (
+            f"CRI side by side: {what}, kubectl {version} "
+            f"(Go: {transports[GO_NAME]}; ours: {transports[OURS_NAME]})"
+        )
+        go_m, ours_m = statistics.median(go), statistics.median(ours)
+        ratio = go_m / ours_m if times else ours_m / go_m
+        line = f"| {label} | {OURS_NAME}: {text(ours)} | {GO_NAME}: {text(go)} | {ratio:.2f} |"
+        print(line, flush=True)
+        self.rows.append(line)
+
+    def _exec_rates(
+        self, sides: tuple[CriSide, CriSide], version: str, what: str, size: int,
+        args: list[str], stdin: Path | None,
+    ) -> None:  # fmt: skip
+        before = {side.name: side.sessions("exec") for side in sides}
+        rates: dict[str, list[float]] = {side.name: [] for side in sides}
+        cpu: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
+        walls: dict[str, list[float]] = {side.name: [] for side in sides}
+        for _ in range(RUNS):
+            for side in sides:  # A B A B ...
+                cmd = side.kubectl(version, *args)
+                with CpuMeter(side.parts(children_cpu)) as meter:
+                    seconds, total = timed(cmd, stdin)
+                if stdin is None:
+                    assert total == size, f"{side.name}: {total} bytes, expected {size}"
+                rates[side.name].append(size / seconds)
+                cpu[side.name].append(meter.spent)
+                walls[side.name].append(seconds)
+        count = RUNS
+        if stdin is not None:  # and all of it arrives (`dd` says nothing of it): once, untimed
+            for side in sides:
+                cmd = side.kubectl(version, "exec", "-i", self.pod, "-c", "main", "--", "wc", "-c")
+                with stdin.open("rb") as f:
+                    r = subprocess.run(cmd, stdin=f, capture_output=True, check=True)
+                assert int(r.stdout) == size, (
+                    f"{side.name}: {r.stdout!r} bytes of stdin, not {size}"
+                )
+            count += 1
+        transports = {}
+        for side in sides:
+            delta = self._settled(side, "exec", before[side.name], count)
+            transports[side.name] = self._transport(delta, version, "exec")
+            self.cpu_rows.append(cpu_row(
+                f"{what}, kubectl {version}, {side.name} ({transports[side.name]})",
+                cpu[side.name], walls[side.name], size,
+            ))  # fmt: skip
+        self._row(what, version, transports, rates[GO_NAME], rates[OURS_NAME], rate_text)
+
+    def _portforward(self, sides: tuple[CriSide, CriSide], version: str) -> None:
+        what = f"port-forward {CRI_PF_SIZE >> 20} MiB pod to client"
+        before = {side.name: side.sessions("portforward") for side in sides}
+        forwards: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        logs = []
+        try:
+            for side in sides:
+                log_path = self.tmp / f"pf-{version}-{side.gateway.state_dir.name}.log"
+                log = log_path.open("w")
+                logs.append(log)
+                proc = subprocess.Popen(
+                    side.kubectl(version, "port-forward", self.pod, f":{DOWN}"),
+                    stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+                forwards[side.name] = proc, 0
+                forwards[side.name] = proc, wait_forwarding(proc, log_path, [DOWN])[DOWN]
+            rates: dict[str, list[float]] = {side.name: [] for side in sides}
+            closes: dict[str, list[float]] = {side.name: [] for side in sides}
+            cpu: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
+            walls: dict[str, list[float]] = {side.name: [] for side in sides}
+            for _ in range(RUNS):
+                for side in sides:
+                    proc, port = forwards[side.name]
+                    parts = side.parts(own_cpu)
+                    parts["client"] = partial(lambda pid: cpu_seconds(pid) + own_cpu(), proc.pid)
+                    with CpuMeter(parts) as meter:
+                        last, end = download_exact(port, CRI_PF_SIZE)
+                    rates[side.name].append(CRI_PF_SIZE / last)
+                    closes[side.name].append(end - last)
+                    cpu[side.name].append(meter.spent)
+                    walls[side.name].append(last)
+        finally:
+            for proc, _ in forwards.values():
+                proc.terminate()
+                proc.wait()
+            for log in logs:
+                log.close()
+        transports = {}
+        for side in sides:
+            delta = self._settled(side, "portforward", before[side.name], 1)
+            transports[side.name] = self._transport(delta, version, "portforward")
+            self.cpu_rows.append(cpu_row(
+                f"{what}, kubectl {version}, {side.name} ({transports[side.name]})",
+                cpu[side.name], walls[side.name], CRI_PF_SIZE,
+            ))  # fmt: skip
+        self._row(what, version, transports, rates[GO_NAME], rates[OURS_NAME], rate_text)
+        self.notes.append(
+            f"Port-forward, kubectl {version}: from the last byte to the end of the forwarded "
+            f"connection (not in the rate) took {ms_text(closes[GO_NAME])} on the Go side "
+            f"(containerd waits up to 1 s for the other direction before it closes), "
+            f"{ms_text(closes[OURS_NAME])} on ours."
+        )
+
+    def _latency(self, sides: tuple[CriSide, CriSide], version: str) -> None:
+        before = {side.name: side.sessions("exec") for side in sides}
+        times: dict[str, list[float]] = {side.name: [] for side in sides}
+        for _ in range(CRI_LATENCY_RUNS):
+            for side in sides:
+                cmd = side.kubectl(version, "exec", self.pod, "-c", "main", "--", "true")
+                start = time.perf_counter()
+                subprocess.run(cmd, check=True, capture_output=True)
+                times[side.name].append(time.perf_counter() - start)
+        transports = {
+            side.name: self._transport(
+                self._settled(side, "exec", before[side.name], CRI_LATENCY_RUNS), version, "exec"
+            )
+            for side in sides
+        }
+        self._row(
+            f"exec start `true` p50, {CRI_LATENCY_RUNS} runs",
+            version, transports, times[GO_NAME], times[OURS_NAME], ms_text, times=True,
+        )  # fmt: skip
+
+
 MANIFEST = f"""apiVersion: v1
 kind: Pod
 metadata: {{name: bench}}
@@ -578,9 +1010,10 @@ spec:
 """
 
 
-def main() -> None:
+def classic_rows(tmp: Path) -> list[tuple[str, str, list[str]]]:
+    """Rows 1-9: one `streamsrv serve` on the Docker runtime with the bench pod. They clear the
+    engine of every pod first and after (scripts/bench gives them a private engine)."""
     _remove_everything()
-    tmp = Path(tempfile.mkdtemp(prefix="streamsrv-bench-"))
     server = Server(tmp / "state")
     server.start()
     try:
@@ -589,9 +1022,6 @@ def main() -> None:
         r = server.cli("pod", "run", "-f", str(manifest))
         assert r.returncode == 0, r.stderr
         bench = Bench(tmp, server)
-        print(f"\nstreamsrv benchmark ({RUNS} runs per figure; latency {LATENCY_RUNS} runs)\n")
-        print("| what | streamsrv (median, min-max) | baseline, same run | ratio |")
-        print("|---|---|---|---|", flush=True)
         steps = {
             1: bench.row1_stdout,
             2: bench.row2_stdin,
@@ -606,36 +1036,57 @@ def main() -> None:
         for number, step in steps.items():
             if number in ROWS:
                 step()
-        if bench.client_rows:
-            print(
-                "\nPython clients, exec over WebSocket v5 (medians; CPU seconds per GiB of the"
-                " client process and of the server, streamsrv.client / kubectl 1.33 /"
-                " kubernetes):\n"
-            )
-            print("| row | streamsrv.client | kubectl 1.33 | kubernetes client | ours / kubectl"
-                  " | ours / kubernetes | client CPU-s/GiB | server CPU-s/GiB |")  # fmt: skip
-            print("|---|---|---|---|---|---|---|---|")
-            print("\n".join(bench.client_rows), flush=True)
-        if bench.cpu_rows:
-            print(
-                "\nCPU seconds per GiB moved, by process (medians of the same runs; the engine"
-                " column holds dockerd, containerd and the shims with the command they ran):\n"
-            )
-            print("| run | engine | streamsrv | client | all | wall seconds per GiB |")
-            print("|---|---|---|---|---|---|")
-            print("\n".join(bench.cpu_rows), flush=True)
-        if bench.pf_cpu_rows:
-            print(
-                "\nPort-forward CPU seconds per GiB, by process (medians of the same runs; the"
-                " pod's services are left out, they are the same programs in both):\n"
-            )
-            print("| run | streamsrv | kubectl | client | all | wall seconds per GiB |")
-            print("|---|---|---|---|---|---|")
-            print("\n".join(bench.pf_cpu_rows), flush=True)
     finally:
         server.stop()
         _remove_everything()
+    return [
+        (
+            "Python clients, exec over WebSocket v5 (medians; CPU seconds per GiB of the"
+            " client process and of the server, streamsrv.client / kubectl 1.33 /"
+            " kubernetes):",
+            "| row | streamsrv.client | kubectl 1.33 | kubernetes client | ours / kubectl"
+            " | ours / kubernetes | client CPU-s/GiB | server CPU-s/GiB |\n"
+            "|---|---|---|---|---|---|---|---|",
+            bench.client_rows,
+        ),
+        (
+            "CPU seconds per GiB moved, by process (medians of the same runs; the engine"
+            " column holds dockerd, containerd and the shims with the command they ran):",
+            "| run | engine | streamsrv | client | all | wall seconds per GiB |\n"
+            "|---|---|---|---|---|---|",
+            bench.cpu_rows,
+        ),
+        (
+            "Port-forward CPU seconds per GiB, by process (medians of the same runs; the"
+            " pod's services are left out, they are the same programs in both):",
+            "| run | streamsrv | kubectl | client | all | wall seconds per GiB |\n"
+            "|---|---|---|---|---|---|",
+            bench.pf_cpu_rows,
+        ),
+    ]
+
+
+def main() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="streamsrv-bench-"))
+    tables: list[tuple[str, str, list[str]]] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
+    latency = [f"latency {LATENCY_RUNS} runs"] if ROWS - {10} else []
+    latency += [f"row 10 latency {CRI_LATENCY_RUNS} runs"] if 10 in ROWS else []
+    print(f"\nstreamsrv benchmark ({RUNS} runs per figure; {'; '.join(latency)})\n")
+    print("| what | streamsrv (median, min-max) | baseline, same run | ratio |")
+    print("|---|---|---|---|", flush=True)
+    try:
+        if ROWS - {10}:
+            tables += classic_rows(tmp)
+        if 10 in ROWS:
+            tables += CriSideBySide(tmp / "cri").run()
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for intro, header, rows in tables:
+        if rows:
+            print(f"\n{intro}\n")
+            print(header)
+            print("\n".join(rows), flush=True)
 
 
 if __name__ == "__main__":
