@@ -108,7 +108,11 @@ class CertificateAuthority:
 
     def _create(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamsrv CA")])
+        # A name of its own: a client that trusts several streamsrv CAs (a gateway fronting
+        # several `streamsrv cri` nodes) finds each certificate's issuer by its name, and with
+        # one shared name it tried the wrong CA ("certificate signature failure").
+        cn = f"streamsrv CA {secrets.token_hex(4)}"
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         now = _now()
         self.cert = (
             x509.CertificateBuilder()

@@ -745,6 +745,14 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         causes.append(("spec.terminationGracePeriodSeconds", f"Invalid value: {_shown(grace)}"))
         grace = 30
     host_network = _bool(spec.get("hostNetwork"), "spec.hostNetwork", causes)
+    node_name = spec.get("nodeName", "")
+    if node_name is None:
+        node_name = ""
+    if not isinstance(node_name, str) or (
+        node_name and (len(node_name) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(node_name))
+    ):
+        causes.append(("spec.nodeName", f"Invalid value: {_shown(node_name)}"))
+        node_name = ""
     if causes:
         raise InvalidPod(str(name), causes)
     # Keep only what the pod model understands, rebuilt from the parsed values: a field we do
@@ -769,6 +777,8 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
             kept_spec[key] = True
     if volumes:
         kept_spec["volumes"] = [_volume_manifest(v) for v in volumes]
+    if node_name:  # a gateway fronting CRI nodes puts the pod there (docs/cri.md)
+        kept_spec["nodeName"] = node_name
     stored = {"apiVersion": "v1", "kind": "Pod", "metadata": kept_meta, "spec": kept_spec}
     return PodSpec(
         name=name,

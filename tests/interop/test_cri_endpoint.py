@@ -268,3 +268,58 @@ async def test_browser_session_through_the_node(node: Node) -> None:
                     got += msg.data[1:]
     assert got.replace(b"\r\n", b"\n") == b"hi-3\n"
     assert node.proxied("exec")["websocket"] == before["websocket"] + 1
+
+
+def test_two_endpoints_are_two_nodes(tmp_path: Path) -> None:
+    """Each --cri-endpoint is a node: pods go where spec.nodeName says (else to the node with
+    fewer pods), `get pods -o wide` shows where, and exec reaches the right one."""
+    require_docker()
+    with cri_target("process", tmp_path / "a") as a, cri_target("docker", tmp_path / "b") as b:
+        extra = ["--cri-endpoint", f"proc={a.endpoint}", "--cri-endpoint", f"dock={b.endpoint}",
+                 "--cri-stream-ca", str(a.stream_ca)]  # fmt: skip
+        # both streamsrv cri use their own state dir's CA: give the gateway one that signs both
+        assert a.stream_ca is not None and b.stream_ca is not None
+        bundle = tmp_path / "cas.pem"
+        bundle.write_bytes(a.stream_ca.read_bytes() + b.stream_ca.read_bytes())
+        extra[-1] = str(bundle)
+        server = Server(tmp_path / "gateway", extra=extra)
+        server.start()
+        try:
+            for name, node in (("on-proc", "proc"), ("on-dock", "dock")):
+                path = tmp_path / f"{name}.yaml"
+                path.write_text(
+                    f"apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n"
+                    f"  nodeName: {node}\n  containers:\n  - name: main\n    image: {b.image}\n"
+                    '    command: ["sleep", "3600"]\n'
+                )
+                r = server.cli("pod", "run", "-f", str(path))
+                assert r.returncode == 0, r.stderr
+            bad = tmp_path / "bad.yaml"
+            bad.write_text(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: nowhere}\nspec:\n  nodeName: mars\n"
+                f"  containers:\n  - name: main\n    image: {b.image}\n"
+                '    command: ["sleep", "3600"]\n'
+            )
+            r = server.cli("pod", "run", "-f", str(bad))
+            assert r.returncode != 0 and "mars" in r.stderr, r.stderr
+            deadline = time.monotonic() + 120
+            wide = ""
+            while time.monotonic() < deadline:
+                r2 = server.kubectl("1.33", "get", "pods", "-o", "wide", "--no-headers")
+                wide = r2.stdout
+                if wide.count("Running") == 2:
+                    break
+                time.sleep(0.2)
+            rows = {line.split()[0]: line.split() for line in wide.splitlines()}
+            assert "proc" in rows["on-proc"] and "dock" in rows["on-dock"], wide
+            assert "nowhere" not in rows
+            # the process runtime's "container" is a process of this host; Docker's is not
+            here = os.readlink("/proc/self/ns/pid")
+            for name, same in (("on-proc", True), ("on-dock", False)):
+                r3 = server.kubectl("1.33", "exec", name, "--", "readlink", "/proc/self/ns/pid")
+                assert r3.returncode == 0, r3.stderr
+                assert (r3.stdout.strip() == here) is same, (name, r3.stdout, here)
+            for name in ("on-proc", "on-dock"):
+                assert server.cli("pod", "rm", name).returncode == 0
+        finally:
+            server.stop()
