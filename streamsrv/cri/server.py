@@ -159,7 +159,10 @@ class CriService:
     network: NetworkStatus = field(default_factory=NetworkStatus)
     supports_mounts: bool = True
     pod_cidr: str = ""
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Names being made right now (sandbox: name, namespace, uid, attempt; container: sandbox
+    #: id, name, attempt): reserved without holding a lock across the runtime's call, so one
+    #: slow create never holds up the others, and two creates of one name cannot both run.
+    _making: set[tuple[str, ...]] = field(default_factory=set)
 
     # ------------------------------------------------------------------------------ lookup
 
@@ -273,20 +276,19 @@ class CriService:
             raise invalid("network namespace mode must be POD or NODE")
         if ns.pid == pb.TARGET or ns.ipc not in (pb.POD, pb.NODE):
             raise invalid("sandbox pid namespace must be POD, CONTAINER or NODE; ipc POD or NODE")
-        async with self._lock:
-            for other in self.store.sandboxes.values():
-                m = self._sandbox_config(other).metadata
-                if (m.name, m.namespace, m.uid, m.attempt) == (
-                    meta.name,
-                    meta.namespace,
-                    meta.uid,
-                    meta.attempt,
-                ):
-                    raise CriFailure(
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        f'sandbox name "{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}" '
-                        f'is reserved for "{other.id}"',
-                    )
+        key = ("sandbox", meta.name, meta.namespace, meta.uid, str(meta.attempt))
+        shown = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+        holder = "a sandbox being made" if key in self._making else None
+        for other in self.store.sandboxes.values():
+            m = self._sandbox_config(other).metadata
+            if ("sandbox", m.name, m.namespace, m.uid, str(m.attempt)) == key:
+                holder = f'"{other.id}"'
+        if holder is not None:
+            raise CriFailure(
+                grpc.StatusCode.ALREADY_EXISTS, f'sandbox name "{shown}" is reserved for {holder}'
+            )
+        self._making.add(key)  # no await since the check: nobody else got in between
+        try:
             rec = SandboxRecord("", cfg.SerializeToString(), _now_ns(), req.runtime_handler)
             pod = self._pod_spec(rec, cfg)
             sandbox_id = await self.runtime.run_pod_sandbox(pod)
@@ -296,6 +298,8 @@ class CriService:
             except BaseException:
                 await asyncio.shield(self._forget_sandbox(sandbox_id))
                 raise
+        finally:
+            self._making.discard(key)
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     async def _forget_sandbox(self, sandbox_id: str) -> None:
@@ -461,17 +465,20 @@ class CriService:
             pid_namespace="node" if pod.host_pid else _NAMESPACE_MODES[ns.pid],
             log_path=log_path,
         )
-        async with self._lock:
-            for other in self.store.containers.values():
-                if other.sandbox_id != sandbox.id:
-                    continue
+        key = ("container", sandbox.id, meta.name, str(meta.attempt))
+        holder = "a container being made" if key in self._making else None
+        for other in self.store.containers.values():
+            if other.sandbox_id == sandbox.id:
                 om = self._container_config(other).metadata
                 if (om.name, om.attempt) == (meta.name, meta.attempt):
-                    raise CriFailure(
-                        grpc.StatusCode.ALREADY_EXISTS,
-                        f'container name "{meta.name}" attempt {meta.attempt} is reserved for '
-                        f'"{other.id}"',
-                    )
+                    holder = f'"{other.id}"'
+        if holder is not None:
+            raise CriFailure(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f'container name "{meta.name}" attempt {meta.attempt} is reserved for {holder}',
+            )
+        self._making.add(key)
+        try:
             cid = await self.runtime.create_container(sandbox.id, pod, spec)
             rec = ContainerRecord(
                 cid, sandbox.id, cfg.SerializeToString(), _now_ns(), log_path, image.id
@@ -482,6 +489,8 @@ class CriService:
                 with contextlib.suppress(BackendError):
                     await asyncio.shield(self.runtime.remove_container(cid))
                 raise
+        finally:
+            self._making.discard(key)
         return pb.CreateContainerResponse(container_id=cid)
 
     async def start_container(self, req: pb.StartContainerRequest) -> pb.StartContainerResponse:

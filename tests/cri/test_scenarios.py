@@ -540,3 +540,21 @@ async def test_unimplemented_names_the_method(cri: CriClient, target: CriTarget)
         )
     assert code_of(err) == "UNIMPLEMENTED"
     assert "ReopenContainerLog" in err.value.details
+
+
+async def test_concurrent_creates(pods: Pods, cri: CriClient) -> None:
+    """Five different sandboxes at once all run; one name twice at once runs once."""
+    configs = [pods.config() for _ in range(5)]
+    ids = await asyncio.gather(*(cri.run_pod_sandbox(c) for c in configs))
+    pods.sandboxes.extend(ids)
+    assert len(set(ids)) == 5
+    same = pods.config()
+    results = await asyncio.gather(
+        cri.run_pod_sandbox(same), cri.run_pod_sandbox(same), return_exceptions=True
+    )
+    made = [r for r in results if isinstance(r, str)]
+    pods.sandboxes.extend(made)
+    assert len(made) == 1, results
+    assert isinstance(next(r for r in results if not isinstance(r, str)), CriError)
+    listed = await cri.list_pod_sandbox()
+    assert [s.id for s in listed if s.metadata == same.metadata] == made
