@@ -18,9 +18,9 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypeVar
 
 from ..errors import BackendError, EngineUnavailable
 from ..pods import (
@@ -42,6 +42,7 @@ from . import api_pb2 as pb
 from .client import CriClient, CriError
 
 log = logging.getLogger(__name__)
+_Item = TypeVar("_Item", SandboxState, ContainerState)
 
 #: The sandbox annotation that carries the manifest the gateway was given.
 ANNOTATION_MANIFEST = "io.streamsrv.pod.manifest"
@@ -423,27 +424,25 @@ class NodeSet:
         await (await self._node_of(container_id)).remove_container(container_id)
         self._where.pop(container_id, None)
 
+    async def _merged(self, fetch: Callable[[CriRuntime], Awaitable[list[_Item]]]) -> list[_Item]:
+        """Every node's answer, each object remembered with the node it is on."""
+        found = await asyncio.gather(*(fetch(n) for n in self.nodes))
+        out = []
+        for node, items in zip(self.nodes, found, strict=True):
+            for item in items:
+                self._where[item.id] = node
+                out.append(item)
+        return out
+
     async def list_pod_sandboxes(
         self, labels: Mapping[str, str] | None = None
     ) -> list[SandboxState]:
-        found = await asyncio.gather(*(n.list_pod_sandboxes(labels) for n in self.nodes))
-        out = []
-        for node, items in zip(self.nodes, found, strict=True):
-            for s in items:
-                self._where[s.id] = node
-                out.append(s)
-        return out
+        return await self._merged(lambda n: n.list_pod_sandboxes(labels))
 
     async def list_containers(
         self, labels: Mapping[str, str] | None = None
     ) -> list[ContainerState]:
-        found = await asyncio.gather(*(n.list_containers(labels) for n in self.nodes))
-        out = []
-        for node, items in zip(self.nodes, found, strict=True):
-            for c in items:
-                self._where[c.id] = node
-                out.append(c)
-        return out
+        return await self._merged(lambda n: n.list_containers(labels))
 
     async def stream_url(self, req: AnyRequest) -> str:
         oid = req.sandbox_id if isinstance(req, PortForwardRequest) else req.container_id
@@ -466,7 +465,3 @@ class NodeSet:
 
     async def dial(self, sandbox_id: str, port: int) -> socket.socket:
         raise BackendError("sessions go through the node's stream server (stream_url)")
-
-
-def _unused(_: Any) -> None:  # pragma: no cover
-    pass

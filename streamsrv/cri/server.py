@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -192,7 +192,7 @@ class CriService:
     async def _container_states(self) -> dict[str, ContainerState]:
         return {c.id: c for c in await self.runtime.list_containers()}
 
-    def _pod_spec(self, rec: SandboxRecord, cfg: pb.PodSandboxConfig) -> PodSpec:
+    def _pod_spec(self, cfg: pb.PodSandboxConfig) -> PodSpec:
         ns = cfg.linux.security_context.namespace_options
         meta = cfg.metadata
         return PodSpec(
@@ -290,7 +290,7 @@ class CriService:
         self._making.add(key)  # no await since the check: nobody else got in between
         try:
             rec = SandboxRecord("", cfg.SerializeToString(), _now_ns(), req.runtime_handler)
-            pod = self._pod_spec(rec, cfg)
+            pod = self._pod_spec(cfg)
             sandbox_id = await self.runtime.run_pod_sandbox(pod)
             rec.id = sandbox_id
             try:
@@ -437,7 +437,7 @@ class CriService:
         if cfg.log_path and scfg.log_directory:
             log_path = os.path.join(scfg.log_directory, cfg.log_path)
             await asyncio.to_thread(os.makedirs, os.path.dirname(log_path), exist_ok=True)
-        pod = self._pod_spec(sandbox, scfg)
+        pod = self._pod_spec(scfg)
         volumes: list[Volume] = []
         mounts: list[VolumeMount] = []
         for i, m in enumerate(cfg.mounts):
@@ -830,9 +830,3 @@ def make_server(service: CriService) -> grpc.aio.Server:
     )
     server.add_generic_rpc_handlers(handlers(service))
     return server
-
-
-def iter_methods() -> Iterable[str]:
-    for name, table in ((RUNTIME_SERVICE, RUNTIME_METHODS), (IMAGE_SERVICE, IMAGE_METHODS)):
-        for rpc in table:
-            yield f"/{name}/{rpc}"
