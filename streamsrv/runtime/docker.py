@@ -682,7 +682,16 @@ class DockerRuntime:
         """:func:`resume_point` in a worker, on a descriptor of its own: a follower cancelled
         meanwhile closes the file's, whose number the worker must not use after that."""
         fd = os.dup(logfile.fd)
-        return await self._thread(_resume_point_closing, fd, created)
+        work = asyncio.ensure_future(self._thread(_resume_point_closing, fd, created))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # Cancelled (the container removed, the server closing): the worker still reads
+            # on its descriptor; wait for it to close that, so nothing of the log stays open
+            # once the follower has ended (a CI run saw it still open just after).
+            with contextlib.suppress(Exception):
+                await work
+            raise
 
     async def _catch_up(self, container_id: str, logfile: LogFile, tty: bool, created: int) -> None:
         """Write what the file lacks of a stopped container's output.
