@@ -23,26 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from .files import write_private
+
 _CA_DAYS = 3650
 _CERT_DAYS = 365
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``path`` atomically, mode 0600: a new file of our own (``O_EXCL | O_NOFOLLOW``,
-    so no planted file or symlink is written through) renamed over the old one. A reader sees
-    the old content or the new, never a part."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def private_dir(path: Path) -> Path:
@@ -64,7 +48,7 @@ def load_token(path: Path, *, rotate: bool = False) -> str:
             if len(token) >= 32:
                 return token
     token = new_token()
-    _write_private(path, token.encode() + b"\n")
+    write_private(path, token.encode() + b"\n")
     return token
 
 
@@ -139,8 +123,8 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-        _write_private(self.key_path, _key_pem(self.key))
-        _write_private(self.cert_path, self.cert.public_bytes(serialization.Encoding.PEM))
+        write_private(self.key_path, _key_pem(self.key))
+        write_private(self.cert_path, self.cert.public_bytes(serialization.Encoding.PEM))
 
     @property
     def pem(self) -> bytes:
@@ -175,8 +159,8 @@ class CertificateAuthority:
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        _write_private(key_path, _key_pem(key))
-        _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(key_path, _key_pem(key))
+        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
 
     def client_cert(self, name: str = "streamsrv-user") -> tuple[bytes, bytes]:
@@ -203,8 +187,8 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
         cert_pem, key_pem = cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-        _write_private(key_path, key_pem)
-        _write_private(cert_path, cert_pem)
+        write_private(key_path, key_pem)
+        write_private(cert_path, cert_pem)
         return cert_pem, key_pem
 
 
@@ -256,4 +240,4 @@ def write_kubeconfig(
         "current-context": "streamsrv",
     }
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())
+    write_private(path, yaml.safe_dump(doc, sort_keys=False).encode())

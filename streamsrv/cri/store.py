@@ -17,8 +17,12 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from ..files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +68,23 @@ class Store:
         return self.root / kind / f"{oid}.json"
 
     def _write(self, kind: str, oid: str, data: dict[str, object]) -> None:
-        path = self._path(kind, oid)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_private(self._path(kind, oid), json.dumps(data, separators=(",", ":")).encode())
 
     def _unlink(self, kind: str, oid: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(kind, oid).unlink()
 
-    def _load(self) -> None:
-        for path in sorted((self.root / "sandboxes").glob("*.json")):
+    def _read(self, kind: str) -> Iterator[dict[str, Any]]:
+        """Every record of ``kind`` that reads as JSON (one warning for each that does not)."""
+        for path in sorted((self.root / kind).glob("*.json")):
             try:
-                d = json.loads(path.read_text())
+                yield json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("CRI record %s is unreadable (%s): ignored", path, exc)
+
+    def _load(self) -> None:
+        for d in self._read("sandboxes"):
+            try:
                 rec = SandboxRecord(
                     id=str(d["id"]),
                     config=base64.b64decode(d["config"]),
@@ -88,13 +92,12 @@ class Store:
                     runtime_handler=str(d.get("runtime_handler", "")),
                     stopped=bool(d.get("stopped", False)),
                 )
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("CRI record %s is unreadable (%s): ignored", path, exc)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("CRI sandbox record %.80r is unreadable (%s): ignored", d, exc)
                 continue
             self.sandboxes[rec.id] = rec
-        for path in sorted((self.root / "containers").glob("*.json")):
+        for d in self._read("containers"):
             try:
-                d = json.loads(path.read_text())
                 crec = ContainerRecord(
                     id=str(d["id"]),
                     sandbox_id=str(d["sandbox_id"]),
@@ -103,8 +106,8 @@ class Store:
                     log_path=str(d.get("log_path", "")),
                     image_ref=str(d.get("image_ref", "")),
                 )
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("CRI record %s is unreadable (%s): ignored", path, exc)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("CRI container record %.80r is unreadable (%s): ignored", d, exc)
                 continue
             self.containers[crec.id] = crec
 
@@ -149,7 +152,7 @@ class Store:
 
     def resolve(
         self, table: dict[str, SandboxRecord] | dict[str, ContainerRecord], ref: str
-    ) -> str | None:  # noqa: E501
+    ) -> str | None:
         """The full id ``ref`` names: itself, or the one id it is a unique prefix of."""
         if ref in table:
             return ref

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import docker.errors
 
+from ..files import write_private
 from .base import BackendError, ImageNotFound
 
 if TYPE_CHECKING:
@@ -200,9 +200,7 @@ class RecordedImages:
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._refs))
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(self._refs).encode())
 
     def _find(self, ref: str) -> str | None:
         if not ref:
