@@ -83,6 +83,15 @@ class NetworkOptions:
     bin_dirs: tuple[Path, ...] = DEFAULT_CNI_BIN_DIRS
     plugin_netns: Path | None = None
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> NetworkOptions:
+        """From the flags :func:`add_network_args` adds."""
+        return cls(
+            conf_dir=args.cni_conf_dir,
+            bin_dirs=tuple(args.cni_bin_dir or DEFAULT_CNI_BIN_DIRS),
+            plugin_netns=args.cni_netns,
+        )
+
     def manager(self, state_dir: Path) -> CniNetwork:
         return CniNetwork(
             state_dir / "cni",
@@ -204,15 +213,17 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def own_ssl_context(ca: CertificateAuthority, host: str, client_ca: Path | None) -> ssl.SSLContext:
+    """A serving context with our CA's certificate for ``host`` and the loopback names."""
+    names = sorted({"localhost", "127.0.0.1", "::1", host} - {"", "0.0.0.0", "::"})
+    return server_ssl_context(*ca.serving_cert(names), client_ca)
+
+
 async def serve(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir
     host, port = args.listen
     try:
-        network = NetworkOptions(
-            conf_dir=args.cni_conf_dir,
-            bin_dirs=tuple(args.cni_bin_dir or DEFAULT_CNI_BIN_DIRS),
-            plugin_netns=args.cni_netns,
-        )
+        network = NetworkOptions.from_args(args)
         if args.cri_endpoint:
             runtime = await cri_nodes(args.cri_endpoint, args.cri_stream_ca, state_dir)
         else:
@@ -238,8 +249,7 @@ async def serve(args: argparse.Namespace) -> int:
         ssl_ctx = server_ssl_context(args.tls_cert, args.tls_key, client_ca)
     else:
         ca = CertificateAuthority(state_dir)
-        names = sorted({"localhost", "127.0.0.1", "::1", host} - {"", "0.0.0.0", "::"})
-        ssl_ctx = server_ssl_context(*ca.serving_cert(names), client_ca)
+        ssl_ctx = own_ssl_context(ca, host, client_ca)
         ca_pem = ca.pem
     if client_ca is not None:
         log.info("mutual TLS: clients must present a certificate signed by %s", client_ca)
@@ -308,9 +318,7 @@ def stream_ssl(args: argparse.Namespace, state_dir: Path, host: str) -> ssl.SSLC
     ``--stream-plain-http`` (what containerd and a stock kubelet use on loopback)."""
     if args.stream_plain_http:
         return None
-    ca = CertificateAuthority(state_dir)
-    names = sorted({"localhost", "127.0.0.1", "::1", host} - {"", "0.0.0.0", "::"})
-    return server_ssl_context(*ca.serving_cert(names), None)
+    return own_ssl_context(CertificateAuthority(state_dir), host, None)
 
 
 async def cri(args: argparse.Namespace) -> int:
@@ -322,11 +330,7 @@ async def cri(args: argparse.Namespace) -> int:
     try:
         socket_path(args.listen)
         limits = limits_from_args(args)
-        network = NetworkOptions(
-            conf_dir=args.cni_conf_dir,
-            bin_dirs=tuple(args.cni_bin_dir or DEFAULT_CNI_BIN_DIRS),
-            plugin_netns=args.cni_netns,
-        )
+        network = NetworkOptions.from_args(args)
         runtime = await pick_runtime(args.runtime, args.pause_image, state_dir, network)
     except (UsageError, EndpointError) as exc:
         print(f"streamsrv: {exc}", file=sys.stderr)
