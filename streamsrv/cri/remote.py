@@ -14,11 +14,12 @@ every later call about an object goes to the node that has it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -26,15 +27,13 @@ from ..errors import BackendError, EngineUnavailable
 from ..pods import (
     EMPTY_DIR,
     LABEL_CONTAINER_NAME,
-    LABEL_POD_NAME,
-    LABEL_POD_NAMESPACE,
-    LABEL_POD_UID,
     ContainerSpec,
     ContainerState,
     InvalidPod,
     PodSpec,
     SandboxState,
     parse_pod,
+    pod_filter,
 )
 from ..requests import AnyRequest, AttachRequest, ExecRequest, PortForwardRequest
 from ..runtime.base import ContainerNotFound, ImageNotFound, StdIO
@@ -68,6 +67,15 @@ def _failure(exc: CriError, ref: str = "") -> BackendError:
     return BackendError(exc.details or exc.code)
 
 
+@contextlib.contextmanager
+def _errors(ref: str = "") -> Iterator[None]:
+    """Every CriError inside becomes the runtime error :func:`_failure` makes of it."""
+    try:
+        yield
+    except CriError as exc:
+        raise _failure(exc, ref) from exc
+
+
 class CriRuntime:
     """One CRI endpoint as a :class:`~streamsrv.runtime.base.Runtime` plus stream URLs."""
 
@@ -80,10 +88,8 @@ class CriRuntime:
 
     async def identify(self) -> str:
         """``runtime_name runtime_version`` of the endpoint (and the node name, if unset)."""
-        try:
+        with _errors():
             v = await self.client.version()
-        except CriError as exc:
-            raise _failure(exc) from exc
         return f"{v.runtime_name} {v.runtime_version}"
 
     async def close(self) -> None:
@@ -101,12 +107,7 @@ class CriRuntime:
                 name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt
             ),
             hostname="" if pod.host_network else pod.name[:63],
-            labels={
-                **pod.labels,
-                LABEL_POD_NAME: pod.name,
-                LABEL_POD_NAMESPACE: pod.namespace,
-                LABEL_POD_UID: pod.uid,
-            },
+            labels={**pod.labels, **pod_filter(pod.namespace, pod.name, pod.uid)},
             annotations={
                 **pod.annotations,
                 ANNOTATION_MANIFEST: json.dumps(
@@ -148,9 +149,7 @@ class CriRuntime:
             envs=[pb.KeyValue(key=k, value=v.encode()) for k, v in c.env],
             mounts=mounts,
             labels={
-                LABEL_POD_NAME: pod.name,
-                LABEL_POD_NAMESPACE: pod.namespace,
-                LABEL_POD_UID: pod.uid,
+                **pod_filter(pod.namespace, pod.name, pod.uid),
                 LABEL_CONTAINER_NAME: c.name,
             },
             stdin=c.stdin,
@@ -177,49 +176,35 @@ class CriRuntime:
             raise ImageNotFound(image, exc.details) from exc
 
     async def run_pod_sandbox(self, pod: PodSpec) -> str:
-        try:
+        with _errors():
             return await self.client.run_pod_sandbox(self.sandbox_config(pod))
-        except CriError as exc:
-            raise _failure(exc) from exc
 
     async def stop_pod_sandbox(self, sandbox_id: str) -> None:
-        try:
+        with _errors(sandbox_id):
             await self.client.stop_pod_sandbox(sandbox_id)
-        except CriError as exc:
-            raise _failure(exc, sandbox_id) from exc
 
     async def remove_pod_sandbox(self, sandbox_id: str) -> None:
-        try:
+        with _errors(sandbox_id):
             await self.client.remove_pod_sandbox(sandbox_id)
-        except CriError as exc:
-            raise _failure(exc, sandbox_id) from exc
 
     async def create_container(
         self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
     ) -> str:
         cfg = self.container_config(pod, container)
-        try:
+        with _errors():
             return await self.client.create_container(sandbox_id, cfg, self.sandbox_config(pod))
-        except CriError as exc:
-            raise _failure(exc) from exc
 
     async def start_container(self, container_id: str) -> None:
-        try:
+        with _errors(container_id):
             await self.client.start_container(container_id)
-        except CriError as exc:
-            raise _failure(exc, container_id) from exc
 
     async def stop_container(self, container_id: str, grace_period: float) -> None:
-        try:
+        with _errors(container_id):
             await self.client.stop_container(container_id, int(grace_period))
-        except CriError as exc:
-            raise _failure(exc, container_id) from exc
 
     async def remove_container(self, container_id: str) -> None:
-        try:
+        with _errors(container_id):
             await self.client.remove_container(container_id)
-        except CriError as exc:
-            raise _failure(exc, container_id) from exc
 
     def _pod(self, sandbox: pb.PodSandbox, containers: Sequence[pb.Container]) -> PodSpec:
         meta = sandbox.metadata
@@ -243,7 +228,7 @@ class CriRuntime:
     async def list_pod_sandboxes(
         self, labels: Mapping[str, str] | None = None
     ) -> list[SandboxState]:
-        try:
+        with _errors():
             sandboxes = await self.client.list_pod_sandbox(
                 pb.PodSandboxFilter(label_selector=labels or {})
             )
@@ -254,8 +239,6 @@ class CriRuntime:
                 *(self.client.pod_sandbox_status(s.id) for s in sandboxes),
                 return_exceptions=True,
             )
-        except CriError as exc:
-            raise _failure(exc) from exc
         out = []
         for s, st in zip(sandboxes, statuses, strict=True):
             ip = None
@@ -276,15 +259,13 @@ class CriRuntime:
     async def list_containers(
         self, labels: Mapping[str, str] | None = None
     ) -> list[ContainerState]:
-        try:
+        with _errors():
             found = await self.client.list_containers(
                 pb.ContainerFilter(label_selector=labels or {})
             )
             statuses = await asyncio.gather(
                 *(self.client.container_status(c.id) for c in found), return_exceptions=True
             )
-        except CriError as exc:
-            raise _failure(exc) from exc
         out = []
         for c, st in zip(found, statuses, strict=True):
             if not isinstance(st, pb.ContainerStatusResponse):
@@ -312,7 +293,7 @@ class CriRuntime:
 
     async def stream_url(self, req: AnyRequest) -> str:
         """The endpoint's one-time URL for ``req`` (its Exec, Attach or PortForward)."""
-        try:
+        with _errors():
             if isinstance(req, ExecRequest):
                 return await self.client.exec(
                     pb.ExecRequest(
@@ -336,8 +317,6 @@ class CriRuntime:
                 )
             assert isinstance(req, PortForwardRequest)
             return await self.client.port_forward(req.sandbox_id, req.ports)
-        except CriError as exc:
-            raise _failure(exc) from exc
 
 
 class NodeSet:
