@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -48,7 +48,7 @@ from ..runtime.base import (
     StdIO,
     StreamingRuntime,
 )
-from ..runtime.images import ImageStore, normalize_ref
+from ..runtime.images import ImageInfo, ImageStore, normalize_ref
 from ..server import CacheFull, StreamServer
 from . import api_pb2 as pb
 from .store import ContainerRecord, SandboxRecord, Store
@@ -58,9 +58,11 @@ log = logging.getLogger(__name__)
 RUNTIME_SERVICE = "runtime.v1.RuntimeService"
 IMAGE_SERVICE = "runtime.v1.ImageService"
 CRI_API_VERSION = "v1"
-#: What ExecSync keeps of each of stdout and stderr (containerd and CRI-O: 16 MiB, after
-#: CVE-2022-1708); more is cut, and the client is told so in the log, not by a failure.
-EXEC_SYNC_OUTPUT = 16 << 20
+#: What ExecSync keeps of stdout and stderr together: the answer must fit the 16 MiB a kubelet
+#: (and our client) takes in one message, so 16 MiB less room for the rest of it. More is cut
+#: (logged), not a failure; two 16 MiB halves, as first written, made an answer no client
+#: could read.
+EXEC_SYNC_OUTPUT = (16 << 20) - 4096
 #: Names become Docker container names and file names: the kubelet's (DNS-1123) and a bit more.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 
@@ -116,24 +118,30 @@ def _labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> boo
 _NAMESPACE_MODES = {pb.POD: "pod", pb.CONTAINER: "container", pb.NODE: "node"}
 
 
-class _Capture:
-    """A bounded sink for ExecSync output."""
+class _Captured:
+    """ExecSync's stdout and stderr, held within one bound together (:data:`EXEC_SYNC_OUTPUT`)."""
 
     def __init__(self, limit: int) -> None:
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.limit = limit
+        self.left = limit
         self.cut = False
+        self.stdout = _Sink(self)
+        self.stderr = _Sink(self)
+
+
+class _Sink:
+    """One stream of a :class:`_Captured`."""
+
+    def __init__(self, owner: _Captured) -> None:
+        self.owner = owner
+        self.parts: list[bytes] = []
 
     async def write(self, data: bytes) -> None:
-        room = self.limit - self.size
-        if room <= 0:
-            self.cut = True
-            return
-        if len(data) > room:
-            data, self.cut = data[:room], True
-        self.parts.append(data)
-        self.size += len(data)
+        owner = self.owner
+        if len(data) > owner.left:
+            data, owner.cut = data[: owner.left], True
+        if data:
+            self.parts.append(data)
+            owner.left -= len(data)
 
     def value(self) -> bytes:
         return b"".join(self.parts)
@@ -217,6 +225,21 @@ class CriService:
             },
         )
 
+    @contextlib.contextmanager
+    def _reserved(self, key: tuple[str, str], shown: str, taken: str | None) -> Iterator[None]:
+        """Hold ``key`` (a name being made) for the block; ALREADY_EXISTS when ``taken`` (the
+        id of the object that has the name) or when another call is making it right now."""
+        holder = f'"{taken}"' if taken is not None else None
+        if key in self._making:
+            holder = "one being made"
+        if holder is not None:
+            raise CriFailure(grpc.StatusCode.ALREADY_EXISTS, f"{shown} is reserved for {holder}")
+        self._making.add(key)  # the caller did not await since it looked: nobody got in between
+        try:
+            yield
+        finally:
+            self._making.discard(key)
+
     # ------------------------------------------------------------------------------ runtime
 
     async def version(self, req: pb.VersionRequest) -> pb.VersionResponse:
@@ -276,30 +299,24 @@ class CriService:
             raise invalid("network namespace mode must be POD or NODE")
         if ns.pid == pb.TARGET or ns.ipc not in (pb.POD, pb.NODE):
             raise invalid("sandbox pid namespace must be POD, CONTAINER or NODE; ipc POD or NODE")
-        key = ("sandbox", meta.name, meta.namespace, meta.uid, str(meta.attempt))
-        shown = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
-        holder = "a sandbox being made" if key in self._making else None
-        for other in self.store.sandboxes.values():
-            m = self._sandbox_config(other).metadata
-            if ("sandbox", m.name, m.namespace, m.uid, str(m.attempt)) == key:
-                holder = f'"{other.id}"'
-        if holder is not None:
-            raise CriFailure(
-                grpc.StatusCode.ALREADY_EXISTS, f'sandbox name "{shown}" is reserved for {holder}'
-            )
-        self._making.add(key)  # no await since the check: nobody else got in between
-        try:
+        taken = next(
+            (
+                other.id
+                for other in self.store.sandboxes.values()
+                if self._sandbox_config(other).metadata == meta
+            ),
+            None,
+        )
+        name = f"{meta.name}_{meta.namespace}_{meta.uid}_{meta.attempt}"
+        with self._reserved(("sandbox", name), f'sandbox name "{name}"', taken):
             rec = SandboxRecord("", cfg.SerializeToString(), _now_ns(), req.runtime_handler)
-            pod = self._pod_spec(cfg)
-            sandbox_id = await self.runtime.run_pod_sandbox(pod)
+            sandbox_id = await self.runtime.run_pod_sandbox(self._pod_spec(cfg))
             rec.id = sandbox_id
             try:
                 self.store.put_sandbox(rec)
             except BaseException:
                 await asyncio.shield(self._forget_sandbox(sandbox_id))
                 raise
-        finally:
-            self._making.discard(key)
         return pb.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     async def _forget_sandbox(self, sandbox_id: str) -> None:
@@ -427,6 +444,41 @@ class CriService:
                 raise invalid(
                     f"mount {m.host_path!r} -> {m.container_path!r}: paths must be absolute"
                 )
+        taken = next(
+            (
+                other.id
+                for other in self.store.containers.values()
+                if other.sandbox_id == sandbox.id and self._container_config(other).metadata == meta
+            ),
+            None,
+        )
+        shown = f'container name "{meta.name}" attempt {meta.attempt}'
+        # reserved before anything is made (a log directory, a mount's host path): a refused
+        # create leaves nothing behind
+        with self._reserved(
+            ("container", f"{sandbox.id}/{meta.name}/{meta.attempt}"), shown, taken
+        ):
+            pod, spec, image_ref = await self._container_spec(sandbox, cfg)
+            cid = await self.runtime.create_container(sandbox.id, pod, spec)
+            rec = ContainerRecord(
+                cid, sandbox.id, cfg.SerializeToString(), _now_ns(), spec.log_path, image_ref
+            )
+            try:
+                self.store.put_container(rec)
+            except BaseException:
+                with contextlib.suppress(BackendError):
+                    await asyncio.shield(self.runtime.remove_container(cid))
+                raise
+        return pb.CreateContainerResponse(container_id=cid)
+
+    async def _container_spec(
+        self, sandbox: SandboxRecord, cfg: pb.ContainerConfig
+    ) -> tuple[PodSpec, ContainerSpec, str]:
+        """What the runtime is given for a validated config (its sandbox's pod with the mounts
+        as hostPath volumes, the container), and the image's id; makes the log directory and
+        the mounts' missing host paths, as containerd does."""
+        meta = cfg.metadata
+        ns = cfg.linux.security_context.namespace_options
         image = await self.images.image_status(cfg.image.image)
         if image is None:
             raise CriFailure(
@@ -465,33 +517,7 @@ class CriService:
             pid_namespace="node" if pod.host_pid else _NAMESPACE_MODES[ns.pid],
             log_path=log_path,
         )
-        key = ("container", sandbox.id, meta.name, str(meta.attempt))
-        holder = "a container being made" if key in self._making else None
-        for other in self.store.containers.values():
-            if other.sandbox_id == sandbox.id:
-                om = self._container_config(other).metadata
-                if (om.name, om.attempt) == (meta.name, meta.attempt):
-                    holder = f'"{other.id}"'
-        if holder is not None:
-            raise CriFailure(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f'container name "{meta.name}" attempt {meta.attempt} is reserved for {holder}',
-            )
-        self._making.add(key)
-        try:
-            cid = await self.runtime.create_container(sandbox.id, pod, spec)
-            rec = ContainerRecord(
-                cid, sandbox.id, cfg.SerializeToString(), _now_ns(), log_path, image.id
-            )
-            try:
-                self.store.put_container(rec)
-            except BaseException:
-                with contextlib.suppress(BackendError):
-                    await asyncio.shield(self.runtime.remove_container(cid))
-                raise
-        finally:
-            self._making.discard(key)
-        return pb.CreateContainerResponse(container_id=cid)
+        return pod, spec, image.id
 
     async def start_container(self, req: pb.StartContainerRequest) -> pb.StartContainerResponse:
         rec = self._container(req.container_id)
@@ -594,12 +620,14 @@ class CriService:
     # ------------------------------------------------------------------------------ streaming
 
     async def _running(self, ref: str) -> ContainerRecord:
+        """The container's record, if it runs: one question to the runtime, not a listing of
+        every container (this is on the way to every exec's first byte)."""
         rec = self._container(ref)
-        state = (await self._container_states()).get(rec.id)
-        if state is None or state.state != "running":
-            shown = "unknown" if state is None else state.state
+        stopped = await self.runtime.container_stopped(rec.id)
+        if stopped is not None:
             raise CriFailure(
-                grpc.StatusCode.FAILED_PRECONDITION, f"container {rec.id} is not running ({shown})"
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"container {rec.id} is not running: {stopped}",
             )
         return rec
 
@@ -607,21 +635,23 @@ class CriService:
         rec = await self._running(req.container_id)
         if not req.cmd:
             raise invalid("cmd must not be empty")
-        out, err = _Capture(EXEC_SYNC_OUTPUT), _Capture(EXEC_SYNC_OUTPUT)
-        run = self.runtime.exec(rec.id, list(req.cmd), StdIO(stdout=out, stderr=err), tty=False)
+        got = _Captured(EXEC_SYNC_OUTPUT)
+        io = StdIO(stdout=got.stdout, stderr=got.stderr)
         try:
-            if req.timeout > 0:
-                code = await asyncio.wait_for(run, req.timeout)
-            else:
-                code = await run
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that
+            # comes as the time runs out (runtime/base.py, wait_event)
+            async with asyncio.timeout(req.timeout if req.timeout > 0 else None):
+                code = await self.runtime.exec(rec.id, list(req.cmd), io, tty=False)
         except TimeoutError:
             raise CriFailure(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"command {list(req.cmd)[:3]} timed out after {req.timeout} s",
             ) from None
-        if out.cut or err.cut:
+        if got.cut:
             log.warning("ExecSync in %s: output beyond %d bytes was cut", rec.id, EXEC_SYNC_OUTPUT)
-        return pb.ExecSyncResponse(stdout=out.value(), stderr=err.value(), exit_code=code)
+        return pb.ExecSyncResponse(
+            stdout=got.stdout.value(), stderr=got.stderr.value(), exit_code=code
+        )
 
     async def exec(self, req: pb.ExecRequest) -> pb.ExecResponse:
         rec = await self._running(req.container_id)
@@ -661,7 +691,7 @@ class CriService:
     # ------------------------------------------------------------------------------ images
 
     @staticmethod
-    def _image(info: Any) -> pb.Image:
+    def _image(info: ImageInfo) -> pb.Image:
         image = pb.Image(
             id=info.id,
             repo_tags=info.repo_tags,

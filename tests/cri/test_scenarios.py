@@ -568,3 +568,26 @@ async def test_concurrent_creates(pods: Pods, cri: CriClient) -> None:
     assert isinstance(next(r for r in results if not isinstance(r, str)), CriError)
     listed = await cri.list_pod_sandbox()
     assert [s.id for s in listed if s.metadata == same.metadata] == made
+
+
+async def test_exec_sync_output_past_its_bound(
+    pods: Pods, cri: CriClient, target: CriTarget
+) -> None:
+    """24 MB of output, 12 on each stream: more than one answer can carry to a kubelet (16 MiB
+    a message). Ours keeps the first EXEC_SYNC_OUTPUT bytes of the two together and answers;
+    the server goes on serving."""
+    from streamsrv.cri.server import EXEC_SYNC_OUTPUT
+
+    sid, scfg = await pods.run()
+    cid = await pods.start(sid, scfg, pods.container("main", ["sleep", "3600"]))
+    script = "head -c 12000000 /dev/zero; head -c 12000000 /dev/zero >&2; exit 4"
+    if target.is_streamsrv:
+        r = await sh(cri, cid, script)
+        assert r.exit_code == 4
+        assert len(r.stdout) + len(r.stderr) == EXEC_SYNC_OUTPUT
+        assert r.stdout == b"\0" * 12_000_000 and set(r.stderr) == {0}
+    else:  # containerd 1.6 answers all of it, which no 16 MiB client can take
+        with pytest.raises(CriError) as err:
+            await sh(cri, cid, script)
+        assert code_of(err) == "RESOURCE_EXHAUSTED"
+    assert (await sh(cri, cid, "echo still")).stdout == b"still\n"
