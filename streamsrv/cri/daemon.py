@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,8 +57,6 @@ def _claim(path: Path) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise EndpointError(f"{path} exists and is not a socket")
-    import socket
-
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
@@ -80,9 +79,7 @@ class CriDaemon:
     network: NetworkStatus
     supports_mounts: bool = True
 
-    async def run(
-        self, endpoint: str, stop: asyncio.Event, ready: asyncio.Event | None = None
-    ) -> None:  # noqa: E501
+    async def run(self, endpoint: str, stop: asyncio.Event) -> None:
         path = socket_path(endpoint)
         _claim(path)
         async with StreamServer(self.runtime, self.stream_config) as streams:
@@ -106,8 +103,6 @@ class CriDaemon:
             log.info("CRI v1 on unix://%s; streams at %s", path, streams.base_url)
             print(f"streamsrv cri listening on unix://{path} (runtime: {self.runtime.name})")
             print(f"stream server: {streams.base_url}", flush=True)
-            if ready is not None:
-                ready.set()
             try:
                 await stop.wait()
             finally:
