@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, free_port, kubectl_path, require_docker, unique
+from tests.conftest import Server, free_port, require_docker, unique
 from tests.cri_env import CriTarget, cri_target
 from tests.ptyproc import PtyProcess
 
@@ -43,8 +43,7 @@ class Node:
     def kubectl(
         self, version: str, *args: str, stdin: bytes | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[bytes]:
-        cmd = [kubectl_path(version), "--kubeconfig", str(self.server.kubeconfig),
-               "--cache-dir", str(self.server.state_dir / f"kc-{version}"), *args]  # fmt: skip
+        cmd = self.server.kubectl_cmd(version, *args)
         env = {**os.environ, "TERM": "xterm"}
         return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout, env=env)
 
@@ -176,10 +175,11 @@ def test_exec_stdin_64mib_checksum(node: Node, version: str, payload: bytes) -> 
 def test_attach_it(node: Node, version: str) -> None:
     proof = Proof(node, version, "attach")
     p = PtyProcess(
-        [kubectl_path(version), "--kubeconfig", str(node.server.kubeconfig), "--cache-dir",
-         str(node.server.state_dir / f"kc-{version}"), "attach", "-it", POD, "-c", "console"],
-        rows=24, cols=80, env={**os.environ, "TERM": "xterm"},
-    )  # fmt: skip
+        node.server.kubectl_cmd(version, "attach", "-it", POD, "-c", "console"),
+        rows=24,
+        cols=80,
+        env={**os.environ, "TERM": "xterm"},
+    )
     try:
         word = unique("typed")
         time.sleep(1)
@@ -194,9 +194,7 @@ def test_attach_it(node: Node, version: str) -> None:
 def test_port_forward(node: Node, version: str) -> None:
     proof = Proof(node, version, "portforward")
     local = free_port()
-    cmd = [kubectl_path(version), "--kubeconfig", str(node.server.kubeconfig), "--cache-dir",
-           str(node.server.state_dir / f"kc-{version}"), "port-forward", f"pod/{POD}",
-           f"{local}:{node.port}"]  # fmt: skip
+    cmd = node.server.kubectl_cmd(version, "port-forward", f"pod/{POD}", f"{local}:{node.port}")
     errors = node.server.state_dir / f"pf-{version}.err"
     with errors.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
