@@ -155,6 +155,8 @@ class ProxyStats:
             spliced (for tests of the bound).
         bound: what ``max_buffered`` can never exceed: per direction the high-water mark plus
             one read.
+        max_held: most bytes of the client's held before the splice began (what it sent
+            before the 101): at most :data:`HOLD_MAX` plus one read, then reading pauses.
         error: why the proxy failed or ended the connection, if it did.
     """
 
@@ -164,6 +166,7 @@ class ProxyStats:
     bytes_down: int = 0
     max_buffered: int = 0
     bound: int = 0
+    max_held: int = 0
     error: str | None = None
 
 
@@ -612,6 +615,9 @@ class _Side(asyncio.Protocol):
         peer = self.peer
         if peer is None:
             self.held += data
+            if self is self.splice.client:
+                stats = self.splice.stats
+                stats.max_held = max(stats.max_held, len(self.held))
             self.update_reading()
             self._wake()
             return

@@ -38,7 +38,7 @@ from streamsrv.limits import KIB, MIB, Limits
 from streamsrv.metrics import Metrics
 from streamsrv.podmanager import Pod, PodManager
 from streamsrv.pods import parse_pod
-from streamsrv.proxy import ProxyStats, proxy_upgrade
+from streamsrv.proxy import HOLD_MAX, READ_SLACK, ProxyStats, proxy_upgrade
 from streamsrv.requests import AnyRequest, PortForwardRequest, attach_request, exec_request
 from streamsrv.runtime.process import ProcessRuntime
 from streamsrv.server import Config, StreamServer
@@ -856,6 +856,50 @@ async def test_bytes_sent_before_the_101_are_forwarded_first(kind: str) -> None:
         await until(lambda: calls.ended == 1)
     [stats] = calls.stats
     assert stats.bytes_up == len(b"EARLY-LATER-AFTER")
+
+
+async def test_early_bytes_past_the_hold_bound_pause_the_client() -> None:
+    """A client that sends 32 MiB before the backend answers: the proxy holds at most HOLD_MAX
+    plus one read of it, then stops reading; once the 101 is through, all of it arrives, in
+    order."""
+    size = 32 << 20  # more than the loopback sockets' buffers take
+    released = asyncio.Event()
+
+    async def answer(r: asyncio.StreamReader, w: asyncio.StreamWriter, head: bytes) -> None:
+        await released.wait()
+        w.write(SWITCH)
+        await w.drain()
+        got = await r.readexactly(size)
+        w.write(hashlib.sha256(got).hexdigest().encode())
+        await w.drain()
+        await r.read()
+
+    payload = os.urandom(size)
+    async with raw_stack(answer) as (backend, calls, url):
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        lines = [
+            "GET /x HTTP/1.1",
+            f"Host: {host}",
+            *(f"{k}: {v}" for k, v in SPDY_HEADERS.items()),
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await until(lambda: len(backend.heads) == 1)  # the proxy has taken the connection
+        writer.write(payload)  # more than HOLD_MAX and the sockets take: this waits
+        sending = asyncio.ensure_future(writer.drain())
+        await asyncio.sleep(0.5)  # let the proxy read what it will
+        assert not sending.done()  # the proxy stopped reading: the client is held back
+        released.set()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG)
+        assert head.startswith(b"HTTP/1.1 101")
+        await asyncio.wait_for(sending, HANG)
+        digest = await asyncio.wait_for(reader.readexactly(64), HANG)
+        assert digest == hashlib.sha256(payload).hexdigest().encode()
+        await close(writer)
+        await until(lambda: calls.ended == 1)
+    [stats] = calls.stats
+    assert HOLD_MAX <= stats.max_held <= HOLD_MAX + READ_SLACK
+    assert stats.bytes_up == size
 
 
 async def test_backend_abort_mid_stream_closes_the_client() -> None:
