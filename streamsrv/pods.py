@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .defaults import pod_defaults
 from .errors import RequestError
 
 LABEL_POD_NAME = "io.kubernetes.pod.name"
@@ -40,6 +41,9 @@ PID_NODE = "node"
 PID_NAMESPACES = (PID_POD, PID_CONTAINER, PID_NODE)
 
 DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
+
+RESTART_ALWAYS, RESTART_ON_FAILURE, RESTART_NEVER = "Always", "OnFailure", "Never"
+RESTART_POLICIES = (RESTART_ALWAYS, RESTART_ON_FAILURE, RESTART_NEVER)
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -150,6 +154,12 @@ class PodSpec:
     host_ipc: bool = False
     #: The CRI's ``PodSandboxMetadata.attempt`` (a sandbox made again for the same pod).
     attempt: int = 0
+    #: ``spec.restartPolicy``: one of :data:`RESTART_POLICIES`, applied by the gateway's pod
+    #: controller (docs/api.md).
+    restart_policy: str = "Always"
+    #: The directory of the pod's CRI log files (the kubelet's ``/var/log/pods/NS_NAME_UID``):
+    #: each container's ``log_path`` is ``NAME/ATTEMPT.log`` inside it. Empty: no log files.
+    log_directory: str = ""
 
     def container(self, name: str) -> ContainerSpec | None:
         return next((c for c in self.containers if c.name == name), None)
@@ -745,6 +755,11 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         causes.append(("spec.terminationGracePeriodSeconds", f"Invalid value: {_shown(grace)}"))
         grace = 30
     host_network = _bool(spec.get("hostNetwork"), "spec.hostNetwork", causes)
+    restart_policy = RESTART_ALWAYS
+    if spec.get("restartPolicy") is not None:
+        restart_policy = _one_of(
+            spec["restartPolicy"], RESTART_POLICIES, "spec.restartPolicy", causes
+        )
     node_name = spec.get("nodeName", "")
     if node_name is None:
         node_name = ""
@@ -766,6 +781,7 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
     kept_spec: dict[str, Any] = {
         "containers": [_container_manifest(c) for c in containers],
         "terminationGracePeriodSeconds": grace,
+        "restartPolicy": restart_policy,
     }
     for key, flag in (
         ("hostNetwork", host_network),
@@ -793,6 +809,7 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
         volumes=tuple(volumes),
         host_pid=host_pid,
         host_ipc=host_ipc,
+        restart_policy=restart_policy,
     )
 
 
@@ -846,6 +863,14 @@ class ContainerState:
     def pod_uid(self) -> str:
         return self.labels.get(LABEL_POD_UID, "")
 
+    @property
+    def attempt(self) -> int:
+        """Which instance of the pod's container this is: 0, then one more per restart."""
+        try:
+            return int(self.labels.get(LABEL_CONTAINER_ATTEMPT, 0))
+        except ValueError:
+            return 0
+
 
 @dataclass(frozen=True, slots=True)
 class SandboxState:
@@ -866,7 +891,9 @@ def _ts(when: datetime | None) -> str | None:
 
 
 def pod_phase(sandbox: SandboxState, containers: Sequence[ContainerState]) -> str:
-    """Kubernetes phase from the states of the sandbox's app containers."""
+    """Kubernetes phase from the states of the sandbox's app containers and the pod's restart
+    policy (a container that will be started again keeps its pod Running, as the kubelet's
+    ``getPhase`` has it)."""
     pod = sandbox.pod
     by_name = {c.name: c for c in containers}
     states = [by_name.get(c.name) for c in pod.containers]
@@ -876,48 +903,86 @@ def pod_phase(sandbox: SandboxState, containers: Sequence[ContainerState]) -> st
         return "Running"
     if all(s is not None and s.state == "exited" for s in states):
         failed = any(s is not None and s.exit_code for s in states)
+        if pod.restart_policy == RESTART_ALWAYS or (
+            failed and pod.restart_policy == RESTART_ON_FAILURE
+        ):
+            return "Running"
         return "Failed" if failed else "Succeeded"
     if any(s is not None and s.state == "running" for s in states):
         return "Running"
     return "Unknown"
 
 
-def _container_status(spec: ContainerSpec, state: ContainerState | None) -> dict[str, Any]:
+def _terminated(state: ContainerState) -> dict[str, Any]:
+    return {
+        "exitCode": state.exit_code or 0,
+        "reason": state.reason or ("Completed" if not state.exit_code else "Error"),
+        "startedAt": _ts(state.started_at),
+        "finishedAt": _ts(state.finished_at),
+        "containerID": f"{state.runtime}://{state.id}",
+    }
+
+
+def _container_status(
+    spec: ContainerSpec,
+    state: ContainerState | None,
+    previous: ContainerState | None = None,
+    waiting: tuple[str, str] | None = None,
+) -> dict[str, Any]:
     status: dict[str, Any] = {
         "name": spec.name,
         "image": spec.image,
         "imageID": state.image_id if state else "",
         "ready": bool(state and state.state == "running"),
-        "restartCount": 0,
+        "restartCount": state.attempt if state else 0,
         "started": bool(state and state.state == "running"),
+        "lastState": {},
     }
+    if previous is not None and previous.state == "exited":
+        status["lastState"] = {"terminated": _terminated(previous)}
     if state is None:
         status["state"] = {"waiting": {"reason": "ContainerCreating"}}
         return status
     status["containerID"] = f"{state.runtime}://{state.id}"
     if state.state == "running":
         status["state"] = {"running": {"startedAt": _ts(state.started_at)}}
+    elif state.state == "exited" and waiting is not None:
+        # Waiting to be started again: the kubelet shows the last run as lastState.
+        status["state"] = {"waiting": {"reason": waiting[0], "message": waiting[1]}}
+        status["lastState"] = {"terminated": _terminated(state)}
     elif state.state == "exited":
-        status["state"] = {
-            "terminated": {
-                "exitCode": state.exit_code or 0,
-                "reason": state.reason or ("Completed" if not state.exit_code else "Error"),
-                "startedAt": _ts(state.started_at),
-                "finishedAt": _ts(state.finished_at),
-                "containerID": f"{state.runtime}://{state.id}",
-            }
-        }
+        status["state"] = {"terminated": _terminated(state)}
     else:
         status["state"] = {"waiting": {"reason": state.reason or "ContainerCreating"}}
     return status
 
 
-def render_pod(sandbox: SandboxState, containers: Sequence[ContainerState]) -> dict[str, Any]:
-    """The ``v1 Pod`` object the gateway returns."""
+def render_pod(
+    sandbox: SandboxState,
+    containers: Sequence[ContainerState],
+    *,
+    previous: Mapping[str, ContainerState] | None = None,
+    waiting: Mapping[str, tuple[str, str]] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``v1 Pod`` object the gateway returns.
+
+    Args:
+        containers: the current instance of each app container.
+        previous: the instance before it, by container name (after a restart).
+        waiting: a (reason, message) for a container waiting to be started again (back-off).
+        metadata: labels and annotations that replace the manifest's (a patch).
+    """
     pod = sandbox.pod
     by_name = {c.name: c for c in containers}
     manifest = dict(pod.manifest)
     meta = dict(manifest.get("metadata", {}))
+    for key in ("labels", "annotations"):
+        if metadata is not None and key in metadata:
+            if metadata[key]:
+                meta[key] = dict(metadata[key])
+            else:
+                meta.pop(key, None)
     meta.update(
         {
             "name": pod.name,
@@ -928,7 +993,12 @@ def render_pod(sandbox: SandboxState, containers: Sequence[ContainerState]) -> d
         }
     )
     phase = pod_phase(sandbox, containers)
-    statuses = [_container_status(c, by_name.get(c.name)) for c in pod.containers]
+    previous = previous or {}
+    waiting = waiting or {}
+    statuses = [
+        _container_status(c, by_name.get(c.name), previous.get(c.name), waiting.get(c.name))
+        for c in pod.containers
+    ]
     all_ready = all(s["ready"] for s in statuses)
     start = _ts(sandbox.created_at)
     status: dict[str, Any] = {
@@ -947,7 +1017,7 @@ def render_pod(sandbox: SandboxState, containers: Sequence[ContainerState]) -> d
     if sandbox.ip:
         status["podIP"] = sandbox.ip
         status["podIPs"] = [{"ip": sandbox.ip}]
-    spec = dict(manifest.get("spec", {}))
+    spec = pod_defaults(manifest)["spec"]  # what an apiserver fills in (defaults.py)
     if sandbox.node:
         spec["nodeName"] = sandbox.node
     else:

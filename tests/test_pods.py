@@ -168,9 +168,46 @@ def state(name: str, kind: str, code: int | None = None) -> ContainerState:
     ],
 )
 def test_phase(states: list[tuple[str, str, int | None]], phase: str) -> None:
-    pod = parse_pod(manifest(containers=[{"name": "a", "image": "i"}, {"name": "b", "image": "i"}]))
+    doc = manifest(containers=[{"name": "a", "image": "i"}, {"name": "b", "image": "i"}])
+    doc["spec"]["restartPolicy"] = "Never"  # type: ignore[index]
+    pod = parse_pod(doc)
     sandbox = SandboxState("sb", pod, True, T0)
     assert pod_phase(sandbox, [state(*s) for s in states]) == phase
+
+
+@pytest.mark.parametrize(
+    ("policy", "codes", "phase"),
+    [
+        (None, (0, 0), "Running"),  # the apiserver's default is Always: they will run again
+        ("Always", (0, 2), "Running"),
+        ("OnFailure", (0, 0), "Succeeded"),
+        ("OnFailure", (0, 2), "Running"),  # the failed one will run again
+        ("Never", (0, 2), "Failed"),
+    ],
+)
+def test_phase_follows_the_restart_policy(
+    policy: str | None, codes: tuple[int, int], phase: str
+) -> None:
+    doc = manifest(containers=[{"name": "a", "image": "i"}, {"name": "b", "image": "i"}])
+    if policy:
+        doc["spec"]["restartPolicy"] = policy  # type: ignore[index]
+    pod = parse_pod(doc)
+    assert pod.restart_policy == (policy or "Always")
+    ended = [state("a", "exited", codes[0]), state("b", "exited", codes[1])]
+    assert pod_phase(SandboxState("sb", pod, True, T0), ended) == phase
+
+
+def test_an_unknown_restart_policy_is_refused() -> None:
+    doc = manifest(containers=[{"name": "a", "image": "i"}])
+    doc["spec"]["restartPolicy"] = "Sometimes"  # type: ignore[index]
+    with pytest.raises(InvalidPod) as err:
+        parse_pod(doc)
+    assert err.value.causes == [
+        (
+            "spec.restartPolicy",
+            'Unsupported value: "Sometimes": supported values: "Always", "Never", "OnFailure"',
+        )
+    ]
 
 
 def test_rendered_pod_has_status_fields_kubectl_reads() -> None:

@@ -199,8 +199,9 @@ async def test_exited_containers_give_the_pod_phase(runtime: DockerRuntime) -> N
     manager = PodManager(runtime)
     ok = {"name": "ok", "image": BUSYBOX, "command": ["true"]}
     bad = {"name": "bad", "image": BUSYBOX, "command": ["sh", "-c", "exit 3"]}
-    done = await manager.create(parse_pod(pod_manifest(unique("done"), ok)))
-    failed = await manager.create(parse_pod(pod_manifest(unique("failed"), ok, bad)))
+    never = {"restartPolicy": "Never"}
+    done = await manager.create(parse_pod(pod_manifest(unique("done"), ok, **never)))
+    failed = await manager.create(parse_pod(pod_manifest(unique("failed"), ok, bad, **never)))
 
     async def phase(p):  # type: ignore[no-untyped-def]
         got = await manager.get(p.spec.namespace, p.spec.name)
