@@ -263,7 +263,7 @@ async def serve(args: argparse.Namespace) -> int:
     raise_fd_limit()
     quiet_accept_errors(asyncio.get_running_loop(), limits.log_interval)
     streams = StreamServer(runtime, Config(ssl=ssl_ctx, limits=limits))
-    app = make_app(PodManager(runtime), token, streams)
+    app = make_app(PodManager(runtime, state_dir), token, streams)
 
     async def close_runtime(_: web.Application) -> None:
         await runtime.close()

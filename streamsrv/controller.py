@@ -190,7 +190,23 @@ class PodController:
                     f"back-off {int(b.delay)}s restarting failed container={c.name} "
                     f"pod={pod.spec.name}_{pod.spec.namespace}({pod.spec.uid})",
                 )
+                self._announce(pod, c, b)
         return replace(pod, waiting=waiting) if waiting else pod
+
+    def _announce(self, pod: Pod, c: ContainerState, b: _Backoff) -> None:
+        """One BackOff event for each wait (repeats are counted on it)."""
+        if b.announced == c.attempt:
+            return
+        b.announced = c.attempt
+        spec = pod.spec
+        self.manager.event(
+            spec,
+            "BackOff",
+            f"Back-off restarting failed container {c.name} in pod "
+            f"{spec.name}_{spec.namespace}({spec.uid})",
+            type_=WARNING,
+            container=c.name,
+        )
 
     @staticmethod
     def _due(b: _Backoff, c: ContainerState) -> float:
@@ -231,16 +247,7 @@ class PodController:
                 if b.attempt != c.attempt and ran > BACKOFF_RESET:
                     b.delay = 0.0
                 if self._due(b, c) > now:
-                    if b.announced != c.attempt:
-                        b.announced = c.attempt
-                        self.manager.event(
-                            spec,
-                            "BackOff",
-                            "Back-off restarting failed container "
-                            f"{c.name} in pod {spec.name}_{spec.namespace}({spec.uid})",
-                            type_=WARNING,
-                            container=c.name,
-                        )
+                    self._announce(pod, c, b)
                     continue
                 self._spawn((spec.uid, c.name), self._restart(pod, c, b))
 

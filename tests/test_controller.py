@@ -78,9 +78,11 @@ async def test_always_restarts_with_backoff_and_keeps_the_last_instance(
     pod, obj = await until(
         ctl,
         spec.name,
-        lambda p, o: status(o)["restartCount"] >= 2
-        and "waiting" in status(o)["state"]
-        and status(o)["state"]["waiting"]["reason"] == "CrashLoopBackOff",
+        lambda p, o: (
+            status(o)["restartCount"] >= 2
+            and "waiting" in status(o)["state"]
+            and status(o)["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        ),
     )
     assert obj["status"]["phase"] == "Running"  # a container that will run again
     assert status(obj)["lastState"]["terminated"]["exitCode"] == 3

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from typing import TypeVar
 from ..errors import BackendError, EngineUnavailable
 from ..pods import (
     EMPTY_DIR,
+    LABEL_CONTAINER_ATTEMPT,
     LABEL_CONTAINER_NAME,
     ContainerSpec,
     ContainerState,
@@ -107,6 +109,7 @@ class CriRuntime:
                 name=pod.name, uid=pod.uid, namespace=pod.namespace, attempt=pod.attempt
             ),
             hostname="" if pod.host_network else pod.name[:63],
+            log_directory=pod.log_directory,
             labels={**pod.labels, **pod_filter(pod.namespace, pod.name, pod.uid)},
             annotations={
                 **pod.annotations,
@@ -156,6 +159,8 @@ class CriRuntime:
             stdin_once=c.stdin_once,
             tty=c.tty,
         )
+        if pod.log_directory and c.log_path:  # the node writes LOG_DIRECTORY/LOG_PATH
+            cfg.log_path = os.path.relpath(c.log_path, pod.log_directory)
         opts = cfg.linux.security_context.namespace_options
         opts.network = pb.NODE if pod.host_network else pb.POD
         opts.pid = pb.NODE if pod.host_pid else _PID.get(c.pid_namespace, pb.POD)
@@ -164,16 +169,17 @@ class CriRuntime:
 
     # ------------------------------------------------------------------------------ Runtime
 
-    async def ensure_image(self, image: str) -> None:
+    async def ensure_image(self, image: str) -> bool:
         try:
             status = await self.client.image_status(image)
             if status.HasField("image"):
-                return
+                return False
             await self.client.pull_image(image)
         except CriError as exc:
             if exc.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
                 raise _failure(exc) from exc
             raise ImageNotFound(image, exc.details) from exc
+        return True
 
     async def run_pod_sandbox(self, pod: PodSpec) -> str:
         with _errors():
@@ -284,7 +290,13 @@ class CriRuntime:
                     finished_at=_when(s.finished_at),
                     reason=s.reason or None,
                     runtime="cri",
-                    labels=dict(c.labels),
+                    labels=dict(c.labels)
+                    | (
+                        {LABEL_CONTAINER_ATTEMPT: str(c.metadata.attempt)}
+                        if c.metadata.attempt
+                        else {}
+                    ),
+                    log_path=s.log_path,
                 )
             )
         return out

@@ -51,8 +51,9 @@ class Runtime(Protocol):
 
     name: str
 
-    async def ensure_image(self, image: str) -> None:
-        """Make the image available (present locally, else pulled); raise ImageNotFound."""
+    async def ensure_image(self, image: str) -> bool | None:
+        """Make the image available (present locally, else pulled); raise ImageNotFound.
+        True if it was pulled (for the gateway's Pulled event)."""
         ...
 
     async def run_pod_sandbox(self, pod: PodSpec) -> str: ...

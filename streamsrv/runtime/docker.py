@@ -247,9 +247,9 @@ class DockerRuntime:
                 return False
         return True
 
-    async def ensure_image(self, image: str) -> None:
+    async def ensure_image(self, image: str) -> bool:
         if await self._image_present(image):
-            return
+            return False
         repo, tag = docker.utils.parse_repository_tag(image)
         with self._engine_errors():
             try:
@@ -259,6 +259,7 @@ class DockerRuntime:
                 raise ImageNotFound(image, detail) from exc
         if not await self._image_present(image):
             raise ImageNotFound(image, "not present after pull")
+        return True
 
     async def resolve_pause_image(self) -> str:
         """The configured pause image, or the locally built one when no registry answers."""
