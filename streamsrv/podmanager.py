@@ -152,6 +152,7 @@ class PodManager:
     ) -> None:
         self.runtime = runtime
         self.events = events
+        self.state_dir = state_dir
         self.log_root = state_dir / "pods" if state_dir else None
         self.meta_dir = state_dir / "pod-metadata" if state_dir else None
         self._lock = asyncio.Lock()  # one create/delete/restart at a time: names stay unique
