@@ -9,17 +9,26 @@ the kubeconfig; the gateway is the only place that knows pods by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
 import yaml
 from aiohttp import web
 
+from . import k8sproto
+from . import patch as patching
+from .cluster import add_cluster_routes
+from .controller import PodController
+from .events import EventStore, event_fields
+from .logs import InvalidLogOptions, LogOptions, read_log
+from .openapi import field_validation, openapi_v2, openapi_v3_core, openapi_v3_root
 from .podmanager import Pod, PodExists, PodManager, RemoteStreams
 from .pods import DEFAULT_CONTAINER_ANNOTATION, ContainerSpec, InvalidPod, parse_pod
 from .protocol import channels
@@ -38,12 +47,17 @@ from .runtime.base import BackendError, EngineUnavailable, ImageNotFound
 from .server import StreamServer
 from .tokens import CacheFull
 from .transport import is_websocket
+from .watch import Change, Hub, TooManyWatchers
+from .watchhttp import BadWatch, serve_watch
 
 log = logging.getLogger(__name__)
 
 MANAGER = web.AppKey("manager", PodManager)
 TOKEN = web.AppKey("token", str)
 STREAMS = web.AppKey("streams", StreamServer)
+HUB = web.AppKey("hub", Hub)
+EVENTS = web.AppKey("events", EventStore)
+CONTROLLER = web.AppKey("controller", PodController)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,6 +67,8 @@ _REASONS = {
     404: "NotFound",
     405: "MethodNotAllowed",
     409: "AlreadyExists",
+    410: "Expired",
+    413: "RequestEntityTooLarge",
     429: "TooManyRequests",
     415: "UnsupportedMediaType",
     422: "Invalid",
@@ -149,13 +165,40 @@ async def auth_and_errors(request: web.Request, handler: Handler) -> web.StreamR
 
 # ------------------------------------------------------------------------------- discovery
 
+#: The ``/api/v1`` resources, in the apiserver's order and wording; each lists only the verbs
+#: streamsrv serves (nodes and namespaces are read-only: streamsrv/cluster.py; ephemeral
+#: containers are answered with the 404 of a cluster that has none).
 POD_RESOURCES: list[dict[str, Any]] = [
+    {
+        "name": "events",
+        "singularName": "event",
+        "namespaced": True,
+        "kind": "Event",
+        "verbs": ["get", "list", "watch"],
+        "shortNames": ["ev"],
+    },
+    {
+        "name": "namespaces",
+        "singularName": "namespace",
+        "namespaced": False,
+        "kind": "Namespace",
+        "verbs": ["get", "list"],
+        "shortNames": ["ns"],
+    },
+    {
+        "name": "nodes",
+        "singularName": "node",
+        "namespaced": False,
+        "kind": "Node",
+        "verbs": ["get", "list"],
+        "shortNames": ["no"],
+    },
     {
         "name": "pods",
         "singularName": "pod",
         "namespaced": True,
         "kind": "Pod",
-        "verbs": ["create", "delete", "get", "list"],
+        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
         "shortNames": ["po"],
         "categories": ["all"],
     },
@@ -167,11 +210,25 @@ POD_RESOURCES: list[dict[str, Any]] = [
         "verbs": ["create", "get"],
     },
     {
+        "name": "pods/ephemeralcontainers",
+        "singularName": "",
+        "namespaced": True,
+        "kind": "Pod",
+        "verbs": ["get", "patch", "update"],
+    },
+    {
         "name": "pods/exec",
         "singularName": "",
         "namespaced": True,
         "kind": "PodExecOptions",
         "verbs": ["create", "get"],
+    },
+    {
+        "name": "pods/log",
+        "singularName": "",
+        "namespaced": True,
+        "kind": "Pod",
+        "verbs": ["get"],
     },
     {
         "name": "pods/portforward",
@@ -216,60 +273,45 @@ async def version(request: web.Request) -> web.Response:
     )
 
 
-# OpenAPI v3, only as much as kubectl reads: before `create`/`apply` its query-parameter
-# verifier looks for an operation on Pod (x-kubernetes-group-version-kind) that takes the
-# `fieldValidation` query parameter; finding it, kubectl leaves validation to the server
-# (which parse_pod does) instead of downloading a full schema to validate on its side.
-_POD_GVK = {"group": "", "version": "v1", "kind": "Pod"}
-_FIELD_VALIDATION = {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}
-OPENAPI_V1: dict[str, Any] = {
-    "openapi": "3.0.0",
-    "info": {"title": "streamsrv", "version": "v1"},
-    "paths": {
-        "/api/v1/namespaces/{namespace}/pods": {
-            "post": {
-                "operationId": "createCoreV1NamespacedPod",
-                "parameters": [_FIELD_VALIDATION],
-                "x-kubernetes-action": "post",
-                "x-kubernetes-group-version-kind": _POD_GVK,
-            },
-        },
-        "/api/v1/namespaces/{namespace}/pods/{name}": {
-            # kubectl's verifier inspects the PATCH operation; streamsrv answers PATCH with 405.
-            "patch": {
-                "operationId": "patchCoreV1NamespacedPod",
-                "parameters": [_FIELD_VALIDATION],
-                "x-kubernetes-action": "patch",
-                "x-kubernetes-group-version-kind": _POD_GVK,
-            },
-        },
-    },
-}
-
-
-async def openapi_v3_root(request: web.Request) -> web.Response:
-    return _json({"paths": {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1"}}})
-
-
-async def openapi_v3_core(request: web.Request) -> web.Response:
-    return _json(OPENAPI_V1)
+# OpenAPI (v2 for kubectl 1.27/1.28, v3 for 1.29+): streamsrv/openapi.py.
 
 
 # ------------------------------------------------------------------------------- pods
 
 
-def _matches_fields(pod: dict[str, Any], selector: str) -> bool:
-    """``fieldSelector`` on the fields kubectl uses (metadata.name, .namespace, status.phase)."""
+def pod_fields(pod: dict[str, Any]) -> dict[str, str]:
+    """The field selectors the apiserver takes for pods."""
+    meta, spec, status = pod["metadata"], pod.get("spec", {}), pod.get("status", {})
+    return {
+        "metadata.name": meta.get("name", ""),
+        "metadata.namespace": meta.get("namespace", ""),
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.restartPolicy": spec.get("restartPolicy", ""),
+        "spec.schedulerName": spec.get("schedulerName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+        "spec.hostNetwork": str(bool(spec.get("hostNetwork"))).lower(),
+        "status.phase": status.get("phase", ""),
+        "status.podIP": status.get("podIP", ""),
+        "status.nominatedNodeName": status.get("nominatedNodeName", ""),
+    }
+
+
+def parse_field_selector(selector: str, known: Collection[str]) -> list[tuple[str, str, bool]]:
+    """``fieldSelector`` terms ``(field, value, negated)``: ``f=v``, ``f==v``, ``f!=v``; a
+    field the resource does not have is the apiserver's 400."""
+    terms = []
     for term in filter(None, (t.strip() for t in selector.split(","))):
         negate = "!=" in term
         key, _, value = term.partition("!=" if negate else "==" if "==" in term else "=")
-        section, _, attr = key.strip().partition(".")
-        actual = pod.get(section, {}).get(attr)
-        if actual is None:
-            raise StatusError(400, f'field label not supported: "{key.strip()}"')
-        if (actual == value.strip()) == negate:
-            return False
-    return True
+        key = key.strip()
+        if key not in known:
+            raise StatusError(400, f'field label not supported: "{key}"')
+        terms.append((key, value.strip(), negate))
+    return terms
+
+
+def fields_match(fields: dict[str, str], terms: list[tuple[str, str, bool]]) -> bool:
+    return all((fields.get(k, "") == v) != negate for k, v, negate in terms)
 
 
 def _matches_labels(labels: dict[str, str], selector: str) -> bool:
@@ -310,7 +352,54 @@ def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
 
-def _table(objs: list[dict[str, Any]]) -> dict[str, Any]:
+def _since(when: str | None) -> datetime | None:
+    if not when:
+        return None
+    try:
+        return datetime.strptime(when[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def pod_status_cells(obj: dict[str, Any]) -> tuple[str, str, str]:
+    """READY, STATUS and RESTARTS as the apiserver's pod printer makes them: the reason of a
+    waiting or ended container over the phase, restarts with the time of the last one."""
+    status = obj.get("status", {})
+    reason = status.get("reason") or status.get("phase", "")
+    restarts, ready, running = 0, 0, False
+    last: datetime | None = None
+    for c in reversed(status.get("containerStatuses", [])):
+        restarts += int(c.get("restartCount", 0))
+        finished = _since(c.get("lastState", {}).get("terminated", {}).get("finishedAt"))
+        if finished and (last is None or finished > last):
+            last = finished
+        state = c.get("state", {})
+        if state.get("waiting", {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif state.get("terminated", {}).get("reason"):
+            reason = state["terminated"]["reason"]
+        elif "terminated" in state:
+            code = state["terminated"].get("exitCode", 0)
+            reason = f"ExitCode:{code}"
+        elif c.get("ready") and "running" in state:
+            running = True
+            ready += 1
+    if reason == "Completed" and running:
+        ready_cond = any(
+            x.get("type") == "Ready" and x.get("status") == "True"
+            for x in status.get("conditions", [])
+        )
+        reason = "Running" if ready_cond else "NotReady"
+    if obj.get("metadata", {}).get("deletionTimestamp"):
+        reason = "Terminating"
+    total = len(obj.get("spec", {}).get("containers", []))
+    shown = str(restarts)
+    if last is not None and restarts:
+        shown = f"{restarts} ({_age(last.strftime('%Y-%m-%dT%H:%M:%SZ'))} ago)"
+    return f"{ready}/{total}", reason, shown
+
+
+def _table(objs: list[dict[str, Any]], resource_version: str = "") -> dict[str, Any]:
     columns = [
         ("Name", "string", "name", 0),
         ("Ready", "string", "", 0),
@@ -322,15 +411,14 @@ def _table(objs: list[dict[str, Any]]) -> dict[str, Any]:
     ]
     rows = []
     for obj in objs:
-        statuses = obj["status"].get("containerStatuses", [])
-        ready = sum(1 for s in statuses if s.get("ready"))
+        ready, reason, restarts = pod_status_cells(obj)
         rows.append(
             {
                 "cells": [
                     obj["metadata"]["name"],
-                    f"{ready}/{len(obj['spec'].get('containers', []))}",
-                    obj["status"]["phase"],
-                    "0",
+                    ready,
+                    reason,
+                    restarts,
                     _age(obj["metadata"].get("creationTimestamp")),
                     obj["status"].get("podIP", "<none>"),
                     obj["spec"].get("nodeName", "<none>"),
@@ -342,10 +430,17 @@ def _table(objs: list[dict[str, Any]]) -> dict[str, Any]:
                 },
             }
         )
+    return table(columns, rows, resource_version)
+
+
+def table(
+    columns: list[tuple[str, str, str, int]], rows: list[dict[str, Any]], resource_version: str = ""
+) -> dict[str, Any]:
+    """A ``meta.k8s.io/v1`` Table: columns as (name, type, format, priority)."""
     return {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": {"resourceVersion": ""},
+        "metadata": {"resourceVersion": resource_version},
         "columnDefinitions": [
             {"name": n, "type": t, "format": f, "description": n, "priority": p}
             for n, t, f, p in columns
@@ -354,35 +449,73 @@ def _table(objs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def list_pods(request: web.Request) -> web.Response:
-    if request.query.get("watch") in ("true", "1"):
-        raise StatusError(405, "watch is not supported by streamsrv")
+def _label_terms(request: web.Request) -> str:
+    return request.query.get("labelSelector", "")
+
+
+async def _watch(
+    request: web.Request,
+    kind: str,
+    match: Callable[[Change], bool],
+    current: list[dict[str, Any]],
+    render: Callable[[dict[str, Any]], dict[str, Any]],
+) -> web.StreamResponse:
+    try:
+        return await serve_watch(request, request.app[HUB], kind, match, current, render)
+    except BadWatch as exc:
+        raise StatusError(400, str(exc)) from exc
+    except TooManyWatchers as exc:
+        raise StatusError(429, str(exc), headers={"Retry-After": "1"}) from exc
+
+
+async def list_pods(request: web.Request) -> web.StreamResponse:
     namespace = request.match_info.get("namespace")
-    pods = [p.render() for p in await request.app[MANAGER].list(namespace)]
-    fields = request.query.get("fieldSelector", "")
-    labels = request.query.get("labelSelector", "")
-    pods = [
-        p
-        for p in pods
-        if _matches_fields(p, fields) and _matches_labels(p["metadata"].get("labels", {}), labels)
-    ]
+    fields = parse_field_selector(request.query.get("fieldSelector", ""), _POD_FIELDS)
+    labels = _label_terms(request)
+    name = next((v for k, v, neg in fields if k == "metadata.name" and not neg), None)
+    controller = request.app[CONTROLLER]
+    found = await controller.sync(namespace, name)
+    pods = [controller.render(p) for p in found]
+
+    def matches(obj: dict[str, Any]) -> bool:
+        return fields_match(pod_fields(obj), fields) and _matches_labels(
+            obj["metadata"].get("labels", {}), labels
+        )
+
+    pods = [p for p in pods if matches(p)]
+    if query_bool(request, "watch"):
+        as_table = _wants_table(request)
+
+        def match(change: Change) -> bool:
+            return (namespace is None or change.namespace == namespace) and matches(change.obj)
+
+        def render(obj: dict[str, Any]) -> dict[str, Any]:
+            if not as_table:
+                return obj
+            return _table([obj], obj["metadata"].get("resourceVersion", ""))
+
+        return await _watch(request, "Pod", match, pods, render)
+    rv = str(request.app[HUB].rv)
     if _wants_table(request):
-        return _json(_table(pods))
+        return _json(_table(pods, rv))
     return _json(
-        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": ""}, "items": pods}
+        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": pods}
     )
+
+
+_POD_FIELDS = frozenset(pod_fields({"metadata": {}}))
 
 
 async def _get_pod(request: web.Request) -> Pod:
     ns, name = request.match_info["namespace"], request.match_info["name"]
-    pod = await request.app[MANAGER].get(ns, name)
-    if pod is None:
+    found = await request.app[CONTROLLER].sync(ns, name)
+    if not found:
         raise not_found(name)
-    return pod
+    return found[0]
 
 
 async def get_pod(request: web.Request) -> web.Response:
-    obj = (await _get_pod(request)).render()
+    obj = request.app[CONTROLLER].render(await _get_pod(request))
     return _json(_table([obj]) if _wants_table(request) else obj)
 
 
@@ -402,6 +535,9 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 JSON_TYPES = ("application/json", "application/octet-stream", "")
+# kubectl 1.32+ (client-go's typed clients) send the pods they create as protobuf.
+PROTOBUF_TYPES = (k8sproto.CONTENT_TYPE,)
+MANIFEST_TYPES = YAML_TYPES + JSON_TYPES + PROTOBUF_TYPES
 # Manifests are decoded in threads, a few at a time: a 1 MiB body costs up to a second of CPU
 # in the pure-Python YAML loader, which must not stall every session on the event loop.
 DECODING = web.AppKey("decoding", asyncio.Semaphore)
@@ -409,8 +545,11 @@ DECODERS = 2
 
 
 def decode_manifest(raw: bytes, ctype: str) -> Any:
-    """The manifest in ``raw`` (JSON or alias-free YAML); ValueError if it cannot be decoded."""
+    """The manifest in ``raw`` (JSON, alias-free YAML, or a protobuf v1 Pod as its JSON form:
+    docs/architecture.md, "Protobuf request bodies"); ValueError if it cannot be decoded."""
     try:
+        if ctype in PROTOBUF_TYPES:
+            return k8sproto.decode(raw)  # k8sproto.ProtobufError is a ValueError
         if ctype in YAML_TYPES:
             return yaml.load(raw, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
         return json.loads(raw)
@@ -439,13 +578,16 @@ async def create_pod(request: web.Request) -> web.Response:
     namespace = request.match_info["namespace"]
     raw = await request.read()  # at most Limits.max_request_body (413 past it)
     ctype = request.content_type
-    if ctype not in YAML_TYPES + JSON_TYPES:
+    if ctype not in MANIFEST_TYPES:
         raise StatusError(415, f'the body of the request was in an unknown format: "{ctype}"')
     try:
         async with request.app[DECODING]:
             manifest = await asyncio.to_thread(decode_manifest, raw, ctype)
     except ValueError as exc:
         raise StatusError(400, f"the body of the request could not be decoded: {exc}") from exc
+    refused, warnings = field_validation(manifest, request.query.get("fieldValidation"))
+    if refused:
+        raise StatusError(400, refused)
     try:
         spec = parse_pod(manifest, namespace=namespace)
     except InvalidPod as exc:
@@ -468,7 +610,13 @@ async def create_pod(request: web.Request) -> web.Response:
         log.warning("creating pod %s/%s failed: %s", namespace, spec.name, exc)
         raise StatusError(500, f'creating pod "{spec.name}" failed: {exc}') from exc
     log.info("created pod %s/%s (uid %s)", namespace, spec.name, spec.uid)
-    return _json(pod.render(), 201)
+    controller = request.app[CONTROLLER]
+    controller.kick()
+    found = await controller.sync(namespace, spec.name)
+    resp = _json(controller.render(found[0] if found else pod), 201)
+    for warning in warnings:  # RFC 7234 warn-code 299, as the apiserver sends them
+        resp.headers.add("Warning", "299 - " + json.dumps(warning))
+    return resp
 
 
 async def delete_pod(request: web.Request) -> web.Response:
@@ -495,7 +643,253 @@ async def delete_pod(request: web.Request) -> web.Response:
     if pod is None:
         raise not_found(name)
     log.info("deleted pod %s/%s", ns, name)
-    return _json(pod.render())
+    controller = request.app[CONTROLLER]
+    obj = controller.render(pod)
+    await controller.sync(ns, name)
+    return _json(obj)
+
+
+# ------------------------------------------------------------------------------- updates
+
+
+async def _update(request: web.Request, pod: Pod, old: dict[str, Any], new: Any) -> web.Response:
+    """Keep what may change of ``new`` (labels, annotations) after the apiserver's checks."""
+    name = pod.spec.name
+    if not isinstance(new, dict):
+        raise StatusError(400, "the object must be a JSON object")
+    given = (new.get("metadata") or {}).get("resourceVersion")
+    if given and given != old["metadata"].get("resourceVersion"):
+        raise StatusError(
+            409,
+            f'Operation cannot be fulfilled on pods "{name}": the object has been modified; '
+            "please apply your changes to the latest version and try again",
+            reason="Conflict",
+            details={"name": name, "kind": "pods"},
+        )
+    causes = patching.pod_update_causes(old, new)
+    if causes:
+        raise StatusError(
+            422,
+            f'Pod "{name}" is invalid: ' + "; ".join(f"{f}: {m}" for f, m in causes),
+            details={
+                "name": name,
+                "kind": "Pod",
+                "causes": [
+                    {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes
+                ],
+            },
+        )
+    labels, annotations = patching.patched_metadata(new)
+    controller = request.app[CONTROLLER]
+    if request.query.get("dryRun") == "All":
+        meta = {**old["metadata"], "labels": labels, "annotations": annotations}
+        return _json({**old, "metadata": {k: v for k, v in meta.items() if v != {}}})
+    await request.app[MANAGER].set_metadata(pod, {"labels": labels, "annotations": annotations})
+    found = await controller.sync(pod.spec.namespace, name)
+    if not found:
+        raise not_found(name)
+    log.info("updated the metadata of pod %s/%s", pod.spec.namespace, name)
+    return _json(controller.render(found[0]))
+
+
+async def patch_pod(request: web.Request) -> web.Response:
+    pod = await _get_pod(request)
+    old = request.app[CONTROLLER].render(pod)
+    body = await request.read()  # at most Limits.max_request_body (413 past it)
+    try:
+        async with request.app[DECODING]:  # a 3 MiB patch is up to a second of CPU
+            new = await asyncio.to_thread(patching.apply_patch, old, body, request.content_type)
+    except patching.UnsupportedPatch as exc:
+        raise StatusError(415, str(exc)) from exc
+    except patching.InvalidPatch as exc:
+        raise StatusError(exc.status, str(exc)) from exc
+    return await _update(request, pod, old, new)
+
+
+async def replace_pod(request: web.Request) -> web.Response:
+    pod = await _get_pod(request)
+    old = request.app[CONTROLLER].render(pod)
+    raw = await request.read()
+    ctype = request.content_type
+    if ctype not in MANIFEST_TYPES:
+        raise StatusError(415, f'the body of the request was in an unknown format: "{ctype}"')
+    try:
+        async with request.app[DECODING]:
+            new = await asyncio.to_thread(decode_manifest, raw, ctype)
+    except ValueError as exc:
+        raise StatusError(400, f"the body of the request could not be decoded: {exc}") from exc
+    return await _update(request, pod, old, new)
+
+
+# ------------------------------------------------------------------------------- logs
+
+
+#: How often a follow at the end of the file asks whether its container still runs.
+LOG_POLL = 0.5
+
+
+async def pod_log(request: web.Request) -> web.StreamResponse:
+    """``kubectl logs``: the container's CRI log file, read as the kubelet reads it."""
+    pod = await _get_pod(request)
+    spec = pod.spec
+    try:
+        opts = LogOptions.from_query(request.query, name=spec.name)
+    except InvalidLogOptions as exc:
+        raise StatusError(exc.code, str(exc), reason=exc.reason, details=exc.details()) from exc
+    chosen = _named_container(request, pod, "logs")
+    current = pod.container(chosen.name)
+    if current is None:
+        raise StatusError(
+            400,
+            f'container "{chosen.name}" in pod "{spec.name}" is waiting to start: '
+            "ContainerCreating",
+        )
+    instance = current
+    if opts.previous:
+        before = pod.previous.get(chosen.name)
+        if before is None:
+            raise StatusError(
+                400,
+                f'previous terminated container "{chosen.name}" in pod "{spec.name}" not found',
+            )
+        instance = before
+    manager = request.app[MANAGER]
+    path = manager.log_path(spec, chosen.name, instance.attempt)
+    where = str(path) if path is not None else instance.log_path
+    if not where or not await asyncio.to_thread(os.path.exists, where):
+        raise StatusError(
+            404,
+            f'no log file for container "{chosen.name}" (instance {instance.attempt}) of pod '
+            f'"{spec.name}": it was started without one (made before streamsrv kept logs, or '
+            "by another client of its runtime)",
+            details={"name": spec.name, "kind": "pods"},
+        )
+    controller = request.app[CONTROLLER]
+
+    async def running() -> bool:
+        found = await controller.sync(spec.namespace, spec.name)
+        now = found[0].container(chosen.name) if found else None
+        return now is not None and now.id == instance.id and now.state == "running"
+
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    resp.enable_chunked_encoding()
+    await resp.prepare(request)
+    # A file removed with its pod while read: what was sent is all there is.
+    with contextlib.suppress(FileNotFoundError):
+        await read_log(where, opts, resp.write, running=running, poll=LOG_POLL)
+    await resp.write_eof()
+    return resp
+
+
+def _named_container(request: web.Request, pod: Pod, doing: str) -> ContainerSpec:
+    """The container a request names (``?container=``), else the pod's only or default one."""
+    spec = pod.spec
+    name = request.query.get("container", "")
+    if name:
+        chosen = spec.container(name)
+        if chosen is None:
+            names = " ".join(c.name for c in spec.containers)
+            raise StatusError(
+                400,
+                f"container {name} is not valid for pod {spec.name}; its containers are: [{names}]",
+            )
+        return chosen
+    if len(spec.containers) == 1 or spec.annotations.get(DEFAULT_CONTAINER_ANNOTATION):
+        return spec.default_container()
+    names = " ".join(c.name for c in spec.containers)
+    raise StatusError(
+        400, f"a container name must be specified for pod {spec.name}, choose one of: [{names}]"
+    )
+
+
+# ------------------------------------------------------------------------------- events
+
+_EVENT_COLUMNS = [
+    ("Last Seen", "string", "", 0),
+    ("Type", "string", "", 0),
+    ("Reason", "string", "", 0),
+    ("Object", "string", "", 0),
+    ("Subobject", "string", "", 1),
+    ("Source", "string", "", 1),
+    ("Message", "string", "", 0),
+    ("First Seen", "string", "", 1),
+    ("Count", "string", "", 1),
+    ("Name", "string", "name", 1),
+]
+_EVENT_FIELDS = frozenset(event_fields({}))
+
+
+def _event_table(events: list[dict[str, Any]], rv: str = "") -> dict[str, Any]:
+    rows = []
+    for e in events:
+        inv = e.get("involvedObject", {})
+        source = e.get("source", {})
+        rows.append(
+            {
+                "cells": [
+                    _age(e.get("lastTimestamp")),
+                    e.get("type", ""),
+                    e.get("reason", ""),
+                    f"{inv.get('kind', '').lower()}/{inv.get('name', '')}",
+                    inv.get("fieldPath", ""),
+                    ", ".join(v for v in (source.get("component"), source.get("host")) if v),
+                    e.get("message", ""),
+                    _age(e.get("firstTimestamp")),
+                    str(e.get("count", 1)),
+                    e["metadata"]["name"],
+                ],
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": e["metadata"],
+                },
+            }
+        )
+    return table(_EVENT_COLUMNS, rows, rv)
+
+
+async def list_events(request: web.Request) -> web.StreamResponse:
+    namespace = request.match_info.get("namespace")
+    fields = parse_field_selector(request.query.get("fieldSelector", ""), _EVENT_FIELDS)
+    labels = _label_terms(request)
+
+    def matches(e: dict[str, Any]) -> bool:
+        return fields_match(event_fields(e), fields) and _matches_labels(
+            e["metadata"].get("labels", {}), labels
+        )
+
+    events = [e for e in request.app[EVENTS].list(namespace) if matches(e)]
+    if query_bool(request, "watch"):
+        as_table = _wants_table(request)
+
+        def match(change: Change) -> bool:
+            return (namespace is None or change.namespace == namespace) and matches(change.obj)
+
+        def render(obj: dict[str, Any]) -> dict[str, Any]:
+            return _event_table([obj], obj["metadata"]["resourceVersion"]) if as_table else obj
+
+        return await _watch(request, "Event", match, events, render)
+    rv = str(request.app[HUB].rv)
+    if _wants_table(request):
+        return _json(_event_table(events, rv))
+    return _json(
+        {
+            "kind": "EventList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": rv},
+            "items": events,
+        }
+    )
+
+
+async def get_event(request: web.Request) -> web.Response:
+    ns, name = request.match_info["namespace"], request.match_info["name"]
+    event = request.app[EVENTS].get(ns, name)
+    if event is None:
+        raise StatusError(
+            404, f'events "{name}" not found', details={"name": name, "kind": "events"}
+        )
+    return _json(_event_table([event]) if _wants_table(request) else event)
 
 
 # ------------------------------------------------------------------------------- streaming
@@ -665,6 +1059,24 @@ def add_routes(
     app[TOKEN] = token
     app[STREAMS] = streams
     app[DECODING] = asyncio.Semaphore(DECODERS)
+    hub = Hub()
+    if manager.events is None:
+        manager.events = EventStore(hub)
+    else:
+        hub = manager.events.hub
+    app[HUB] = hub
+    app[EVENTS] = manager.events
+    controller = PodController(manager, hub)
+    app[CONTROLLER] = controller
+
+    async def start_controller(_: web.Application) -> None:
+        controller.start()
+
+    async def stop_controller(_: web.Application) -> None:
+        await controller.stop()
+
+    app.on_startup.append(start_controller)
+    app.on_shutdown.append(stop_controller)
     if isinstance(manager.runtime, RemoteStreams):
         streams.relay = functools.partial(proxied, streams, manager.runtime)
     streams.add_routes(app)
@@ -683,10 +1095,18 @@ def add_routes(
     r.add_get("/api", api_versions)
     r.add_get("/apis", api_groups)
     r.add_get("/api/v1", api_v1)
+    r.add_get("/openapi/v2", openapi_v2)
     r.add_get("/openapi/v3", openapi_v3_root)
     r.add_get("/openapi/v3/api/v1", openapi_v3_core)
+    add_cluster_routes(app, manager)  # nodes, namespaces, pods/ephemeralcontainers
     r.add_get("/api/v1/pods", list_pods)
     r.add_get("/api/v1/namespaces/{namespace}/pods", list_pods)
     r.add_post("/api/v1/namespaces/{namespace}/pods", create_pod)
     r.add_get("/api/v1/namespaces/{namespace}/pods/{name}", get_pod)
+    r.add_patch("/api/v1/namespaces/{namespace}/pods/{name}", patch_pod)
+    r.add_put("/api/v1/namespaces/{namespace}/pods/{name}", replace_pod)
+    r.add_get("/api/v1/namespaces/{namespace}/pods/{name}/log", pod_log)
+    r.add_get("/api/v1/events", list_events)
+    r.add_get("/api/v1/namespaces/{namespace}/events", list_events)
+    r.add_get("/api/v1/namespaces/{namespace}/events/{name}", get_event)
     r.add_delete("/api/v1/namespaces/{namespace}/pods/{name}", delete_pod)

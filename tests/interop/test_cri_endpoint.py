@@ -229,6 +229,48 @@ def test_unknown_container_is_refused(node: Node) -> None:
     assert b"nope" in r.stderr
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_logs_and_restarts_through_the_node(node: Node, version: str) -> None:
+    """The node writes each instance's CRI log file where the gateway said (the sandbox's
+    log_directory); the gateway restarts a failed container on the node (CreateContainer with
+    the next attempt) and reads both files, as a kubelet would."""
+    name = unique("crilogs")
+    path = node.server.state_dir / f"{name}.yaml"
+    path.write_text(f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  restartPolicy: OnFailure
+  containers:
+  - name: main
+    image: {node.target.image}
+    command: ["sh", "-c", "echo run-$(cat /proc/sys/kernel/random/uuid); sleep 1; exit 1"]
+""")
+    r = node.kubectl(version, "create", "-f", str(path))
+    assert r.returncode == 0, r.stderr
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            r = node.kubectl(version, "get", "pod", name, "-o",
+                             "jsonpath={.status.containerStatuses[0].restartCount}")  # fmt: skip
+            if r.stdout.decode() not in ("", "0"):
+                break
+            assert time.monotonic() < deadline, r
+            time.sleep(0.5)
+        previous = node.kubectl(version, "logs", name, "-p")
+        assert previous.returncode == 0, previous.stderr
+        assert re.fullmatch(rb"run-[0-9a-f-]+\n", previous.stdout), previous.stdout
+        deadline = time.monotonic() + 60
+        while not (current := node.kubectl(version, "logs", name)).stdout:
+            assert time.monotonic() < deadline, current
+            time.sleep(0.2)
+        assert (
+            re.fullmatch(rb"run-[0-9a-f-]+\n", current.stdout) and current.stdout != previous.stdout
+        )
+    finally:
+        node.kubectl(version, "delete", "pod", name, "--grace-period=1")
+
+
 def test_node_listing_survives_gateway_restart(node: Node, tmp_path: Path) -> None:
     """The gateway holds no pod state: restarted, it finds the pod on the node again."""
     node.server.stop()

@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +62,11 @@ def restart_engine() -> None:
 
 
 def test_engine_restart_under_five_sessions(srv: Server) -> None:
+    # A pod that is never restarted, beside the echo pod (restartPolicy Always by default).
+    never = srv.state_dir / "never.yaml"
+    never.write_text(json.dumps(pod_manifest("never", sleeper("idle"), restartPolicy="Never")))
+    r = srv.cli("pod", "run", "-f", str(never))
+    assert r.returncode == 0, r.stderr
     execs = [
         srv.kubectl_popen(
             v,
@@ -102,9 +108,30 @@ def test_engine_restart_under_five_sessions(srv: Server) -> None:
     assert srv.proc is not None and srv.proc.poll() is None, "the server died with the engine"
     assert srv.get("/healthz") == (200, "ok")
 
-    # The engine is back: the pod is found again, and new sessions work.
-    r = srv.kubectl("1.33", "get", "pod", POD, "-o", "name")
-    assert r.returncode == 0 and r.stdout.strip() == f"pod/{POD}", r
+    # The engine is back: the pod is found again, made again as its restart policy says (a
+    # new sandbox, its container one attempt on), and new sessions work in it.
+    def pod(name: str) -> dict[str, Any]:
+        r = srv.kubectl("1.33", "get", "pod", name, "-o", "json")
+        assert r.returncode == 0, r.stderr
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+    deadline = time.monotonic() + HANG
+    while (p := pod(POD))["status"]["phase"] != "Running" or not p["status"]["containerStatuses"][
+        0
+    ]["ready"]:
+        assert time.monotonic() < deadline, p["status"]
+        time.sleep(0.5)
+    assert p["status"]["containerStatuses"][0]["restartCount"] == 1
+    r = srv.kubectl("1.27", "exec", POD, "--", "echo", "back")
+    assert r.returncode == 0 and r.stdout == "back\n", r
+    events = srv.kubectl("1.33", "get", "events", "--field-selector", f"involvedObject.name={POD}")
+    assert "SandboxChanged" in events.stdout, events.stdout
+    # restartPolicy Never: left as the engine left it.
+    time.sleep(2)
+    gone = pod("never")
+    assert gone["status"]["phase"] == "Failed", gone["status"]
+    assert gone["status"]["containerStatuses"][0]["restartCount"] == 0
     manifest = srv.state_dir / "after.yaml"
     manifest.write_text(json.dumps(pod_manifest("after", sleeper())))
     r = srv.cli("pod", "run", "-f", str(manifest))

@@ -11,10 +11,10 @@ from tests.conftest import BUSYBOX, Server, unique
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
 
-# kubectl 1.29+ validates `create` on the server when the OpenAPI v3 document says the server
-# takes `fieldValidation` (ours does); 1.27 and 1.28 want a protobuf OpenAPI v2 schema, which
-# streamsrv does not serve, so they need --validate=false.
-CREATE_FLAGS = {"1.27": ["--validate=false"], "1.33": []}
+# Every version creates with its default validation (no flag): 1.29+ leave it to the server
+# when the OpenAPI v3 document says the server takes `fieldValidation`, 1.27 and 1.28 when the
+# protobuf OpenAPI v2 document says so (streamsrv/openapi.py serves both).
+CREATE_FLAGS: dict[str, list[str]] = {"1.27": [], "1.33": []}
 
 
 def write_manifest(tmp_path: Path, name: str) -> Path:
