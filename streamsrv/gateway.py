@@ -767,9 +767,7 @@ async def pod_log(request: web.Request) -> web.StreamResponse:
     controller = request.app[CONTROLLER]
 
     async def running() -> bool:
-        found = await controller.sync(spec.namespace, spec.name)
-        now = found[0].container(chosen.name) if found else None
-        return now is not None and now.id == instance.id and now.state == "running"
+        return controller.still_running(spec.namespace, spec.name, instance.id)
 
     resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
     resp.enable_chunked_encoding()

@@ -375,10 +375,11 @@ class PodManager:
             await self._remove_all(pod.sandbox.id, everything)
             for sid in pod.stale_sandboxes:
                 await self.runtime.remove_pod_sandbox(sid)
-            self._forget(pod.spec)
+            await asyncio.to_thread(self._forget, pod.spec)
             return pod
 
     def _forget(self, spec: PodSpec) -> None:
+        """Drop the pod's patched metadata and log files (in a worker thread)."""
         self._metadata.pop(spec.uid, None)
         if self.meta_dir is not None:
             with contextlib.suppress(FileNotFoundError):
