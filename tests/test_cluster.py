@@ -341,6 +341,40 @@ async def test_unknown_node_or_namespace_is_the_apiservers_404(
         }
 
 
+def test_a_node_lease_is_held_by_its_node_and_renewed_now() -> None:
+    lease = cluster.render_lease("streamsrv", created=T0, now=T0 + timedelta(seconds=1.25))
+    assert lease["apiVersion"] == "coordination.k8s.io/v1" and lease["kind"] == "Lease"
+    meta = lease["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("streamsrv", "kube-node-lease")
+    assert meta["creationTimestamp"] == "2024-05-01T12:00:00Z"
+    node = render_node(NodeRuntime("streamsrv", "docker://1"), MACHINE, created=T0, now=T0)
+    [owner] = meta["ownerReferences"]
+    assert owner == {
+        "apiVersion": "v1", "kind": "Node", "name": "streamsrv", "uid": node["metadata"]["uid"]
+    }  # fmt: skip
+    assert lease["spec"] == {
+        "holderIdentity": "streamsrv",
+        "leaseDurationSeconds": 40,
+        "renewTime": "2024-05-01T12:00:01.250000Z",  # MicroTime
+    }
+
+
+async def test_node_leases_are_served_for_the_nodes_only(
+    served: tuple[TestClient[Any, Any], PodManager],
+) -> None:
+    client, _ = served
+    path = "/apis/coordination.k8s.io/v1/namespaces/{}/leases/{}"
+    code, lease = await get(client, path.format("kube-node-lease", "streamsrv"))
+    assert code == 200 and lease["spec"]["holderIdentity"] == "streamsrv"
+    for ns, name in (("kube-node-lease", "other"), ("default", "streamsrv")):
+        code, body = await get(client, path.format(ns, name))
+        assert code == 404
+        assert body["message"] == f'leases.coordination.k8s.io "{name}" not found'
+        assert body["details"] == {"name": name, "group": "coordination.k8s.io", "kind": "leases"}
+    async with client.get(path.format("kube-node-lease", "streamsrv")) as resp:
+        assert resp.status == 401  # behind the token, like every /api route
+
+
 async def test_namespaces_follow_the_pods(
     served: tuple[TestClient[Any, Any], PodManager],
 ) -> None:
