@@ -781,8 +781,9 @@ def parse_pod(manifest: Any, *, namespace: str | None = None, uid: str | None = 
     kept_spec: dict[str, Any] = {
         "containers": [_container_manifest(c) for c in containers],
         "terminationGracePeriodSeconds": grace,
-        "restartPolicy": restart_policy,
     }
+    if restart_policy != RESTART_ALWAYS:  # the default, added when the pod is rendered
+        kept_spec["restartPolicy"] = restart_policy
     for key, flag in (
         ("hostNetwork", host_network),
         ("hostPID", host_pid),
