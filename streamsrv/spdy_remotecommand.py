@@ -57,7 +57,8 @@ class _Exec:
         self.gone = asyncio.Event()
         self.idle = asyncio.Event()
         self.stdin = Pipe(ctx.limits.read_buffer) if req.stdin else None
-        self.resize = Resizes() if req.tty else None
+        # v1 and v2 have no resize stream: no size will come for a runtime to wait for
+        self.resize = Resizes() if req.tty and version >= 3 else None
         self._resize_decoder = ResizeDecoder()
         self.session = SpdySession(self, ctx.limits, ctx.warnings)
         self.read_pause = ReadPause()

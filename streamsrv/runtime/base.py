@@ -288,15 +288,33 @@ class Resizes:
         self._fresh = False  # ``latest`` has not been delivered yet
         self._closed = False
         self._changed = asyncio.Event()
+        self._arrived = asyncio.Event()  # a first size came, or none ever will
 
     def put(self, size: TerminalSize) -> None:
         self.latest = size
         self._fresh = True
         self._changed.set()
+        if size.width and size.height:
+            self._arrived.set()
 
     def close(self) -> None:
         self._closed = True
         self._changed.set()
+        self._arrived.set()
+
+    async def first(self, seconds: float) -> TerminalSize | None:
+        """The client's first usable size (neither side 0), waited for at most ``seconds``;
+        None when none came by then or the session ended. It stays undelivered: a backend
+        that applied it when the process started says so with :meth:`delivered`."""
+        await wait_event(self._arrived, seconds)
+        latest = self.latest
+        return latest if latest is not None and latest.width and latest.height else None
+
+    def delivered(self, size: TerminalSize) -> None:
+        """``size`` was applied another way (at the start of the process): an iterator skips
+        it, unless a newer size came meanwhile."""
+        if self.latest == size:
+            self._fresh = False
 
     def __aiter__(self) -> Resizes:
         return self

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import docker
 import docker.errors
@@ -53,6 +53,7 @@ from ..pods import (
 )
 from ..protocol import crilog
 from ..protocol.dockermux import STDERR, STDOUT, Demuxer
+from ..protocol.resize import TerminalSize
 from .base import (
     BackendError,
     ContainerNotFound,
@@ -117,7 +118,14 @@ T = TypeVar("T")
 
 DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
 LOCAL_PAUSE_IMAGE = "streamsrv/pause:local"
-FIRST_SIZE_WAIT = 1.0  # seconds a tty session's input waits for the client's first size
+FIRST_SIZE_WAIT = 1.0  # seconds a tty session waits for the client's first size
+#: The engine API that takes an exec's first terminal size with its start (``ConsoleSize``).
+CONSOLE_SIZE_API = "1.42"
+#: Older engines size an exec's terminal only once its process runs, which a program that
+#: asks at once (``stty size``) loses to: there a tty exec runs as ``/bin/sh -c SIZED cmd...``
+#: when the container has ``/bin/sh``, which sizes the terminal and then becomes ``cmd``.
+SIZED = 'stty rows {rows} cols {cols} 2>/dev/null; exec "$@"'
+SHELL = "/bin/sh"
 START_WAIT_POLLS = 40  # x 50 ms: how long a cancelled exec's start may take to show
 INSPECT_CACHE_SIZE = 4096  # container inspections kept for pod lookups
 LOG_DRAIN_WAIT = 5.0  # seconds stop_container waits for the log file to have all the output
@@ -187,6 +195,8 @@ class DockerRuntime:
         # containers this runtime made and has not started yet: (log path, tty)
         self._created: dict[str, tuple[str, bool]] = {}
         self._log_followers: dict[str, asyncio.Task[None]] = {}  # container id -> its follower
+        self._shells: dict[str, bool] = {}  # container id -> whether it has SHELL
+        self.console_size = docker.utils.version_gte(self.api.api_version, CONSOLE_SIZE_API)
 
     async def _thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn`` in the runtime's own thread pool."""
@@ -398,6 +408,7 @@ class DockerRuntime:
 
     async def _remove(self, container_id: str) -> None:
         self._inspected.pop(container_id, None)
+        self._shells.pop(container_id, None)
         with self._engine_errors(), contextlib.suppress(docker.errors.NotFound):
             await self._thread(self.api.remove_container, container_id, v=True, force=True)
 
@@ -487,18 +498,25 @@ class DockerRuntime:
         host_config = self.api.create_host_config(
             network_mode=joined, ipc_mode=ipc_mode, pid_mode=pid_mode, mounts=mounts or None
         )
-        created = await self._call(
-            self.api.create_container,
+        args: Any = list(container.args) or None  # the stubs want one, the SDK takes None
+        config = self.api.create_container_config(
             image=container.image,
-            name=f"k8s_{container.name}_{pod.name}_{pod.namespace}_{pod.uid}_{container.attempt}",
             entrypoint=list(container.command) or None,
-            command=list(container.args) or None,
+            command=args,
             environment=[f"{k}={v}" for k, v in container.env] or None,
             working_dir=container.working_dir,
             tty=container.tty,
             stdin_open=container.stdin,
             labels=pod.container_labels(container),
             host_config=host_config,
+        )
+        # The SDK sets StdinOnce for every container with stdin; the engine then closes its
+        # stdin when the first attached client's input ends. Only stdinOnce asks for that.
+        config["StdinOnce"] = container.stdin and container.stdin_once
+        created = await self._call(
+            self.api.create_container_from_config,
+            config,
+            f"k8s_{container.name}_{pod.name}_{pod.namespace}_{pod.uid}_{container.attempt}",
         )
         container_id = str(created["Id"])
         self._created[container_id] = (container.log_path, container.tty)
@@ -830,10 +848,33 @@ class DockerRuntime:
         return stream
 
     async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
+        argv = list(cmd)
+        console: TerminalSize | None = None  # the size the engine starts the process at
+        if tty and io.resize is not None:
+            # The process starts at the client's first size (kubectl sends it right after
+            # connecting), waited for at most FIRST_SIZE_WAIT: a program that asks for its
+            # size at once (`stty size`) must not see 0x0.
+            shell = None
+            if not self.console_size and argv and not argv[0].startswith("-"):
+                shell = asyncio.ensure_future(self._has_shell(container_id))
+            try:
+                size = await io.resize.first(FIRST_SIZE_WAIT)
+                if size is not None and self.console_size:
+                    console = size
+                elif size is not None and shell is not None and await shell:
+                    # The size goes through exec_resize too (as without it), in case the
+                    # container has no stty.
+                    rows, cols = size.height, size.width
+                    argv = [SHELL, "-c", SIZED.format(rows=rows, cols=cols), "sh", *argv]
+            finally:
+                if shell is not None and not shell.done():
+                    shell.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await shell
         created = await self._call(
             self.api.exec_create,
             container_id,
-            list(cmd),
+            argv,
             stdin=io.stdin is not None,
             stdout=io.stdout is not None,
             stderr=io.stderr is not None,
@@ -843,17 +884,53 @@ class DockerRuntime:
         if self._journal is not None:
             self._journal.add(exec_id)
         try:
-            return await self._run_exec(exec_id, io, tty)
+            return await self._run_exec(exec_id, io, tty, console)
         finally:
             if self._journal is not None:
                 self._journal.remove(exec_id)
 
-    async def _run_exec(self, exec_id: str, io: StdIO, tty: bool) -> int:
+    async def _has_shell(self, container_id: str) -> bool:
+        """Whether the container has :data:`SHELL` (asked once per container: a stat of the
+        path through the engine, no process)."""
+        known = self._shells.get(container_id)
+        if known is None:
+            path = urllib.parse.quote(SHELL, safe="")
+            request = (
+                f"HEAD /v{self.api.api_version}/containers/{container_id}/archive?path={path} "
+                "HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
+            )
+            try:
+                (await self._engine_stream(request.encode(), (200,))).close()
+                known = True
+            except ContainerNotFound:  # 404: no such path (or no such container)
+                known = False
+            except (BackendError, OSError, ValueError, IndexError):
+                return False  # the engine cannot tell now: no shell to trust, asked again later
+            if len(self._shells) >= INSPECT_CACHE_SIZE:
+                self._shells.clear()
+            self._shells[container_id] = known
+        return known
+
+    async def _run_exec(
+        self, exec_id: str, io: StdIO, tty: bool, console: TerminalSize | None = None
+    ) -> int:
+        """Start the exec and pump it; ``console``: its terminal's first size, which the
+        engine applies before the process starts (``ConsoleSize``)."""
         stream: _EngineStream | None = None
+        body: dict[str, Any] = {"Detach": False, "Tty": tty}
+        if console is not None:
+            body["ConsoleSize"] = [console.height, console.width]
         try:
-            stream = await self._hijack(f"/exec/{exec_id}/start", {"Detach": False, "Tty": tty})
+            stream = await self._hijack(f"/exec/{exec_id}/start", body)
+            if console is not None and io.resize is not None:
+                io.resize.delivered(console)
             await self._pump(
-                stream, io, tty, lambda h, w: self.api.exec_resize(exec_id, h, w), eof=True
+                stream,
+                io,
+                tty,
+                lambda h, w: self.api.exec_resize(exec_id, h, w),
+                eof=True,
+                sized=console is not None,
             )
             return await self._exit_code(exec_id)
         except BaseException:
@@ -871,6 +948,20 @@ class DockerRuntime:
                 stream.close()
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
+        """Attach to the container's stdio until it ends.
+
+        The end of the client's input goes on to the engine only for a container made with
+        stdinOnce (read from the engine, whichever server made it). The engine then closes
+        the container's stdin (without a tty; the attach goes on until the container ends) or
+        ends this attach (with a tty: its stdin stays open). Without stdinOnce the end goes
+        nowhere and stdin stays open for the next client. A client that leaves closes our
+        connection, which the engine takes for the same end.
+        """
+        info = await self._call(self.api.inspect_container, container_id)
+        stopped = _stopped(container_id, info)
+        if stopped is not None:  # the engine's attach would wait for output forever
+            raise BackendError(f"cannot attach: {stopped}")
+        once = bool((info.get("Config") or {}).get("StdinOnce"))
         query = urllib.parse.urlencode(
             {
                 "stream": 1,
@@ -881,9 +972,12 @@ class DockerRuntime:
         )
         stream = await self._hijack(f"/containers/{container_id}/attach?{query}")
         try:
-            # stdin EOF is not passed on: it would end the container's main process for all.
             await self._pump(
-                stream, io, tty, lambda h, w: self.api.resize(container_id, h, w), eof=False
+                stream,
+                io,
+                tty,
+                lambda h, w: self.api.resize(container_id, h, w),
+                eof="half-close" if once else False,
             )
         finally:
             stream.close()
@@ -895,26 +989,31 @@ class DockerRuntime:
         tty: bool,
         resize: Callable[[int, int], object],
         *,
-        eof: bool,
+        eof: bool | Literal["half-close"],
+        sized: bool = False,
     ) -> None:
-        """Copy stdin in, output out, resizes through, until the engine ends the output."""
+        """Copy stdin in, output out, resizes through, until the engine ends the output.
 
-        sized = asyncio.Event()  # the terminal has its first size (or never will get one)
-        if not (tty and io.resize is not None):
-            sized.set()
+        ``eof``: what the end of stdin does. True (an exec): it goes on to the process, as
+        EOT on a terminal (it has no half-close), else as a half-close. ``"half-close"`` (an
+        attach to a stdinOnce container): a half-close, and the engine decides. False: nothing.
+        ``sized``: the terminal had its first size when the process started.
+        """
+
+        first = asyncio.Event()  # the terminal has its first size (or never will get one)
+        if sized or not (tty and io.resize is not None):
+            first.set()
 
         async def stdin() -> None:
             assert io.stdin is not None
             # Hold input until the first size is applied: a shell that reads `stty size`
             # before it would see a 0x0 terminal (kubectl sends the size right after connecting).
-            await wait_event(sized, FIRST_SIZE_WAIT)
+            await wait_event(first, FIRST_SIZE_WAIT)
             while data := await io.stdin.read():
                 await stream.write(data)
-            if not eof:
-                return
-            if tty:
+            if eof is True and tty:
                 await stream.write(b"\x04")  # a terminal has no half-close: EOT at a line start
-            else:
+            elif eof:
                 stream.write_eof()
 
         async def resizes() -> None:
@@ -924,9 +1023,9 @@ class DockerRuntime:
                     if size.width and size.height:
                         with contextlib.suppress(BackendError, ContainerNotFound):
                             await self._call(resize, size.height, size.width)
-                    sized.set()
+                    first.set()
             finally:
-                sized.set()
+                first.set()
 
         helpers: list[asyncio.Task[None]] = []
         if io.stdin is not None:
@@ -957,13 +1056,7 @@ class DockerRuntime:
             info = await self._call(self.api.inspect_container, container_id)
         except ContainerNotFound:
             return f"container {container_id[:12]} was removed"
-        state = info.get("State", {})
-        if state.get("Running"):  # a paused container still runs: its execs wait with it
-            return None
-        labels = info.get("Config", {}).get("Labels") or {}
-        name = labels.get(LABEL_CONTAINER_NAME) or container_id[:12]
-        reason = " (OOMKilled)" if state.get("OOMKilled") else ""
-        return f'container "{name}" exited with code {state.get("ExitCode")}{reason}'
+        return _stopped(container_id, info)
 
     async def sandbox_ready(self, sandbox_id: str) -> bool:
         try:
@@ -1087,6 +1180,17 @@ class DockerRuntime:
         await self._thread(_kill_tree, pid)
         log.info("killed exec %s (pid %d): %s", exec_id[:12], pid, why)
         return True
+
+
+def _stopped(container_id: str, info: dict[str, Any]) -> str | None:
+    """None while the inspected container runs, else what became of it."""
+    state = info.get("State", {})
+    if state.get("Running"):  # a paused container still runs: its execs wait with it
+        return None
+    labels = info.get("Config", {}).get("Labels") or {}
+    name = labels.get(LABEL_CONTAINER_NAME) or container_id[:12]
+    reason = " (OOMKilled)" if state.get("OOMKilled") else ""
+    return f'container "{name}" exited with code {state.get("ExitCode")}{reason}'
 
 
 def _parse_ns(value: str | None) -> int | None:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ..pods import (
     LABEL_CONTAINER_NAME,
@@ -216,6 +217,7 @@ class _Container:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
     log: LogFile | None = None  # spec.log_path, open while the output lasts
+    closing: asyncio.Task[None] | None = None  # closes stdin once a write in progress is done
 
 
 class ProcessRuntime:
@@ -645,22 +647,38 @@ class ProcessRuntime:
                     await task
 
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
+        """Share the container's output, and its terminal or stdin, until it ends.
+
+        The end of this client's input (or the client leaving) reaches the container only
+        with ``stdinOnce``, as the Docker engine has it: without a tty its stdin is closed
+        (the attach goes on until the container ends); with a tty this attach ends there,
+        the terminal staying open. Without ``stdinOnce`` stdin stays open for the next client.
+        """
         c = self._running(container_id)
         listener = (io.stdout, io.stderr)
         c.listeners.append(listener)
-        helpers: list[asyncio.Task[None]] = []
+        helpers: list[asyncio.Task[Any]] = []
+        sized = asyncio.Event()  # the terminal has this client's first size, or never will
         if io.resize is not None and c.master is not None:
             master = c.master
             helpers.append(
                 asyncio.create_task(
-                    _apply_sizes(master, io.resize, None, lambda: c.master == master)
+                    _apply_sizes(master, io.resize, sized, lambda: c.master == master)
                 )
             )
+        else:
+            sized.set()
         target = c.master if c.master is not None else c.stdin_fd
+        exited = asyncio.create_task(c.exited.wait())
+        helpers.append(exited)
+        waits: list[asyncio.Task[Any]] = [exited]
         if io.stdin is not None and target is not None:
-            helpers.append(asyncio.create_task(self._attach_stdin(c, target, io)))
+            feeder = asyncio.create_task(self._attach_stdin(c, target, io, sized))
+            helpers.append(feeder)
+            if c.spec.stdin_once and target == c.master:
+                waits.append(feeder)
         try:
-            await c.exited.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
             with contextlib.suppress(ValueError):
                 c.listeners.remove(listener)
@@ -670,15 +688,38 @@ class ProcessRuntime:
                 with contextlib.suppress(asyncio.CancelledError, OSError):
                     await t
 
-    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO) -> None:
-        # stdin EOF is not passed on: it would end the container's process for everyone.
+    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: asyncio.Event) -> None:
         assert io.stdin is not None
         # the container's pump closes this fd when the container ends
         writer = FdWriter(fd, lambda: fd in (c.master, c.stdin_fd))
-        with contextlib.suppress(BrokenPipeError):
-            while data := await io.stdin.read():
-                async with c.stdin_lock:  # whole chunks from each attached client
-                    await writer.write(data)
+        try:
+            # Input waits until the terminal has the client's first size (bounded): a shell
+            # reading `stty size` from it must see that size.
+            await wait_event(sized, FIRST_SIZE_WAIT)
+            with contextlib.suppress(BrokenPipeError):
+                while data := await io.stdin.read():
+                    async with c.stdin_lock:  # whole chunks from each attached client
+                        await writer.write(data)
+        finally:
+            if c.spec.stdin_once and fd == c.stdin_fd:
+                self._close_stdin(c)
+
+    def _close_stdin(self, c: _Container) -> None:
+        """Close a container's stdin (its process reads to the end, then gets EOF); after a
+        chunk another client is writing, if one is."""
+
+        def close() -> None:
+            _close_fds([c.stdin_fd])
+            c.stdin_fd = None
+
+        async def after_the_write() -> None:
+            async with c.stdin_lock:
+                close()
+
+        if not c.stdin_lock.locked():
+            close()
+        elif c.closing is None:
+            c.closing = asyncio.create_task(after_the_write())
 
     async def dial(self, sandbox_id: str, port: int) -> socket.socket:
         if not await self.sandbox_ready(sandbox_id):
