@@ -157,8 +157,7 @@ async def run_request(ctx: StreamContext, kind: str, req: StreamRequest, io: Std
     try:
         if isinstance(req, ExecRequest):
             return await _exec(ctx, req, io)
-        await ctx.runtime.attach(req.container_id, io, tty=req.tty)
-        return status.success()
+        return await _attach(ctx, req, io)
     except (BackendError, OSError) as exc:
         log.info("%s in %s failed: %s", kind, req.container_id[:12], exc)
         return status.internal_error(str(exc), attach=kind == "attach")
@@ -186,6 +185,36 @@ async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO) -> bytes:
             return status.exit_code(KILLED, f"the process was killed: {why}")
         code = work.result()
         return status.success() if code == 0 else status.exit_code(code)
+    finally:
+        for task in (work, watch):
+            task.cancel()
+        for task in (work, watch):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+#: Seconds an attach may go on delivering output after its container was seen stopped.
+ATTACH_DRAIN = 2.0
+
+
+async def _attach(ctx: StreamContext, req: StreamRequest, io: StdIO) -> bytes:
+    """The attach, ended once its container has stopped (after at most :data:`ATTACH_DRAIN`
+    for the last output): an engine's attach that began just as the container ended can wait
+    for output that never comes."""
+    work = asyncio.create_task(ctx.runtime.attach(req.container_id, io, tty=req.tty))
+    watch = asyncio.create_task(ctx.containers.stopped(req.container_id))
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done() and watch.exception() is not None:
+            log.warning("cannot watch container %s: %r", req.container_id[:12], watch.exception())
+            await asyncio.wait({work})
+        if not work.done():
+            await asyncio.wait({work}, timeout=ATTACH_DRAIN)
+        if not work.done():
+            log.info("attach to %s ended: %s", req.container_id[:12], watch.result())
+            return status.success()
+        work.result()  # a runtime's refusal is the caller's to report
+        return status.success()
     finally:
         for task in (work, watch):
             task.cancel()

@@ -76,6 +76,12 @@ class FakeRuntime:
     async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
         assert io.stdout is not None
         await io.stdout.write(b"attached\n")
+        if container_id == "hang":  # an engine's attach begun just as its container ended
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
 
 
 class Clock:
@@ -199,6 +205,20 @@ async def test_attach(setup) -> None:  # type: ignore[no-untyped-def]
         frames = await collect(ws)
     assert (1, b"attached\n") in frames
     assert frames[-1] == (3, b'{"metadata":{},"status":"Success"}')
+
+
+async def test_an_attach_ends_once_its_container_has_stopped(setup) -> None:  # type: ignore[no-untyped-def]
+    server, client, runtime, _ = setup
+    runtime.stopped["hang"] = "exited with code 0"
+    url = await server.get_attach(AttachRequest("hang", stdout=True))
+    async with (
+        asyncio.timeout(30),
+        client.ws_connect(path(url), protocols=["v4.channel.k8s.io"]) as ws,
+    ):
+        frames = await collect(ws)
+    assert (1, b"attached\n") in frames
+    assert frames[-1] == (3, b'{"metadata":{},"status":"Success"}')
+    assert runtime.cancelled == 1  # the engine's attach was not left behind
 
 
 async def test_backend_error_is_an_internal_error_status(setup) -> None:  # type: ignore[no-untyped-def]
