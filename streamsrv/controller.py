@@ -228,8 +228,9 @@ class PodController:
         for pod in pods:
             spec = pod.spec
             policy = spec.restart_policy
-            if pod.stale:
-                self._spawn(("gc", spec.uid), self._collect(pod))
+            if pod.stale or pod.stale_sandboxes:
+                work = self.manager.collect_stale(spec.namespace, spec.name, spec.uid)
+                self._spawn(("gc", spec.uid), work)
             if not pod.sandbox.ready:
                 ended = all(c.state == "exited" for c in pod.containers)
                 done = policy == RESTART_NEVER or (
@@ -293,11 +294,6 @@ class PodController:
         spec = pod.spec
         if await self.manager.recreate_sandbox(spec.namespace, spec.name, spec.uid):
             log.info("made the sandbox of %s/%s again", spec.namespace, spec.name)
-
-    async def _collect(self, pod: Pod) -> None:
-        for c in pod.stale:
-            with contextlib.suppress(BackendError):
-                await self.manager.runtime.remove_container(c.id)
 
     def backoff(self) -> Mapping[tuple[str, str], float]:
         """Each container's current back-off delay (for tests and metrics)."""

@@ -320,7 +320,11 @@ class PodManager:
 
     async def recreate_sandbox(self, namespace: str, name: str, uid: str) -> bool:
         """The pod's sandbox is gone (the engine restarted, say): make it again, and every
-        container with it, one attempt on, as the kubelet does. False if the pod is gone."""
+        container with it, one attempt on, as the kubelet does. False if the pod is gone.
+
+        The new sandbox and containers are made before the old ones are removed: the engine
+        holds the pod's only record, so a failure half-way (the engine going away again) must
+        leave the old ones to be found and tried again, never no pod at all."""
         async with self._lock:
             pod = await self.get(namespace, name)
             if pod is None or pod.spec.uid != uid or pod.sandbox.ready:
@@ -330,12 +334,6 @@ class PodManager:
                 "SandboxChanged",
                 "Pod sandbox changed, it will be killed and re-created.",
             )
-            old = [c.id for c in (*pod.containers, *pod.stale, *pod.previous.values())]
-            running = [c.id for c in pod.containers if c.state == "running"]
-            await asyncio.gather(*(self.runtime.stop_container(c, 0) for c in running))
-            await asyncio.gather(*(self.runtime.remove_container(c) for c in old))
-            for sid in (pod.sandbox.id, *pod.stale_sandboxes):
-                await self.runtime.remove_pod_sandbox(sid)
             attempts = {c.name: c.attempt + 1 for c in pod.containers}
             spec = self._with_logs(replace(pod.spec, attempt=pod.spec.attempt + 1), attempts)
             await asyncio.to_thread(self._make_dirs, spec)
@@ -350,7 +348,29 @@ class PodManager:
             except BaseException:
                 await asyncio.shield(self._remove_all(sandbox_id, created))
                 raise
+            # The old ones: what cannot be removed now is removed later (collect_stale).
+            old = [*pod.containers, *pod.stale, *pod.previous.values()]
+            with contextlib.suppress(BackendError):
+                running = [c.id for c in old if c.state == "running"]
+                await asyncio.gather(*(self.runtime.stop_container(c, 0) for c in running))
+                await asyncio.gather(*(self.runtime.remove_container(c.id) for c in old))
+                for sid in (pod.sandbox.id, *pod.stale_sandboxes):
+                    await self.runtime.remove_pod_sandbox(sid)
             return True
+
+    async def collect_stale(self, namespace: str, name: str, uid: str) -> None:
+        """Remove the pod's instances older than the previous one, and sandboxes it no longer
+        uses (left by a restart or a sandbox made again)."""
+        async with self._lock:
+            pod = await self.get(namespace, name)
+            if pod is None or pod.spec.uid != uid:
+                return
+            for c in pod.stale:
+                with contextlib.suppress(BackendError):
+                    await self.runtime.remove_container(c.id)
+            for sid in pod.stale_sandboxes:
+                with contextlib.suppress(BackendError):
+                    await self.runtime.remove_pod_sandbox(sid)
 
     async def set_metadata(self, pod: Pod, metadata: Mapping[str, Any]) -> None:
         """Keep the pod's patched labels and annotations (0600, atomic) before answering."""

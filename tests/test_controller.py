@@ -163,3 +163,51 @@ async def test_a_pod_deleted_while_backing_off_is_not_made_again(
     await asyncio.sleep(1.5)  # past the back-off: nothing may come back
     assert await manager.list("default", spec.name) == []
     assert not [c for c in await manager.runtime.list_containers() if c.pod_uid == spec.uid]
+
+
+class FlakyRuntime(ProcessRuntime):
+    """A process runtime whose sandboxes cannot be made while ``down`` (an engine going away
+    again while the controller makes a pod's sandbox anew)."""
+
+    down = False
+
+    async def run_pod_sandbox(self, pod: Any) -> str:
+        if self.down:
+            from streamsrv.errors import EngineUnavailable
+
+            raise EngineUnavailable("the engine went away")
+        return await super().run_pod_sandbox(pod)
+
+
+async def test_a_sandbox_made_again_never_loses_the_pod(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = FlakyRuntime(tmp_path / "pods")
+    hub = Hub()
+    manager = PodManager(runtime, tmp_path / "state", EventStore(hub))
+    ctl = PodController(manager, hub, interval=0.1)
+    try:
+        spec = parse_pod(manifest("echo up; exec sleep 1000", None))
+        made = await manager.create(spec)
+        runtime.down = True
+        await runtime.stop_pod_sandbox(made.sandbox.id)  # as an engine restart leaves it
+        ctl.start()
+        await asyncio.sleep(1.0)  # several tries, each failing
+        pods = await manager.list("default", spec.name)
+        assert len(pods) == 1 and pods[0].sandbox.id == made.sandbox.id, pods
+        runtime.down = False
+        pod, obj = await until(
+            ctl, spec.name, lambda p, o: p.sandbox.ready and o["status"]["phase"] == "Running"
+        )
+        assert pod.sandbox.id != made.sandbox.id and pod.spec.attempt == 1
+        assert status(obj)["restartCount"] == 1
+        # the old sandbox is gone
+        sandboxes = await runtime.list_pod_sandboxes()
+        assert [s.id for s in sandboxes if s.pod.uid == spec.uid] == [pod.sandbox.id]
+        reasons = [e["reason"] for e in manager.events.list("default")]  # type: ignore[union-attr]
+        assert "SandboxChanged" in reasons
+    finally:
+        await ctl.stop()
+        for pod in await manager.list():
+            await manager.delete(pod.spec.namespace, pod.spec.name, 0)
+        await runtime.close()
