@@ -42,6 +42,7 @@ from . import __version__
 from .errors import BackendError
 from .podmanager import PodManager
 from .protocol.status import kube_status
+from .selectors import UnsupportedField, fields_match, matches_labels, parse_field_selector
 
 #: The node of a local runtime, and of every pod whose sandbox names none (pods.render_pod).
 LOCAL_NODE = "streamsrv"
@@ -517,38 +518,6 @@ def table(
     }
 
 
-def matches_labels(labels: Mapping[str, str], selector: str) -> bool:
-    """A ``labelSelector`` of equality terms: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``."""
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            k, _, v = term.partition("!=")
-            if labels.get(k.strip()) == v.strip():
-                return False
-        elif "=" in term:
-            k, _, v = term.replace("==", "=").partition("=")
-            if labels.get(k.strip()) != v.strip():
-                return False
-        elif term.startswith("!"):
-            if term[1:].strip() in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
-
-
-def matches_name(name: str, selector: str) -> bool | None:
-    """A ``fieldSelector`` on ``metadata.name`` (the one field kubectl selects nodes and
-    namespaces by); None for a selector on any other field."""
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        negate = "!=" in term
-        key, _, value = term.partition("!=" if negate else "==" if "==" in term else "=")
-        if key.strip() != "metadata.name":
-            return None
-        if (name == value.strip()) == negate:
-            return False
-    return True
-
-
 # ------------------------------------------------------------------------------- handlers
 
 
@@ -604,15 +573,16 @@ def _selected(request: web.Request, objs: list[dict[str, Any]]) -> list[dict[str
     field selector on a field other than ``metadata.name``."""
     labels = request.query.get("labelSelector", "")
     fields = request.query.get("fieldSelector", "")
-    kept = []
-    for obj in objs:
-        meta = obj["metadata"]
-        by_name = matches_name(meta["name"], fields)
-        if by_name is None:
-            return f'field label not supported: "{fields}"'
-        if by_name and matches_labels(meta.get("labels", {}), labels):
-            kept.append(obj)
-    return kept
+    try:
+        terms = parse_field_selector(fields, ("metadata.name",))
+    except UnsupportedField as exc:
+        return str(exc)
+    return [
+        obj
+        for obj in objs
+        if fields_match({"metadata.name": obj["metadata"]["name"]}, terms)
+        and matches_labels(obj["metadata"].get("labels", {}), labels)
+    ]
 
 
 async def _nodes(request: web.Request) -> list[dict[str, Any]]:

@@ -44,6 +44,13 @@ from .requests import (
     kind_of,
 )
 from .runtime.base import BackendError, EngineUnavailable, ImageNotFound
+from .selectors import (
+    FieldTerms,
+    UnsupportedField,
+    fields_match,
+    matches_labels,
+    parse_field_selector,
+)
 from .server import StreamServer
 from .tokens import CacheFull
 from .transport import is_websocket
@@ -296,41 +303,12 @@ def pod_fields(pod: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def parse_field_selector(selector: str, known: Collection[str]) -> list[tuple[str, str, bool]]:
-    """``fieldSelector`` terms ``(field, value, negated)``: ``f=v``, ``f==v``, ``f!=v``; a
-    field the resource does not have is the apiserver's 400."""
-    terms = []
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        negate = "!=" in term
-        key, _, value = term.partition("!=" if negate else "==" if "==" in term else "=")
-        key = key.strip()
-        if key not in known:
-            raise StatusError(400, f'field label not supported: "{key}"')
-        terms.append((key, value.strip(), negate))
-    return terms
-
-
-def fields_match(fields: dict[str, str], terms: list[tuple[str, str, bool]]) -> bool:
-    return all((fields.get(k, "") == v) != negate for k, v, negate in terms)
-
-
-def _matches_labels(labels: dict[str, str], selector: str) -> bool:
-    """``labelSelector`` equality forms: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``."""
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            k, _, v = term.partition("!=")
-            if labels.get(k.strip()) == v.strip():
-                return False
-        elif "=" in term:
-            k, _, v = term.replace("==", "=").partition("=")
-            if labels.get(k.strip()) != v.strip():
-                return False
-        elif term.startswith("!"):
-            if term[1:].strip() in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
+def field_terms(request: web.Request, known: Collection[str]) -> FieldTerms:
+    """The request's ``fieldSelector``; the apiserver's 400 for a field not in ``known``."""
+    try:
+        return parse_field_selector(request.query.get("fieldSelector", ""), known)
+    except UnsupportedField as exc:
+        raise StatusError(400, str(exc)) from exc
 
 
 def _age(since: str | None) -> str:
@@ -470,7 +448,7 @@ async def _watch(
 
 async def list_pods(request: web.Request) -> web.StreamResponse:
     namespace = request.match_info.get("namespace")
-    fields = parse_field_selector(request.query.get("fieldSelector", ""), _POD_FIELDS)
+    fields = field_terms(request, _POD_FIELDS)
     labels = _label_terms(request)
     name = next((v for k, v, neg in fields if k == "metadata.name" and not neg), None)
     controller = request.app[CONTROLLER]
@@ -478,7 +456,7 @@ async def list_pods(request: web.Request) -> web.StreamResponse:
     pods = [controller.render(p) for p in found]
 
     def matches(obj: dict[str, Any]) -> bool:
-        return fields_match(pod_fields(obj), fields) and _matches_labels(
+        return fields_match(pod_fields(obj), fields) and matches_labels(
             obj["metadata"].get("labels", {}), labels
         )
 
@@ -848,11 +826,11 @@ def _event_table(events: list[dict[str, Any]], rv: str = "") -> dict[str, Any]:
 
 async def list_events(request: web.Request) -> web.StreamResponse:
     namespace = request.match_info.get("namespace")
-    fields = parse_field_selector(request.query.get("fieldSelector", ""), _EVENT_FIELDS)
+    fields = field_terms(request, _EVENT_FIELDS)
     labels = _label_terms(request)
 
     def matches(e: dict[str, Any]) -> bool:
-        return fields_match(event_fields(e), fields) and _matches_labels(
+        return fields_match(event_fields(e), fields) and matches_labels(
             e["metadata"].get("labels", {}), labels
         )
 
