@@ -191,6 +191,24 @@ async def runtime(docker_engine: None) -> AsyncIterator[DockerRuntime]:
     await rt.close()
 
 
+@pytest.fixture(params=RUNTIMES)
+async def any_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """Each runtime in turn (a DockerRuntime, then a ProcessRuntime), closed after; on
+    Docker every pod is removed after."""
+    from streamsrv.runtime.process import ProcessRuntime
+
+    require_runtime(request.param)
+    rt: Any
+    if request.param == "docker":
+        rt = DockerRuntime(pause_image=PAUSE)
+    else:
+        rt = ProcessRuntime(tmp_path / "pods")
+    yield rt
+    await rt.close()
+    if request.param == "docker":
+        _remove_everything()
+
+
 def engine_sh(container_id: str, script: str) -> tuple[int, str]:
     """Run ``sh -c script`` in a container through the engine (not through streamsrv):
     (exit code, stdout and stderr)."""
@@ -405,6 +423,24 @@ spec:
   - name: main
     image: {BUSYBOX}
     command: ["sh", "-c", "busybox nc -ll -p {port} -e cat & exec sleep 100000"]
+"""
+
+
+def console_pod(name: str) -> str:
+    """A pod with a sleeping ``main`` container and a ``console`` shell on a terminal."""
+    return f"""apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: ["sleep", "100000"]
+  - name: console
+    image: {BUSYBOX}
+    command: ["sh"]
+    stdin: true
+    tty: true
 """
 
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import (
-    BUSYBOX,
     RUNTIMES,
     Server,
+    console_pod,
     kubectl_path,
     server_with_pod,
     unique,
@@ -64,20 +64,7 @@ def srv(
 ) -> Iterator[Server]:
     with server_with_pod(
         tmp_path_factory.mktemp("exec"),
-        f"""apiVersion: v1
-kind: Pod
-metadata: {{name: {POD}}}
-spec:
-  containers:
-  - name: main
-    image: {BUSYBOX}
-    command: ["sleep", "100000"]
-  - name: console
-    image: {BUSYBOX}
-    command: ["sh"]
-    stdin: true
-    tty: true
-""",
+        console_pod(POD),
         request.param,
     ) as server:
         yield server

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import BUSYBOX, RUNTIMES, Server, kubectl_path, server_with_pod
+from tests.conftest import RUNTIMES, Server, console_pod, kubectl_path, server_with_pod
 from tests.ptyproc import PtyProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
@@ -33,20 +33,7 @@ def srv(
 ) -> Iterator[Server]:
     with server_with_pod(
         tmp_path_factory.mktemp("size"),
-        f"""apiVersion: v1
-kind: Pod
-metadata: {{name: {POD}}}
-spec:
-  containers:
-  - name: main
-    image: {BUSYBOX}
-    command: ["sleep", "100000"]
-  - name: console
-    image: {BUSYBOX}
-    command: ["sh"]
-    stdin: true
-    tty: true
-""",
+        console_pod(POD),
         request.param,
     ) as server:
         yield server

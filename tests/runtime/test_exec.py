@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import docker
 import pytest
@@ -15,34 +13,18 @@ from streamsrv.pods import parse_pod
 from streamsrv.protocol.resize import TerminalSize
 from streamsrv.runtime.base import ContainerNotFound, Pipe, Resizes, StdIO, StreamingRuntime
 from streamsrv.runtime.docker import DockerRuntime
-from streamsrv.runtime.process import ProcessRuntime
 from tests.conftest import (
     BUSYBOX,
-    PAUSE,
-    RUNTIMES,
-    _remove_everything,
     host_processes,
     pod_manifest,
-    require_runtime,
     sleeper,
     unique,
 )
 
 
-@pytest.fixture(params=RUNTIMES)
-async def runtime(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[StreamingRuntime]:
-    require_runtime(request.param)
-    rt: StreamingRuntime
-    if request.param == "docker":
-        rt = DockerRuntime(pause_image=PAUSE)
-    else:
-        rt = ProcessRuntime(tmp_path / "pods")
-    yield rt
-    await rt.close()
-    if request.param == "docker":
-        _remove_everything()
+@pytest.fixture
+def runtime(any_runtime: StreamingRuntime) -> StreamingRuntime:
+    return any_runtime
 
 
 def running(runtime: StreamingRuntime, container: str, pattern: str) -> bool:

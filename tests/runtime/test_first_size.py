@@ -29,13 +29,8 @@ from streamsrv.pods import parse_pod
 from streamsrv.protocol.resize import TerminalSize
 from streamsrv.runtime.base import Pipe, Resizes, StdIO, StreamingRuntime
 from streamsrv.runtime.docker import SHELL, DockerRuntime
-from streamsrv.runtime.process import ProcessRuntime
 from tests.conftest import (
-    PAUSE,
-    RUNTIMES,
-    _remove_everything,
     pod_manifest,
-    require_runtime,
     sleeper,
     unique,
 )
@@ -233,20 +228,9 @@ async def test_a_session_without_a_tty_never_waits(
 # ------------------------------------------------------------------------------ real runtimes
 
 
-@pytest.fixture(params=RUNTIMES)
-async def runtime(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[StreamingRuntime]:
-    require_runtime(request.param)
-    rt: StreamingRuntime
-    if request.param == "docker":
-        rt = DockerRuntime(pause_image=PAUSE)
-    else:
-        rt = ProcessRuntime(tmp_path / "pods")
-    yield rt
-    await rt.close()
-    if request.param == "docker":
-        _remove_everything()
+@pytest.fixture
+def runtime(any_runtime: StreamingRuntime) -> StreamingRuntime:
+    return any_runtime
 
 
 @pytest.mark.docker

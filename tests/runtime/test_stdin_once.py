@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,9 +18,7 @@ import pytest
 from streamsrv.podmanager import PodManager
 from streamsrv.pods import parse_pod
 from streamsrv.runtime.base import BackendError, Pipe, StdIO, StreamingRuntime
-from streamsrv.runtime.docker import DockerRuntime
-from streamsrv.runtime.process import ProcessRuntime
-from tests.conftest import BUSYBOX, PAUSE, RUNTIMES, _remove_everything, pod_manifest, unique
+from tests.conftest import BUSYBOX, pod_manifest, unique
 
 HANG = 30  # seconds: only a hang takes this long
 
@@ -44,22 +41,9 @@ class Buffer:
             await asyncio.sleep(0.02)
 
 
-@pytest.fixture(params=RUNTIMES)
-async def runtime(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[StreamingRuntime]:
-    from tests.conftest import require_runtime
-
-    require_runtime(request.param)
-    rt: StreamingRuntime
-    if request.param == "docker":
-        rt = DockerRuntime(pause_image=PAUSE)
-    else:
-        rt = ProcessRuntime(tmp_path / "pods")
-    yield rt
-    await rt.close()
-    if request.param == "docker":
-        _remove_everything()
+@pytest.fixture
+def runtime(any_runtime: StreamingRuntime) -> StreamingRuntime:
+    return any_runtime
 
 
 async def start(runtime: StreamingRuntime, script: str, **flags: Any) -> str:
