@@ -373,6 +373,10 @@ def test_python_client_log_events_watch_patch(srv: Server) -> None:
         assert {"Scheduled", "Started"} <= {e.reason for e in events.items}
         patched = core.patch_namespaced_pod(name, "default", {"metadata": {"labels": {"x": "y"}}})
         assert patched.metadata is not None and patched.metadata.labels == {"x": "y"}
+        nodes = core.list_node().items
+        assert [n.metadata.name for n in nodes] == ["streamsrv"]  # type: ignore[union-attr]
+        namespaces = {n.metadata.name for n in core.list_namespace().items}  # type: ignore[union-attr]
+        assert {"default", "kube-system"} <= namespaces
     finally:
         api_client.close()
 
