@@ -125,7 +125,10 @@ class PodController:
             for p in pods:
                 key = _key(p)
                 present.add(key)
+                unchanged = self._pods.get(key) == p and key in self._seen
                 self._pods[key] = p
+                if unchanged:  # the same state renders the same object: nothing to compare
+                    continue
                 obj = p.render()
                 obj["metadata"].pop("resourceVersion", None)
                 old = self._seen.get(key)
