@@ -314,6 +314,17 @@ def test_deleting_the_pod_ends_the_forward(tmp_path: Path, client: Client, runti
     name = f"doomed-{client.version.replace('.', '')}"
     echo = free_port()  # the module's pod may hold ECHO on this host (process runtime)
     with server_with_pod(tmp_path, manifest(name, echo, runtime), runtime) as server:
+        if runtime == "process":
+            # the pod runs once its processes are started, before python3 listens (CI saw the
+            # first dial refused, "Stream reset", under load): wait for the host's listener
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", echo), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the echo server never listened"
+                    time.sleep(0.1)
         fwd = Forward(server, client, [echo], tmp_path / "k.log", pod=name)
         try:
             assert echo_round_trip(fwd, b"hi", echo) == b"hi"
