@@ -714,7 +714,7 @@ async def pod_log(request: web.Request) -> web.StreamResponse:
         opts = LogOptions.from_query(request.query, name=spec.name)
     except InvalidLogOptions as exc:
         raise StatusError(exc.code, str(exc), reason=exc.reason, details=exc.details()) from exc
-    chosen = _named_container(request, pod, "logs")
+    chosen = named_container(request, pod)
     current = pod.container(chosen.name)
     if current is None:
         raise StatusError(
@@ -755,27 +755,6 @@ async def pod_log(request: web.Request) -> web.StreamResponse:
         await read_log(where, opts, resp.write, running=running, poll=LOG_POLL)
     await resp.write_eof()
     return resp
-
-
-def _named_container(request: web.Request, pod: Pod, doing: str) -> ContainerSpec:
-    """The container a request names (``?container=``), else the pod's only or default one."""
-    spec = pod.spec
-    name = request.query.get("container", "")
-    if name:
-        chosen = spec.container(name)
-        if chosen is None:
-            names = " ".join(c.name for c in spec.containers)
-            raise StatusError(
-                400,
-                f"container {name} is not valid for pod {spec.name}; its containers are: [{names}]",
-            )
-        return chosen
-    if len(spec.containers) == 1 or spec.annotations.get(DEFAULT_CONTAINER_ANNOTATION):
-        return spec.default_container()
-    names = " ".join(c.name for c in spec.containers)
-    raise StatusError(
-        400, f"a container name must be specified for pod {spec.name}, choose one of: [{names}]"
-    )
 
 
 # ------------------------------------------------------------------------------- events
@@ -882,28 +861,34 @@ def query_streams(request: web.Request) -> dict[str, bool]:
     return {name: query_bool(request, name) for name in ("stdin", "stdout", "stderr", "tty")}
 
 
-def pick_container(
-    request: web.Request, pod: Pod, name: str | None = None
-) -> tuple[ContainerSpec, str]:
+def named_container(request: web.Request, pod: Pod, name: str | None = None) -> ContainerSpec:
     """The container named by ``container`` (or ``name``), else the annotated default, else the
-    only one."""
+    only one; the apiserver's 400 otherwise."""
     spec = pod.spec
     name = request.query.get("container", "") if name is None else name
+    names = " ".join(c.name for c in spec.containers)
     if name:
         chosen = spec.container(name)
         if chosen is None:
             raise StatusError(400, f"container {name} is not valid for pod {spec.name}")
-    elif len(spec.containers) == 1 or spec.annotations.get(DEFAULT_CONTAINER_ANNOTATION):
-        chosen = spec.default_container()
-    else:
-        names = " ".join(c.name for c in spec.containers)
-        raise StatusError(
-            400,
-            f"a container name must be specified for pod {spec.name}, choose one of: [{names}]",
-        )
+        return chosen
+    if len(spec.containers) == 1 or spec.annotations.get(DEFAULT_CONTAINER_ANNOTATION):
+        return spec.default_container()
+    raise StatusError(
+        400, f"a container name must be specified for pod {spec.name}, choose one of: [{names}]"
+    )
+
+
+def pick_container(
+    request: web.Request, pod: Pod, name: str | None = None
+) -> tuple[ContainerSpec, str]:
+    """:func:`named_container` and the id of its current instance (400 until it is made)."""
+    chosen = named_container(request, pod, name)
     cid = pod.container_id(chosen.name)
     if cid is None:
-        raise StatusError(400, f"container {chosen.name} in pod {spec.name} has not been created")
+        raise StatusError(
+            400, f"container {chosen.name} in pod {pod.spec.name} has not been created"
+        )
     return chosen, cid
 
 
