@@ -185,32 +185,29 @@ class PodManager:
 
     # ------------------------------------------------------------------------------ log files
 
-    def _with_logs(self, spec: PodSpec, attempts: Mapping[str, int] | None = None) -> PodSpec:
-        """``spec`` with its log directory and each container's log path and attempt set."""
+    def _log_dir(self, pod: PodSpec) -> Path | None:
+        """The pod's log directory (the kubelet's ``NS_NAME_UID``), if logs are kept."""
         if self.log_root is None:
-            if attempts:
-                return replace(
-                    spec,
-                    containers=tuple(
-                        replace(c, attempt=attempts.get(c.name, 0)) for c in spec.containers
-                    ),
-                )
-            return spec
-        directory = self.log_root / f"{spec.namespace}_{spec.name}_{spec.uid}"
-        containers = []
-        for c in spec.containers:
-            attempt = (attempts or {}).get(c.name, 0)
-            path = directory / c.name / f"{attempt}.log"
-            containers.append(replace(c, attempt=attempt, log_path=str(path)))
-        return replace(spec, log_directory=str(directory), containers=tuple(containers))
+            return None
+        return self.log_root / f"{pod.namespace}_{pod.name}_{pod.uid}"
 
     def log_path(self, pod: PodSpec, container: str, attempt: int) -> Path | None:
         """Where the gateway had ``container``'s instance ``attempt`` write its output."""
-        if self.log_root is None:
-            return None
-        return (
-            self.log_root / f"{pod.namespace}_{pod.name}_{pod.uid}" / container / f"{attempt}.log"
-        )
+        directory = self._log_dir(pod)
+        return None if directory is None else directory / container / f"{attempt}.log"
+
+    def _with_logs(self, spec: PodSpec, attempts: Mapping[str, int] | None = None) -> PodSpec:
+        """``spec`` with each container's attempt (0 unless given) and, if logs are kept, its
+        log path and the pod's log directory set."""
+        containers = []
+        for c in spec.containers:
+            attempt = (attempts or {}).get(c.name, 0)
+            path = self.log_path(spec, c.name, attempt)
+            log_path = str(path) if path is not None else c.log_path
+            containers.append(replace(c, attempt=attempt, log_path=log_path))
+        directory = self._log_dir(spec)
+        log_directory = str(directory) if directory is not None else spec.log_directory
+        return replace(spec, log_directory=log_directory, containers=tuple(containers))
 
     @staticmethod
     def _make_dirs(spec: PodSpec) -> None:
@@ -395,19 +392,18 @@ class PodManager:
             await self._remove_all(pod.sandbox.id, everything)
             for sid in pod.stale_sandboxes:
                 await self.runtime.remove_pod_sandbox(sid)
-            await asyncio.to_thread(self._forget, pod.spec)
+            self._metadata.pop(pod.spec.uid, None)
+            await asyncio.to_thread(self._forget_files, pod.spec)
             return pod
 
-    def _forget(self, spec: PodSpec) -> None:
-        """Drop the pod's patched metadata and log files (in a worker thread)."""
-        self._metadata.pop(spec.uid, None)
+    def _forget_files(self, spec: PodSpec) -> None:
+        """Remove the pod's patched metadata and log files (in a worker thread)."""
         if self.meta_dir is not None:
             with contextlib.suppress(FileNotFoundError):
                 (self.meta_dir / f"{spec.uid}.json").unlink()
-        if self.log_root is not None:
-            shutil.rmtree(
-                self.log_root / f"{spec.namespace}_{spec.name}_{spec.uid}", ignore_errors=True
-            )
+        directory = self._log_dir(spec)
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
 
     async def _remove_all(self, sandbox_id: str, container_ids: Sequence[str]) -> None:
         await asyncio.gather(*(self.runtime.remove_container(c) for c in container_ids))
