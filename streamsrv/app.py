@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .gateway import add_routes, auth_and_errors
 from .podmanager import PodManager
+from .recordhttp import add_recording_routes
 from .server import StreamServer
 from .webui import add_ui_routes
 
@@ -20,6 +21,7 @@ def make_app(manager: PodManager, token: str, streams: StreamServer) -> web.Appl
     )
     add_routes(app, manager, token, streams)
     add_ui_routes(app)
+    add_recording_routes(app)
     return app
 
 

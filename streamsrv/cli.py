@@ -36,7 +36,9 @@ from .client.config import load_kubeconfig
 from .client.errors import ConfigError
 from .connections import GuardedSite, quiet_accept_errors, runner_kwargs
 from .limits import Limits
+from .metrics import instrument
 from .podmanager import PodManager
+from .recording import RecordConfig
 from .runtime.base import StreamingRuntime
 from .runtime.cni import CniNetwork
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
@@ -262,7 +264,8 @@ async def serve(args: argparse.Namespace) -> int:
         return 2
     raise_fd_limit()
     quiet_accept_errors(asyncio.get_running_loop(), limits.log_interval)
-    streams = StreamServer(runtime, Config(ssl=ssl_ctx, limits=limits))
+    streams = StreamServer(runtime, Config(ssl=ssl_ctx, limits=limits, record=record_config(args)))
+    instrument(runtime, RUNTIME_CALLS, streams.metrics.runtime_calls)
     app = make_app(PodManager(runtime, state_dir), token, streams)
 
     async def close_runtime(_: web.Application) -> None:
@@ -361,7 +364,7 @@ async def cri(args: argparse.Namespace) -> int:
         runtime,
         images,
         state_dir,
-        Config(listen=f"{shown}:{port}", ssl=ssl_ctx, limits=limits),
+        Config(listen=f"{shown}:{port}", ssl=ssl_ctx, limits=limits, record=record_config(args)),
         status,
         supports_mounts=mounts,
     )
@@ -486,6 +489,25 @@ async def pod_command(args: argparse.Namespace) -> int:
     raise AssertionError(args.pod_command)
 
 
+#: The runtime calls ``streamsrv serve`` times (``streamsrv_runtime_call_duration_seconds``);
+#: exec and attach last as long as their sessions (``streamsrv_session_duration_seconds``).
+RUNTIME_CALLS = (
+    "ensure_image",
+    "run_pod_sandbox",
+    "stop_pod_sandbox",
+    "remove_pod_sandbox",
+    "list_pod_sandboxes",
+    "create_container",
+    "start_container",
+    "stop_container",
+    "remove_container",
+    "list_containers",
+    "container_stopped",
+    "sandbox_ready",
+    "dial",
+)
+
+
 def add_network_args(s: argparse.ArgumentParser) -> None:
     net = s.add_argument_group(
         "pod network (CNI)",
@@ -511,6 +533,84 @@ def add_network_args(s: argparse.ArgumentParser) -> None:
         help="run the CNI plugins inside this network namespace (e.g. /var/run/netns/pods): "
         "the bridge and the host end of each pod's interface then live there, not in the "
         "server's own namespace",
+    )
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_BYTES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds; ``0`` for none."""
+    t = text.strip().lower()
+    try:
+        value = float(t[:-1]) * _SECONDS[t[-1]] if t and t[-1] in _SECONDS else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30d, 12h, 0)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a duration cannot be negative: {text!r}")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """``1G``, ``500M``, ``64K`` (powers of 1024), plain bytes; ``0`` for none."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1] if t and t[-1] in _BYTES else ""
+    try:
+        value = int(float(t[: len(t) - len(unit)]) * _BYTES[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1G, 500M, 0)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
+    return value
+
+
+def add_record_args(s: argparse.ArgumentParser) -> None:
+    rec = s.add_argument_group(
+        "recording and audit",
+        "record exec and attach sessions as asciicast v2 files and write one JSON audit line "
+        "per session (docs/recording.md)",
+    )
+    rec.add_argument(
+        "--record",
+        type=Path,
+        metavar="DIR",
+        help="record every exec and attach session in DIR (made 0700, files 0600) and write "
+        "the audit log there (audit-YYYYMMDD.jsonl); off by default",
+    )
+    rec.add_argument(
+        "--record-input",
+        action="store_true",
+        help="record what clients type too (off by default: input holds passwords typed at "
+        "prompts that do not echo them)",
+    )
+    defaults = RecordConfig(Path())
+    rec.add_argument(
+        "--record-max-age",
+        type=parse_duration,
+        default=defaults.max_age,
+        metavar="AGE",
+        help="remove recordings and audit files older than this (e.g. 30d, 12h; 0 keeps them; "
+        "default 30d)",
+    )
+    rec.add_argument(
+        "--record-max-size",
+        type=parse_size,
+        default=defaults.max_bytes,
+        metavar="SIZE",
+        help="keep recordings and audit files under this total by removing the oldest (e.g. "
+        "10G; 0 is no bound; default 1G)",
+    )
+
+
+def record_config(args: argparse.Namespace) -> RecordConfig | None:
+    if args.record is None:
+        return None
+    return RecordConfig(
+        args.record.absolute(),
+        record_input=args.record_input,
+        max_age=args.record_max_age,
+        max_bytes=args.record_max_size,
     )
 
 
@@ -590,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_limit_args(s)
+    add_record_args(s)
 
     c = sub.add_parser(
         "cri",
@@ -621,6 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
     add_network_args(c)
     add_limit_args(c)
+    add_record_args(c)
 
     pod = sub.add_parser("pod", help="manage pods through a running server")
     pod.add_argument("--kubeconfig", type=Path)

@@ -1,4 +1,5 @@
-"""What a session handler is given: the runtime, the limits, the metrics, and a quiet log.
+"""What a session handler is given: the runtime, the limits, the metrics, the recorder, and a
+quiet log.
 
 Handlers (remotecommand, spdy_remotecommand, portforward) take a :class:`StreamContext`, never
 the ``StreamServer``: the server imports the handlers, never the reverse
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from .errors import BackendError
 from .limits import Limits
 from .metrics import Metrics
+from .recording import Recorder, Session, new_name
+from .requests import AnyRequest
 from .runtime.base import StreamingRuntime
 
 log = logging.getLogger(__name__)
@@ -122,6 +125,8 @@ class StreamContext:
     #: Sessions running now, and an event set whenever there are none.
     live: int = field(init=False, default=0)
     drained: asyncio.Event = field(init=False)
+    #: Records exec and attach sessions and writes the audit log (``--record DIR``).
+    recorder: Recorder | None = None
 
     def __post_init__(self) -> None:
         self.warnings = RateLimitedLog(logging.getLogger("streamsrv"), self.limits.log_interval)
@@ -131,16 +136,36 @@ class StreamContext:
         self.drained.set()
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[None]:
-        """Count a session as live while inside."""
+    def session(self, req: AnyRequest, client: str = "") -> Iterator[Session]:
+        """Count a session as live while inside; the :class:`Session` its handler accounts on.
+
+        Once the handler says it is :meth:`established`, its end goes into the metrics and, with
+        a recorder, its recording is finished and its audit line written."""
         self.live += 1
         self.drained.clear()
+        session = Session(req, client=client, name=new_name(time.time()))
         try:
-            yield
+            yield session
         finally:
             self.live -= 1
             if not self.live:
                 self.drained.set()
+            if session.established:
+                session.ended_at = time.time()
+                self.metrics.ended(session, time.monotonic() - session.started)
+                if self.recorder is not None:
+                    self.recorder.end(session)
+
+    def established(
+        self, session: Session, transport: str, protocol: str, *, record: bool = True
+    ) -> None:
+        """The upgrade went through: count the session, and start recording it (unless
+        ``record`` is False: a session relayed to another stream server is recorded there)."""
+        session.transport, session.protocol = transport, protocol
+        session.established = True
+        self.metrics.established(session)
+        if self.recorder is not None and record:
+            self.recorder.begin(session)
 
 
 SHUTTING_DOWN = "the server is shutting down"

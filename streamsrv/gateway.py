@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hmac
 import json
@@ -34,10 +35,12 @@ from .pods import DEFAULT_CONTAINER_ANNOTATION, ContainerSpec, InvalidPod, parse
 from .protocol import channels
 from .protocol.status import kube_status
 from .proxy import ProxyStats, proxy_upgrade
+from .recording import token_identity
 from .requests import (
     AnyRequest,
     InvalidRequest,
     Kind,
+    Origin,
     PortForwardRequest,
     attach_request,
     exec_request,
@@ -51,7 +54,7 @@ from .selectors import (
     matches_labels,
     parse_field_selector,
 )
-from .server import StreamServer
+from .server import StreamServer, peer
 from .tokens import CacheFull
 from .transport import is_websocket
 from .watch import Change, Hub, TooManyWatchers
@@ -83,8 +86,9 @@ _REASONS = {
     503: "ServiceUnavailable",
 }
 #: Routes that answer without the bearer token: they reveal nothing (the stream server's own
-#: one-time URLs carry their token in the path; the browser page is static).
-PUBLIC = ("/healthz",)
+#: one-time URLs carry their token in the path; the browser page is static, and ``/`` only
+#: redirects to it).
+PUBLIC = ("/healthz", "/")
 #: Everything under these needs the token, as do /version and /metrics (session counts).
 PROTECTED_PREFIXES = ("/api", "/openapi")
 PROTECTED = ("/version", "/metrics")
@@ -949,20 +953,25 @@ async def proxied(
     one-time URL, and the client's connection is spliced to it, as the kubelet and apiserver
     do (docs/cri.md). kubectl's sessions and the browser page's come here alike."""
     url = await runtime.stream_url(req)
-    stats = ProxyStats()
-    with streams.context.session():
+    ctx = streams.context
+    with ctx.session(req, client=peer(request)) as account:
+        transport = "websocket" if is_websocket(request) else "spdy"
+        # Counted while it runs; recorded at the node, which sees the streams (the splice
+        # carries their frames): the audit line here has the bytes on the wire.
+        stats = ProxyStats(
+            upgraded=lambda: ctx.established(account, transport, "relayed", record=False)
+        )
         resp = await proxy_upgrade(
             request,
             url,
             ssl=runtime.stream_ssl,
             limits=streams.limits,
-            stopping=streams.context.stopping,
+            stopping=ctx.stopping,
             stats=stats,
             offer=_offer(request, req),
         )
-    if stats.answered == 101:
-        transport = "websocket" if is_websocket(request) else "spdy"
-        streams.metrics.sessions[(kind_of(req), transport)] += 1
+        account.bytes_in, account.bytes_out = stats.bytes_up, stats.bytes_down
+        account.error = stats.error
     if stats.error:
         log.debug("proxied %s session: %s", kind_of(req), stats.error)
     return resp
@@ -978,17 +987,31 @@ async def live_pod(request: web.Request, doing: str) -> Pod:
     return pod
 
 
+def origin_of(request: web.Request, pod: Pod, container: str, via: str) -> Origin:
+    """Who asks (the gateway's token, by its fingerprint) and for what: the audit record's."""
+    return Origin(
+        user=token_identity(request.app[TOKEN]),
+        namespace=pod.spec.namespace,
+        pod=pod.spec.name,
+        container=container,
+        via=via,
+    )
+
+
 async def pod_exec(request: web.Request) -> web.StreamResponse:
     pod = await live_pod(request, "exec into")
-    _, cid = pick_container(request, pod)
+    spec, cid = pick_container(request, pod)
     req = exec_request(cid, request.query.getall("command", []), **query_streams(request))
-    return await _stream(request, req)
+    origin = origin_of(request, pod, spec.name, "kubectl")
+    return await _stream(request, dataclasses.replace(req, origin=origin))
 
 
 async def pod_attach(request: web.Request) -> web.StreamResponse:
     pod = await live_pod(request, "attach")
     spec, cid = pick_container(request, pod)
-    return await _stream(request, attach_request(spec, cid, **query_streams(request)))
+    req = attach_request(spec, cid, **query_streams(request))
+    origin = origin_of(request, pod, spec.name, "kubectl")
+    return await _stream(request, dataclasses.replace(req, origin=origin))
 
 
 async def pod_portforward(request: web.Request) -> web.StreamResponse:
@@ -1001,11 +1024,17 @@ async def pod_portforward(request: web.Request) -> web.StreamResponse:
         ports = tuple(channels.parse_ports(request.query.getall("ports", [])))
     except ValueError:
         ports = ()  # only the channel protocol needs them; it answers 400 itself
-    return await _stream(request, PortForwardRequest(pod.sandbox.id, ports))
+    origin = origin_of(request, pod, "", "kubectl")
+    return await _stream(request, PortForwardRequest(pod.sandbox.id, ports, origin=origin))
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[STREAMS].metrics.render(), content_type="text/plain")
+    """The Prometheus scrape (the text format, or OpenMetrics when the scraper asks for it);
+    behind the bearer token like the kubelet's /metrics."""
+    body, content_type = request.app[STREAMS].metrics.exposition(request.headers.get("Accept"))
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = content_type
+    return resp
 
 
 async def healthz(request: web.Request) -> web.Response:

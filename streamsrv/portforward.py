@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 from .context import SHUTTING_DOWN, StreamContext
 from .errors import BackendError
 from .protocol import channels, spdy
+from .recording import Session
 from .requests import PortForwardRequest
 from .runtime.base import wait_event
 from .transport import (
@@ -119,9 +120,11 @@ async def dial(
 class SpdyForwarder:
     """Stream pairs of one SPDY (or tunnelled) port-forward connection (a ``SessionHandler``)."""
 
-    def __init__(self, ctx: StreamContext, req: PortForwardRequest) -> None:
+    def __init__(self, ctx: StreamContext, req: PortForwardRequest, account: Session) -> None:
         self.ctx = ctx
         self.req = req
+        #: Bytes each way, for the metrics and the audit line.
+        self.account = account
         self.session = SpdySession(self, ctx.limits, ctx.warnings)
         self.pairs: dict[str, _Pair] = {}
         self.by_stream: dict[int, _Pair] = {}
@@ -141,6 +144,7 @@ class SpdyForwarder:
             if pair is None or event.stream_id != pair.data:
                 pass
             elif pair.writer is not None:
+                self.account.input(event.data)
                 pair.writer.write(event.data)
                 full = pair.writer.transport.get_write_buffer_size() > self.ctx.limits.read_buffer
                 if full:
@@ -266,6 +270,7 @@ class SpdyForwarder:
             raise
         pair.writer = writer
         if early := pair.early.settle():
+            self.account.input(early)
             writer.write(early)
         self.ctx.metrics.forwarded += 1
         try:
@@ -273,6 +278,7 @@ class SpdyForwarder:
             if pair.eof:
                 writer.write_eof()
             while chunk := await reader.read(CHUNK):
+                self.account.output(chunk)
                 await session.drain()
                 session.send_data(data, chunk)
         except (ConnectionError, OSError) as exc:
@@ -295,17 +301,17 @@ class SpdyForwarder:
 
 
 async def serve_spdy(
-    request: web.Request, ctx: StreamContext, req: PortForwardRequest
+    request: web.Request, ctx: StreamContext, req: PortForwardRequest, account: Session
 ) -> web.StreamResponse:
     chosen, refusal = negotiate_spdy(request, [PORTFORWARD_V1])
     if refusal is not None:
         ctx.metrics.refused["spdy-negotiation"] += 1
         return refusal
     assert chosen is not None
-    forwarder = SpdyForwarder(ctx, req)
+    forwarder = SpdyForwarder(ctx, req, account)
     session = forwarder.session
     resp = await accept_spdy(request, chosen, session)
-    ctx.metrics.sessions[("portforward", "spdy")] += 1
+    ctx.established(account, "spdy", chosen)
     try:
         await _until_gone(forwarder)
     finally:
@@ -351,7 +357,7 @@ PORTFORWARD_WS_PROTOCOLS = (
 
 
 async def serve_websocket(
-    request: web.Request, ctx: StreamContext, req: PortForwardRequest
+    request: web.Request, ctx: StreamContext, req: PortForwardRequest, account: Session
 ) -> web.StreamResponse:
     offered = channels.parse_protocol_header(request.headers.getall("Sec-WebSocket-Protocol", []))
     chosen = channels.negotiate(offered, PORTFORWARD_WS_PROTOCOLS)
@@ -383,19 +389,19 @@ async def serve_websocket(
         return refuse_websocket(offered, PORTFORWARD_WS_PROTOCOLS)
     await ws.prepare(request)
     if chosen == channels.SPDY_TUNNEL_PORTFORWARD:
-        ctx.metrics.sessions[("portforward", "tunnel")] += 1
-        await _serve_tunnel(ws, ctx, req)
+        ctx.established(account, "tunnel", chosen)
+        await _serve_tunnel(ws, ctx, req, account)
     else:
-        ctx.metrics.sessions[("portforward", "websocket")] += 1
-        await _serve_channels(ws, ctx, req, chosen, ports)
+        ctx.established(account, "websocket", chosen)
+        await _serve_channels(ws, ctx, req, chosen, ports, account)
     return ws
 
 
 async def _serve_tunnel(
-    ws: web.WebSocketResponse, ctx: StreamContext, req: PortForwardRequest
+    ws: web.WebSocketResponse, ctx: StreamContext, req: PortForwardRequest, account: Session
 ) -> None:
     """SPDY inside binary WebSocket messages (§5b): the same session as raw SPDY."""
-    forwarder = SpdyForwarder(ctx, req)
+    forwarder = SpdyForwarder(ctx, req, account)
     transport = WebSocketTransport(ws, forwarder.session, ctx.limits.write_buffer)
     pump = asyncio.create_task(transport.run())
     try:
@@ -416,6 +422,7 @@ async def _serve_channels(
     req: PortForwardRequest,
     protocol: str,
     ports: list[int],
+    account: Session,
 ) -> None:
     """The channel protocol: one connection per listed port, dialled at once (§5a)."""
     codec = channels.ChannelCodec(protocol, num_channels=2 * len(ports))
@@ -452,6 +459,7 @@ async def _serve_channels(
                 raise
             writers[i] = writer
             if data := early[i].settle():
+                account.input(data)
                 writer.write(data)
         finally:
             early[i].settle()  # the dial failed: what was kept goes with it
@@ -459,6 +467,7 @@ async def _serve_channels(
         try:
             while chunk := await reader.read(CHUNK):
                 activity.touch()
+                account.output(chunk)
                 await send(2 * i, chunk)
         except (ConnectionError, OSError):
             pass
@@ -485,6 +494,7 @@ async def _serve_channels(
                 continue
             writer = writers.get(i)
             if writer is not None:
+                account.input(decoded.data)
                 writer.write(decoded.data)
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.drain()

@@ -65,7 +65,7 @@ import os
 import re
 import socket
 import ssl as ssl_module
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -158,6 +158,7 @@ class ProxyStats:
         max_held: most bytes of the client's held before the splice began (what it sent
             before the 101): at most :data:`HOLD_MAX` plus one read, then reading pauses.
         error: why the proxy failed or ended the connection, if it did.
+        upgraded: called once the client has its 101 and the splice begins.
     """
 
     status: int = 0
@@ -168,6 +169,7 @@ class ProxyStats:
     bound: int = 0
     max_held: int = 0
     error: str | None = None
+    upgraded: Callable[[], None] | None = None
 
 
 async def proxy_upgrade(
@@ -271,6 +273,8 @@ async def proxy_upgrade(
             stats.error = "the client went away"
             return resp
         stats.answered = 101
+        if stats.upgraded is not None:
+            stats.upgraded()
         splice.start(head.size)
         finished: set[asyncio.Future[Any]] = {splice.done}
         if stop_task is not None:

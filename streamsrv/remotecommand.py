@@ -18,9 +18,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .context import SHUTTING_DOWN, StreamContext
 from .errors import BackendError
 from .protocol import channels, status
-from .protocol.resize import ResizeDecoder
+from .protocol.resize import ResizeDecoder, TerminalSize
+from .recording import Session
 from .requests import ExecRequest, StreamRequest
-from .runtime.base import Pipe, Resizes, StdIO
+from .runtime.base import ByteSink, Pipe, Resizes, StdIO
 from .transport import Activity, refuse_websocket, send_message
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def idle_status(idle_timeout: float, *, attach: bool) -> bytes:
 
 
 async def serve_websocket(
-    request: web.Request, ctx: StreamContext, kind: str, req: StreamRequest
+    request: web.Request, ctx: StreamContext, kind: str, req: StreamRequest, account: Session
 ) -> web.StreamResponse:
     offered = channels.parse_protocol_header(request.headers.getall("Sec-WebSocket-Protocol", []))
     chosen = channels.negotiate(offered, EXEC_PROTOCOLS)
@@ -81,7 +82,7 @@ async def serve_websocket(
     if ws.can_prepare(request).protocol != chosen:  # aiohttp would go on without one
         return refuse(ctx, offered, EXEC_PROTOCOLS)
     await ws.prepare(request)
-    ctx.metrics.sessions[(kind, "websocket")] += 1
+    ctx.established(account, "websocket", chosen)
     codec = channels.ChannelCodec(chosen)
     activity = Activity()
     io = StdIO(
@@ -94,7 +95,7 @@ async def serve_websocket(
     first = channels.STDOUT if req.stdout else channels.STDERR if req.stderr else channels.ERROR
     await send_message(ws, codec.encode(first, b""))
 
-    run = asyncio.create_task(run_request(ctx, kind, req, io))
+    run = asyncio.create_task(run_request(ctx, kind, req, io, account))
     reader = asyncio.create_task(_read(ws, codec, io, activity))
     idle = asyncio.create_task(activity.idle(ctx.limits.idle_timeout))
     stopping = asyncio.create_task(ctx.stopping.wait())
@@ -108,8 +109,10 @@ async def serve_websocket(
             with contextlib.suppress(asyncio.CancelledError):
                 await run
             if stopping.done():
+                account.error = SHUTTING_DOWN
                 body = status.internal_error(SHUTTING_DOWN, attach=kind == "attach")
             elif not idle.done():
+                account.error = "the client went away"
                 code = WSCloseCode.PROTOCOL_ERROR
                 if ws.exception() is not None or ws.close_code == WSCloseCode.MESSAGE_TOO_BIG:
                     code = WSCloseCode.MESSAGE_TOO_BIG
@@ -119,6 +122,7 @@ async def serve_websocket(
             else:
                 log.info("%s session idle for %.0f s: ended", kind, ctx.limits.idle_timeout)
                 ctx.metrics.refused["idle-timeout"] += 1
+                account.error = "idle timeout"
                 body = idle_status(ctx.limits.idle_timeout, attach=kind == "attach")
         else:
             body = run.result()
@@ -152,21 +156,63 @@ def _v1_text(body: bytes) -> bytes:
 KILLED = 137
 
 
-async def run_request(ctx: StreamContext, kind: str, req: StreamRequest, io: StdIO) -> bytes:
-    """Run the exec or attach; the v4 Status body that ends the session."""
+async def run_request(
+    ctx: StreamContext, kind: str, req: StreamRequest, io: StdIO, account: Session
+) -> bytes:
+    """Run the exec or attach; the v4 Status body that ends the session. The bytes each way,
+    the terminal's sizes and the exit go on ``account`` (metrics, recording, audit)."""
+    io = accounted(io, account)
     try:
         if isinstance(req, ExecRequest):
-            return await _exec(ctx, req, io)
+            return await _exec(ctx, req, io, account)
         return await _attach(ctx, req, io)
     except (BackendError, OSError) as exc:
         log.info("%s in %s failed: %s", kind, req.container_id[:12], exc)
+        ctx.metrics.errors["runtime"] += 1
+        account.error = str(exc)
         return status.internal_error(str(exc), attach=kind == "attach")
     except Exception as exc:  # a bug of ours: the client still gets a status, not a hang
         log.exception("%s in %s failed", kind, req.container_id[:12])
+        ctx.metrics.errors["internal"] += 1
+        account.error = f"internal error: {exc!r}"
         return status.internal_error(f"internal error: {exc!r}", attach=kind == "attach")
 
 
-async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO) -> bytes:
+class _Counted:
+    """A sink that tells the session's account about each chunk before passing it on."""
+
+    __slots__ = ("_sink", "_account")
+
+    def __init__(self, sink: ByteSink, account: Session) -> None:
+        self._sink, self._account = sink, account
+
+    async def write(self, data: bytes) -> None:
+        self._account.output(data)
+        await self._sink.write(data)
+
+
+def accounted(io: StdIO, account: Session) -> StdIO:
+    """``io`` with its output counted (and recorded) on ``account``, and its stdin and
+    terminal sizes reported to it as the runtime takes them."""
+    if io.stdin is not None:
+        io.stdin.tap = account.input
+    if io.resize is not None:
+
+        def resized(size: TerminalSize) -> None:
+            account.resized(size.width, size.height)
+
+        io.resize.tap = resized
+        if io.resize.latest is not None:  # a size that came before the session started
+            resized(io.resize.latest)
+    return StdIO(
+        stdin=io.stdin,
+        stdout=_Counted(io.stdout, account) if io.stdout is not None else None,
+        stderr=_Counted(io.stderr, account) if io.stderr is not None else None,
+        resize=io.resize,
+    )
+
+
+async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO, account: Session) -> bytes:
     """The exec, ended at once (its process killed) when its container stops: the process
     shares the pod's PID namespace, so the container's end does not end it."""
     work = asyncio.create_task(ctx.runtime.exec(req.container_id, req.cmd, io, tty=req.tty))
@@ -182,8 +228,10 @@ async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO) -> bytes:
             with contextlib.suppress(asyncio.CancelledError):
                 await work
             log.info("exec in %s ended: %s", req.container_id[:12], why)
+            account.exit_code = KILLED
             return status.exit_code(KILLED, f"the process was killed: {why}")
         code = work.result()
+        account.exit_code = code
         return status.success() if code == 0 else status.exit_code(code)
     finally:
         for task in (work, watch):

@@ -7,7 +7,7 @@ build these objects and validate them the same way (docs/protocol.md §1.2).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .errors import RequestError
@@ -21,6 +21,25 @@ class InvalidRequest(RequestError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Who asked for a session, and for which pod: what its audit record names (docs/recording.md).
+
+    The stream server itself only knows container and sandbox ids; whoever issues the request
+    (the gateway, a CRI daemon) fills this in. It takes no part in a request's equality.
+    """
+
+    #: The identity that asked: ``bearer:<fingerprint>`` for the gateway's token, ``cri`` for
+    #: a CRI caller; empty when unknown.
+    user: str = ""
+    namespace: str = ""
+    pod: str = ""
+    container: str = ""
+    #: How the request reached the server: ``kubectl`` (the gateway's pods/exec routes),
+    #: ``browser`` (the page's one-time URLs), ``cri`` (a CRI Exec/Attach/PortForward).
+    via: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ExecRequest:
     container_id: str
     cmd: tuple[str, ...]
@@ -28,6 +47,7 @@ class ExecRequest:
     stdout: bool = True
     stderr: bool = False
     tty: bool = False
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +57,14 @@ class AttachRequest:
     stdout: bool = True
     stderr: bool = False
     tty: bool = False
+    origin: Origin | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class PortForwardRequest:
     sandbox_id: str
     ports: tuple[int, ...] = ()  # only the WebSocket channel protocol uses them
+    origin: Origin | None = field(default=None, compare=False)
 
 
 StreamRequest = ExecRequest | AttachRequest
@@ -103,6 +125,7 @@ __all__ = [
     "ExecRequest",
     "InvalidRequest",
     "Kind",
+    "Origin",
     "PortForwardRequest",
     "StreamRequest",
     "attach_request",

@@ -25,6 +25,7 @@ from .connections import GuardedSite, runner_kwargs
 from .context import SHUTTING_DOWN, StreamContext
 from .limits import Limits
 from .metrics import Metrics
+from .recording import RecordConfig, Recorder, Recording
 from .requests import (
     AnyRequest,
     AttachRequest,
@@ -61,10 +62,23 @@ class Config:
     ssl: ssl.SSLContext | None = None
     token_secret: bytes | None = None
     limits: Limits = field(default_factory=Limits)
+    #: Record exec and attach sessions and write an audit line per session there
+    #: (docs/recording.md); None records nothing.
+    record: RecordConfig | None = None
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
     return web.Response(status=status, text=text, headers=headers)
+
+
+def peer(request: web.Request) -> str:
+    """The client's address as ``host:port`` (``[v6]:port``), for the audit log."""
+    transport = request.transport
+    name = transport.get_extra_info("peername") if transport is not None else None
+    if isinstance(name, tuple) and len(name) >= 2:
+        host = f"[{name[0]}]" if ":" in str(name[0]) else str(name[0])
+        return f"{host}:{name[1]}"
+    return request.remote or ""
 
 
 class StreamServer:
@@ -96,7 +110,12 @@ class StreamServer:
         self.cache: RequestCache[AnyRequest] = cache
         self.base_url = self.config.base_url or ""
         self.metrics = Metrics()
-        self.context = StreamContext(runtime, limits, self.metrics)
+        self.metrics.token_usage = self.cache.usage
+        self.recorder: Recorder | None = None
+        if self.config.record is not None:
+            self.recorder = Recorder(self.config.record, on_recorded=self._recorded)
+        self.context = StreamContext(runtime, limits, self.metrics, recorder=self.recorder)
+        self._started = False
         self._runner: web.AppRunner | None = None
         #: Set by :meth:`shutdown`: new sessions are refused.
         self.closing = False
@@ -122,7 +141,12 @@ class StreamServer:
         """
         validate(req)
         kind = kind_of(req)
-        token = self.cache.insert(kind, req, purpose=purpose)
+        try:
+            token = self.cache.insert(kind, req, purpose=purpose)
+        except CacheFull:
+            self.metrics.refused["token-cache-full"] += 1
+            raise
+        self.metrics.tokens_issued += 1
         return f"{self.base_url}/{kind}/{token}"
 
     async def get_exec(self, req: ExecRequest) -> str:
@@ -138,9 +162,36 @@ class StreamServer:
     # ------------------------------------------------------------------ HTTP side
 
     def add_routes(self, app: web.Application) -> None:
+        """Mount the one-time URLs on ``app``; its startup and cleanup start and finish the
+        recorder, if there is one."""
         for kind in ("exec", "attach", "portforward"):
             app.router.add_route("GET", f"/{kind}/{{token}}", self._handler(kind))
             app.router.add_route("POST", f"/{kind}/{{token}}", self._handler(kind))
+
+        async def start(_: web.Application) -> None:
+            await self.start()
+
+        async def finish(_: web.Application) -> None:
+            await self.close_recorder()
+
+        app.on_startup.append(start)
+        app.on_cleanup.append(finish)
+
+    async def start(self) -> None:
+        """Make the recording directory and start its retention sweeps (once)."""
+        if not self._started and self.recorder is not None:
+            self._started = True
+            await self.recorder.start()
+
+    async def close_recorder(self) -> None:
+        """Finish the recordings of sessions that ended (call after :meth:`shutdown`)."""
+        if self.recorder is not None and self._started:
+            self._started = False
+            await self.recorder.close()
+
+    def _recorded(self, rec: Recording) -> None:
+        result = "failed" if rec.failed else "truncated" if rec.truncated else "complete"
+        self.metrics.recordings[result] += 1
 
     def _handler(self, kind: Kind) -> Any:
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -173,15 +224,15 @@ class StreamServer:
             return _text(503, f"{SHUTTING_DOWN}\n", **{"Retry-After": "5"})
         if self.relay is not None:
             return await self.relay(request, req)
-        with ctx.session():
+        with ctx.session(req, client=peer(request)) as account:
             if isinstance(req, PortForwardRequest):
                 if is_websocket(request):
-                    return await portforward.serve_websocket(request, ctx, req)
-                return await portforward.serve_spdy(request, ctx, req)
+                    return await portforward.serve_websocket(request, ctx, req, account)
+                return await portforward.serve_spdy(request, ctx, req, account)
             kind = kind_of(req)
             if is_websocket(request):
-                return await remotecommand.serve_websocket(request, ctx, kind, req)
-            return await spdy_remotecommand.serve_spdy(request, ctx, kind, req)
+                return await remotecommand.serve_websocket(request, ctx, kind, req, account)
+            return await spdy_remotecommand.serve_spdy(request, ctx, kind, req, account)
 
     async def shutdown(self, grace: float | None = None) -> int:
         """Refuse new sessions (503), give live ones ``grace`` seconds (default
@@ -241,6 +292,7 @@ __all__ = [
     "InvalidRequest",
     "Limits",
     "PortForwardRequest",
+    "RecordConfig",
     "StreamRequest",
     "StreamServer",
 ]

@@ -19,6 +19,7 @@ from aiohttp import web
 from .context import SHUTTING_DOWN, StreamContext
 from .protocol import channels, spdy, status
 from .protocol.resize import ResizeDecoder
+from .recording import Session
 from .remotecommand import idle_status, run_request
 from .requests import StreamRequest
 from .runtime.base import Pipe, Resizes, StdIO
@@ -115,7 +116,7 @@ class _SpdySink:
 
 
 async def serve_spdy(
-    request: web.Request, ctx: StreamContext, kind: str, req: StreamRequest
+    request: web.Request, ctx: StreamContext, kind: str, req: StreamRequest, account: Session
 ) -> web.StreamResponse:
     chosen, refusal = negotiate_spdy(request, list(PROTOCOL_VERSIONS))
     if refusal is not None:
@@ -125,9 +126,9 @@ async def serve_spdy(
     state = _Exec(ctx, req, PROTOCOL_VERSIONS[chosen])
     session = state.session
     resp = await accept_spdy(request, chosen, session)
-    ctx.metrics.sessions[(kind, "spdy")] += 1
+    ctx.established(account, "spdy", chosen)
     try:
-        await _serve(ctx, kind, state)
+        await _serve(ctx, kind, state, account)
     finally:
         await state.read_pause.cancel()
         if state.resize is not None:
@@ -136,7 +137,7 @@ async def serve_spdy(
     return resp
 
 
-async def _serve(ctx: StreamContext, kind: str, state: _Exec) -> None:
+async def _serve(ctx: StreamContext, kind: str, state: _Exec, account: Session) -> None:
     session = state.session
     waiter = asyncio.create_task(state.ready.wait())
     gone = asyncio.create_task(state.gone.wait())
@@ -154,6 +155,7 @@ async def _serve(ctx: StreamContext, kind: str, state: _Exec) -> None:
             if not done or stopping in done:
                 log.info("timed out waiting for client to create streams")
                 ctx.metrics.refused["stream-creation-timeout"] += 1
+                account.error = "the client did not create its streams"
                 session.goaway()
             return
         io = StdIO(
@@ -162,7 +164,7 @@ async def _serve(ctx: StreamContext, kind: str, state: _Exec) -> None:
             stderr=state.sink("stderr"),
             resize=state.resize,
         )
-        run = asyncio.create_task(run_request(ctx, kind, state.req, io))
+        run = asyncio.create_task(run_request(ctx, kind, state.req, io, account))
         tasks.append(run)
         await asyncio.wait({run, gone, closed, idle, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if not run.done():
@@ -170,11 +172,14 @@ async def _serve(ctx: StreamContext, kind: str, state: _Exec) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await run
             if stopping.done():
+                account.error = SHUTTING_DOWN
                 body = status.internal_error(SHUTTING_DOWN, attach=kind == "attach")
             elif not idle.done():  # the client went away first
+                account.error = "the client went away"
                 return
             else:
                 ctx.metrics.refused["idle-timeout"] += 1
+                account.error = "idle timeout"
                 body = idle_status(ctx.limits.idle_timeout, attach=kind == "attach")
         else:
             body = run.result()

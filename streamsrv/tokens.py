@@ -193,6 +193,12 @@ class RequestCache(Generic[T]):
         """
         return self._counts.get(purpose, 0)
 
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """``{purpose: (held, cap)}`` for the default purpose, every named one and any other
+        that holds requests now (the metrics' token gauges)."""
+        purposes = {DEFAULT_PURPOSE, *self.capacity, *self._counts}
+        return {p: (self._counts.get(p, 0), self._cap(p)) for p in purposes}
+
     def _cap(self, purpose: str) -> int:
         return self.capacity.get(purpose, self.max_in_flight)
 

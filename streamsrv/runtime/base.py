@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
@@ -220,6 +220,8 @@ class Pipe:
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
+        #: Told each chunk as the backend reads it (the session's byte count and recording).
+        self.tap: Callable[[bytes], None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -271,6 +273,8 @@ class Pipe:
         self._size -= len(data)
         if self._size <= self._limit:
             self._writable.set()
+        if self.tap is not None:
+            self.tap(data)
         return data
 
 
@@ -289,8 +293,12 @@ class Resizes:
         self._closed = False
         self._changed = asyncio.Event()
         self._arrived = asyncio.Event()  # a first size came, or none ever will
+        #: Told each size as it comes (the session's recording).
+        self.tap: Callable[[TerminalSize], None] | None = None
 
     def put(self, size: TerminalSize) -> None:
+        if self.tap is not None and size != self.latest:
+            self.tap(size)
         self.latest = size
         self._fresh = True
         self._changed.set()
