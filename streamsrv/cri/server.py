@@ -39,7 +39,7 @@ from ..pods import (
     Volume,
     VolumeMount,
 )
-from ..requests import AttachRequest, ExecRequest, InvalidRequest, PortForwardRequest
+from ..requests import AttachRequest, ExecRequest, InvalidRequest, Origin, PortForwardRequest
 from ..runtime.base import (
     BackendError,
     ContainerNotFound,
@@ -653,6 +653,20 @@ class CriService:
             stdout=got.stdout.value(), stderr=got.stderr.value(), exit_code=code
         )
 
+    def _origin(self, sandbox_id: str, container: ContainerRecord | None) -> Origin:
+        """What the audit log says of a CRI session: the pod and container names from the
+        configs the kubelet sent (the CRI caller is not otherwise identified)."""
+        sandbox = self.store.sandboxes.get(sandbox_id)
+        meta = self._sandbox_config(sandbox).metadata if sandbox is not None else None
+        name = self._container_config(container).metadata.name if container is not None else ""
+        return Origin(
+            user="cri",
+            namespace=meta.namespace if meta is not None else "",
+            pod=meta.name if meta is not None else "",
+            container=name,
+            via="cri",
+        )
+
     async def exec(self, req: pb.ExecRequest) -> pb.ExecResponse:
         rec = await self._running(req.container_id)
         if not req.cmd:
@@ -665,6 +679,7 @@ class CriService:
                 stdout=req.stdout,
                 stderr=req.stderr,
                 tty=req.tty,
+                origin=self._origin(rec.sandbox_id, rec),
             )
         )
         return pb.ExecResponse(url=url)
@@ -673,7 +688,12 @@ class CriService:
         rec = await self._running(req.container_id)
         url = await self.streams.get_attach(
             AttachRequest(
-                rec.id, stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, tty=req.tty
+                rec.id,
+                stdin=req.stdin,
+                stdout=req.stdout,
+                stderr=req.stderr,
+                tty=req.tty,
+                origin=self._origin(rec.sandbox_id, rec),
             )
         )
         return pb.AttachResponse(url=url)
@@ -685,7 +705,10 @@ class CriService:
         for port in req.port:
             if not 0 < port < 65536:
                 raise invalid(f"port {port} is not a valid port")
-        url = await self.streams.get_port_forward(PortForwardRequest(rec.id, tuple(req.port)))
+        origin = self._origin(rec.id, None)
+        url = await self.streams.get_port_forward(
+            PortForwardRequest(rec.id, tuple(req.port), origin=origin)
+        )
         return pb.PortForwardResponse(url=url)
 
     # ------------------------------------------------------------------------------ images

@@ -446,3 +446,46 @@ def test_a_bad_recording_disk_leaves_sessions_working(tmp_path: Path, disk: str)
             assert r.returncode == 0 and r.stdout == "still-here\n"
         finally:
             server.stop()
+
+
+# ------------------------------------------------------------------------------ CRI nodes
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_session_through_a_cri_node_is_recorded_at_the_node(tmp_path: Path, version: str) -> None:
+    """`serve --cri-endpoint` relays the session's frames to `streamsrv cri --record`: the
+    node, which sees the streams, records it (names from the kubelet's configs); the gateway
+    writes its own audit line for the relayed session, with no recording."""
+    from tests.cri_env import streamsrv_cri
+
+    require_runtime("process")
+    node_rec, gw_rec = tmp_path / "node-rec", tmp_path / "gw-rec"
+    with streamsrv_cri(tmp_path / "node", "process", ["--record", str(node_rec)]) as node:
+        extra = ["--cri-endpoint", node.endpoint, "--cri-stream-ca", str(node.ca_file),
+                 "--record", str(gw_rec)]  # fmt: skip
+        server = Server(tmp_path / "gateway", extra=extra)
+        server.start()
+        try:
+            path = tmp_path / "pod.yaml"
+            path.write_text(POD)
+            r = server.cli("pod", "run", "-f", str(path))
+            assert r.returncode == 0, r.stderr
+            r = server.kubectl("1.33", "wait", "--for=condition=Ready", "pod/rec", "--timeout=60s")
+            assert r.returncode == 0, r.stderr
+            marker = f"cri{time.monotonic_ns()}"
+            r = server.kubectl(version, "exec", "rec", "-c", "main", "--",
+                               "sh", "-c", f"echo {marker}; exit 4")  # fmt: skip
+            assert r.returncode == 4 and r.stdout == f"{marker}\n", r.stderr
+            at_node = audit_of(node_rec, marker)
+            assert at_node["via"] == "cri" and at_node["user"] == "cri"
+            assert (at_node["namespace"], at_node["pod"], at_node["container"]) == (
+                "default", "rec", "main"
+            )  # fmt: skip
+            assert at_node["exitCode"] == 4 and marker in cat(node_rec / at_node["recording"])
+            at_gateway = audit_of(gw_rec, marker)
+            assert at_gateway["protocol"] == "relayed" and at_gateway["recording"] is None
+            assert at_gateway["via"] == "kubectl" and at_gateway["bytesOut"] > len(marker)
+            assert at_gateway["transport"] == TRANSPORT[version]
+            assert not list(gw_rec.glob("*.cast"))
+        finally:
+            server.stop()
