@@ -18,7 +18,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,17 @@ def host_processes(pattern: str) -> list[int]:
 
 
 _HANDED_OUT: set[int] = set()
+
+
+def until(what: str, check: Callable[[], Any], bound: float = 60.0) -> Any:
+    """Poll ``check`` until it returns something true (returned); fail after ``bound`` s."""
+    deadline = time.monotonic() + bound
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.1)
 
 
 def free_port() -> int:

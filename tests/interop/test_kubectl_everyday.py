@@ -8,14 +8,22 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client, config, watch
 
-from tests.conftest import BUSYBOX, RUNTIMES, Server, _remove_everything, require_runtime, unique
+from tests.conftest import (
+    BUSYBOX,
+    RUNTIMES,
+    Server,
+    _remove_everything,
+    require_runtime,
+    unique,
+    until,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
 
@@ -61,16 +69,6 @@ def pod_json(srv: Server, name: str) -> dict[str, Any]:
     assert r.returncode == 0, r.stderr
     doc: dict[str, Any] = json.loads(r.stdout)
     return doc
-
-
-def until(what: str, check: Callable[[], Any], bound: float = HANG) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.2)
 
 
 def logs(srv: Server, version: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -14,13 +14,21 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import BUSYBOX, RUNTIMES, Server, _remove_everything, missing, require_runtime
+from tests.conftest import (
+    BUSYBOX,
+    RUNTIMES,
+    Server,
+    _remove_everything,
+    missing,
+    require_runtime,
+    until,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
 
@@ -62,16 +70,6 @@ def cat(path: Path) -> str:
                        timeout=HANG, stdin=subprocess.DEVNULL)  # fmt: skip
     assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def until(what: str, check: Callable[[], Any], bound: float = HANG) -> Any:
-    deadline = time.monotonic() + bound
-    while True:
-        got = check()
-        if got:
-            return got
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.1)
 
 
 def audit_lines(directory: Path) -> list[dict[str, Any]]:
