@@ -273,6 +273,7 @@ class SpdyForwarder:
             self.account.input(early)
             writer.write(early)
         self.ctx.metrics.forwarded += 1
+        self.account.ports.add(pair.port)
         try:
             session.reply(data)
             if pair.eof:
@@ -464,6 +465,7 @@ async def _serve_channels(
         finally:
             early[i].settle()  # the dial failed: what was kept goes with it
         ctx.metrics.forwarded += 1
+        account.ports.add(port)
         try:
             while chunk := await reader.read(CHUNK):
                 activity.touch()

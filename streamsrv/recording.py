@@ -182,6 +182,8 @@ class Session:
     exit_code: int | None = None
     error: str | None = None
     recording: Recording | None = None
+    #: Pod ports a port-forward dialled (SPDY names them per stream, not in the request).
+    ports: set[int] = field(default_factory=set)
     #: Set when the upgrade succeeded: only established sessions are counted and recorded.
     established: bool = False
     ended_at: float | None = None
@@ -222,7 +224,7 @@ class Session:
         }
         if isinstance(req, PortForwardRequest):
             record["sandboxId"] = req.sandbox_id
-            record["ports"] = list(req.ports)
+            record["ports"] = sorted(set(req.ports) | self.ports)
         else:
             record["containerId"] = req.container_id
             record["command"] = list(req.cmd) if isinstance(req, ExecRequest) else None

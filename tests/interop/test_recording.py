@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.conftest import (
     RUNTIMES,
     Server,
     _remove_everything,
+    echo_pod,
     missing,
     require_runtime,
     until,
@@ -267,17 +269,26 @@ def test_recordings_api(srv: Server) -> None:
 
 
 def test_portforward_is_audited(srv: Server) -> None:
-    """A port-forward is not recorded, but has its audit line with its bytes."""
-    if srv.runtime != "process":
-        pytest.skip("the process runtime's pod shares the host's loopback: one listener here")
-    import socket
-
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
+    """A port-forward is not recorded, but has its audit line with its bytes. The process
+    runtime's pod dials this host's loopback, so a listener here is the pod's server; on
+    Docker the pod runs a `busybox nc` echo."""
+    pod, port, echo = "rec", 0, srv.runtime == "docker"
+    with contextlib.ExitStack() as stack:
+        if echo:
+            pod, port = "rececho", 7000
+            path = srv.state_dir / "echo.yaml"
+            path.write_text(echo_pod(pod, port))
+            r = srv.kubectl("1.33", "create", "-f", str(path))
+            assert r.returncode == 0, r.stderr
+            r = srv.kubectl("1.33", "wait", "--for=condition=Ready", f"pod/{pod}", "--timeout=60s")
+            assert r.returncode == 0, r.stderr
+        else:
+            listener = stack.enter_context(socket.socket())
+            listener.bind(("127.0.0.1", 0))
+            listener.listen()
+            port = listener.getsockname()[1]
         before = {x["id"] for x in audit_lines(rec_dir(srv))}
-        proc = srv.kubectl_popen("1.33", "port-forward", "pod/rec", f":{port}",
+        proc = srv.kubectl_popen("1.33", "port-forward", f"pod/{pod}", f":{port}",
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         try:
             assert proc.stdout is not None
@@ -285,15 +296,21 @@ def test_portforward_is_audited(srv: Server) -> None:
             local = int(first.split("127.0.0.1:")[1].split()[0])
             with socket.create_connection(("127.0.0.1", local), timeout=HANG) as c:
                 c.sendall(b"ping" * 100)
-                conn, _ = listener.accept()
-                with conn:
-                    got = b""
-                    while len(got) < 400:
-                        got += conn.recv(4096)
-                    conn.sendall(b"pong" * 50)
-                    back = b""
-                    while len(back) < 200:
-                        back += c.recv(4096)
+                if echo:  # the pod sends the 400 bytes back
+                    want = 400
+                else:
+                    conn, _ = listener.accept()
+                    with conn:
+                        got = b""
+                        while len(got) < 400:
+                            got += conn.recv(4096)
+                        conn.sendall(b"pong" * 50)
+                    want = 200
+                back = b""
+                while len(back) < want:
+                    chunk = c.recv(4096)
+                    assert chunk, back
+                    back += chunk
         finally:
             proc.terminate()
             proc.communicate(timeout=HANG)
@@ -303,8 +320,9 @@ def test_portforward_is_audited(srv: Server) -> None:
         return next((x for x in fresh if x["kind"] == "portforward"), None)
 
     line = until("the port-forward's audit line", new_forward)
-    assert line["recording"] is None and line["pod"] == "rec"
-    assert (line["bytesIn"], line["bytesOut"]) == (400, 200), line
+    assert line["recording"] is None and line["pod"] == pod and line["ports"] == [port]
+    assert (line["bytesIn"], line["bytesOut"]) == (400, want), line
+    assert line["transport"] == "tunnel"  # kubectl 1.31+: SPDY tunnelled in WebSocket
 
 
 # ------------------------------------------------------------------------------ metrics
