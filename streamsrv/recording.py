@@ -12,10 +12,11 @@ Recording never slows a session down or stops it:
 * A writer task per recording hands batches to a small thread pool of the recorder's own,
   which decodes (UTF-8, split characters joined across chunks) and writes them.
 * At most ``RecordConfig.buffer`` bytes wait for the disk per session. When more come (the
-  disk cannot keep up, or hangs), the recording stops there, is marked truncated (a marker
-  event says so in the file and ``"truncated": true`` in the audit line) and the session goes
-  on. A disk that refuses (full, read-only) does the same: what was written stays readable
-  (a half-written batch is cut off), and the audit line names the error.
+  disk cannot keep up, or hangs), what comes is not recorded until the disk has caught up to
+  half of that; a marker event in the file says how many bytes the gap lacks, the audit line
+  says ``"truncated": true`` and ``unrecordedBytes``, and the session goes on at its own speed.
+  A disk that refuses (full, read-only) ends the recording: what was written stays readable
+  (a half-written piece is cut off), and the audit line names the error.
 """
 
 from __future__ import annotations
@@ -245,6 +246,7 @@ class Session:
                 "bytesOut": self.bytes_out,
                 "recording": rec.name + CAST if rec is not None else None,
                 "truncated": rec.truncated if rec is not None else False,
+                "unrecordedBytes": rec.unrecorded if rec is not None else 0,
                 "recordingError": rec.failed if rec is not None else None,
             }
         )
@@ -279,7 +281,11 @@ class Recording:
         self._events: collections.deque[tuple[float, str, bytes]] = collections.deque()
         self._queued = 0  # bytes in _events
         self._writing = 0  # bytes handed to the writer thread and not yet written
-        self._stopped = False  # nothing more is queued: truncated, failed or closed
+        self._stopped = False  # nothing more is queued: failed or closed
+        self._skipping = False  # in a gap: the disk fell behind by more than the buffer
+        self._gap = 0  # bytes dropped in the current gap
+        #: Bytes of the session's stream not recorded (gaps), for the audit line.
+        self.unrecorded = 0
         self._fresh = True  # no event queued yet (the header is still open to a resize)
         self._closed = False
         self._wake = asyncio.Event()
@@ -307,8 +313,16 @@ class Recording:
     def _put(self, code: str, data: bytes) -> None:
         if self._stopped:
             return
-        if self._queued + self._writing + len(data) > self._limit:
-            self._truncate(f"more than {self._limit} bytes waited for the disk")
+        held = self._queued + self._writing
+        if self._skipping:
+            # A gap: resume once the disk has caught up to half the buffer.
+            if held + len(data) > self._limit // 2:
+                self._skip(data)
+                return
+            self._end_gap()
+        elif held + len(data) > self._limit:
+            self.truncated = self._skipping = True
+            self._skip(data)
             return
         if not isinstance(data, bytes):  # the runtime may reuse a buffer it lent us
             data = bytes(data)
@@ -317,15 +331,21 @@ class Recording:
         self._queued += len(data)
         self._wake.set()
 
-    def _truncate(self, why: str) -> None:
-        if not self._stopped:
-            self.truncated = True
-            self._stopped = True
-            self._events.append((time.monotonic() - self._t0, "m", f"truncated: {why}".encode()))
-            self._wake.set()
+    def _skip(self, data: bytes) -> None:
+        self._gap += len(data)
+        self.unrecorded += len(data)
+
+    def _end_gap(self) -> None:
+        """A marker event where the gap was: what the recording lacks there."""
+        why = f"{self._gap} bytes not recorded here: the disk could not keep up"
+        self._events.append((time.monotonic() - self._t0, "m", why.encode()))
+        self._skipping, self._gap = False, 0
+        self._wake.set()
 
     def close(self, audit: dict[str, Any]) -> None:
         """The session ended: write what is queued, close the file, then the audit line."""
+        if self._skipping and not self._stopped:
+            self._end_gap()
         self._audit = audit
         self._stopped = self._closed = True
         self._wake.set()
@@ -359,6 +379,7 @@ class Recording:
             audit = self._audit
             if audit is not None:
                 audit["truncated"] = self.truncated
+                audit["unrecordedBytes"] = self.unrecorded
                 audit["recordingError"] = self.failed
                 await self.recorder.write_audit(audit)
 

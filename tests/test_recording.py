@@ -192,11 +192,12 @@ async def test_portforward_gets_an_audit_line_and_no_recording(tmp_path: Path) -
     assert (line["bytesIn"], line["bytesOut"], line["recording"]) == (3, 5, None)
 
 
-async def test_a_disk_that_cannot_keep_up_truncates_the_recording_not_the_session(
+async def test_a_disk_that_cannot_keep_up_leaves_a_gap_not_a_slow_session(
     tmp_path: Path,
 ) -> None:
     """The writer thread is stuck: the session's side never waits, at most ``buffer`` bytes
-    are held, and the recording ends with a marker saying it was truncated."""
+    are held, what comes meanwhile is dropped, and once the disk has caught up the recording
+    goes on after a marker saying how much it lacks."""
     recorder = Recorder(RecordConfig(tmp_path, buffer=64 * 1024))
     await recorder.start()
     gate = threading.Event()
@@ -218,15 +219,38 @@ async def test_a_disk_that_cannot_keep_up_truncates_the_recording_not_the_sessio
     assert rec.truncated and rec._queued + rec._writing <= 64 * 1024
     assert s.bytes_out == 4096 * 1000  # the session's own count is whole
     gate.set()
+    for _ in range(int(HANG * 100)):  # the disk catches up
+        if not rec._queued + rec._writing:
+            break
+        await asyncio.sleep(0.01)
+    s.output(b"after the gap")
     recorder.end(s)
     await finished(recorder)
     await recorder.close()
     _, events = load(tmp_path / (s.name + ".cast"))
-    assert events[-1][1] == "m" and "truncated" in events[-1][2]
-    written = sum(len(e[2]) for e in events if e[1] == "o")
-    assert 0 < written <= 64 * 1024
+    kept = sum(len(e[2]) for e in events if e[1] == "o" and e[2].startswith("z"))
+    assert 0 < kept <= 64 * 1024
+    [marker] = [e for e in events if e[1] == "m"]
+    assert marker[2] == f"{4096 * 1000 - kept} bytes not recorded here: the disk could not keep up"
+    assert events[-1][1:] == ["o", "after the gap"] and events.index(marker) == len(events) - 2
     [line] = audits(tmp_path)
-    assert line["truncated"] is True and line["bytesOut"] == 4096 * 1000
+    assert line["truncated"] is True and line["bytesOut"] == 4096 * 1000 + 13
+    assert line["unrecordedBytes"] == 4096 * 1000 - kept
+
+
+async def test_a_gap_still_open_at_the_end_is_marked(tmp_path: Path) -> None:
+    recorder = Recorder(RecordConfig(tmp_path, buffer=8192))
+    await recorder.start()
+    s = session()
+    recorder.begin(s)
+    for _ in range(10):  # nothing is written until the loop yields: 4 fit, 6 are dropped
+        s.output(b"q" * 2048)
+    recorder.end(s)
+    await finished(recorder)
+    await recorder.close()
+    _, events = load(tmp_path / (s.name + ".cast"))
+    assert [e[1] for e in events] == ["o"] * 4 + ["m"]
+    assert events[-1][2].startswith("12288 bytes not recorded")
 
 
 async def test_an_unwritable_directory_fails_the_recording_and_logs_the_audit(
