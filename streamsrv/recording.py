@@ -33,6 +33,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -482,8 +483,22 @@ class Recorder:
         self._sweeper = asyncio.ensure_future(self._sweep_forever())
 
     def _prepare(self) -> None:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
+        try:
+            self.directory.mkdir(mode=0o700, parents=True)
+            os.chmod(self.directory, 0o700)  # whatever the umask
+        except FileExistsError:
+            # Someone else's directory keeps its mode (--record /tmp must not make /tmp 0700);
+            # the files are 0600 and made with O_EXCL|O_NOFOLLOW either way.
+            mode = stat.S_IMODE(os.stat(self.directory).st_mode)
+            if not stat.S_ISDIR(os.stat(self.directory).st_mode):
+                raise NotADirectoryError(f"{self.directory} is not a directory") from None
+            if mode & 0o077:
+                log.warning(
+                    "recording directory %s is open to others (mode %o); its files are 0600, "
+                    "but `chmod 700` it to keep their names private too",
+                    self.directory,
+                    mode,
+                )
         for record in self._read_index():
             name = record.get("recording")
             if isinstance(name, str) and name.endswith(CAST):

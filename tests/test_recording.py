@@ -377,3 +377,23 @@ async def test_instrument_times_calls_and_keeps_the_class() -> None:
     text = m.render()
     assert 'streamsrv_runtime_call_duration_seconds_count{call="list_containers"} 1.0' in text
     assert "sync_call" not in text
+
+
+async def test_an_existing_directory_keeps_its_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--record /tmp` must not make /tmp 0700: a directory that exists is left as it is,
+    with a warning when others can read it; a new one is made 0700."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    recorder = Recorder(RecordConfig(shared))
+    await recorder.start()
+    await recorder.close()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+    assert "open to others" in caplog.text
+    fresh = tmp_path / "a" / "b"
+    recorder = Recorder(RecordConfig(fresh))
+    await recorder.start()
+    await recorder.close()
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
