@@ -466,6 +466,8 @@ class Recorder:
         #: Finished sessions' audit records by recording name, newest last.
         self.index: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.active: dict[str, Recording] = {}
+        #: Sessions being recorded, by recording name (the list shows them as running).
+        self.live: dict[str, Session] = {}
         self._warned = 0.0
 
     # -- lifecycle
@@ -560,6 +562,7 @@ class Recorder:
         )
         session.recording = rec
         self.active[rec.name] = rec
+        self.live[rec.name] = session
         task = asyncio.ensure_future(self._run(rec))
         task.set_name(f"recording {rec.name}")
         self._tasks.add(task)
@@ -576,19 +579,23 @@ class Recorder:
     def end(self, session: Session) -> None:
         """The session ended: its audit line goes out once its recording is written."""
         record = session.audit()
+        self._remember(record)  # the list shows the end at once, the file follows
         if session.recording is not None:
+            self.live.pop(session.recording.name, None)
             session.recording.close(record)
             return
         task = asyncio.ensure_future(self.write_audit(record))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def write_audit(self, record: dict[str, Any]) -> None:
+    def _remember(self, record: dict[str, Any]) -> None:
         name = record.get("recording")
         if isinstance(name, str):
             self.index[name[: -len(CAST)]] = record
             while len(self.index) > INDEX_SIZE:
                 self.index.popitem(last=False)
+
+    async def write_audit(self, record: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self.pool, self._append_audit, record)
@@ -684,31 +691,36 @@ class Recorder:
         return items
 
     def _item(self, name: str, size: int) -> dict[str, Any]:
+        """One recording as the list shows it: from its audit record once the session ended,
+        from the session while it runs (``end`` and ``exitCode`` null), and from the cast's
+        header for a recording with neither (a server that stopped without writing it)."""
         record = self.index.get(name)
-        rec = self.active.get(name)
-        item: dict[str, Any] = {"name": name, "size": size}
-        if record is not None:
-            for key in ("kind", "namespace", "pod", "container", "command", "tty", "start", "end"):
-                item[key] = record.get(key)
-            item["exitCode"] = record.get("exitCode")
-            item["truncated"] = bool(record.get("truncated"))
-            item["user"] = record.get("user")
-            return item
-        item.update(self._from_header(name))
-        item.update({"end": None, "exitCode": None, "truncated": bool(rec and rec.truncated)})
+        if record is None and (live := self.live.get(name)) is not None:
+            record = {**live.audit(), "end": None, "exitCode": None}
+        if record is None:
+            record = self._from_header(name)
+        item = {key: record.get(key) for key in ITEM_KEYS}
+        item.update({"name": name, "size": size, "truncated": bool(record.get("truncated"))})
         return item
 
     def _from_header(self, name: str) -> dict[str, Any]:
-        head: dict[str, Any] = {}
+        head: Any = {}
         with (
             contextlib.suppress(OSError, ValueError),
             open(self.directory / (name + CAST), "rb") as f,
         ):
             head = json.loads(f.readline(64 * 1024))
-        ts = head.get("timestamp") if isinstance(head, dict) else None
+        if not isinstance(head, dict):
+            return {}
+        parts = str(head.get("title") or "").split("/")
+        command = head.get("command")
+        ts = head.get("timestamp")
         return {
-            "title": head.get("title") if isinstance(head, dict) else None,
-            "command": head.get("command") if isinstance(head, dict) else None,
+            "kind": None,
+            "namespace": parts[0] if len(parts) == 3 else None,
+            "pod": parts[1] if len(parts) == 3 else None,
+            "container": parts[2] if len(parts) == 3 else None,
+            "command": _split(command) if isinstance(command, str) else None,
             "start": _iso(ts) if isinstance(ts, int | float) else None,
         }
 
@@ -717,6 +729,20 @@ class Recorder:
         if not NAME.match(name):
             return None
         return self.directory / (name + CAST)
+
+
+#: What each item of the recordings list has (docs/recording.md, "The recordings API").
+ITEM_KEYS = (
+    "kind", "namespace", "pod", "container", "command", "tty", "user", "start", "end",
+    "exitCode",
+)  # fmt: skip
+
+
+def _split(command: str) -> list[str] | None:
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return None
 
 
 def _ours(name: str) -> bool:

@@ -397,3 +397,35 @@ async def test_an_existing_directory_keeps_its_mode(
     await recorder.start()
     await recorder.close()
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+async def test_list_items_have_one_shape_running_ended_or_orphaned(tmp_path: Path) -> None:
+    """A running session's item, an ended one's and one whose server died before its audit
+    line have the same keys; the orphan's are read from its cast's header."""
+    recorder = Recorder(RecordConfig(tmp_path))
+    await recorder.start()
+    running, ended = session(("sh", "-c", "a b")), session(("true",))
+    recorder.begin(running)
+    recorder.begin(ended)
+    running.output(b"x")
+    ended.exit_code = 0
+    recorder.end(ended)
+    await asyncio.sleep(0.1)
+    orphan = "20200101T000000Z-0000000f"
+    (tmp_path / f"{orphan}.cast").write_text(
+        '{"version": 2, "width": 80, "height": 24, "timestamp": 1577836800, '
+        '"title": "ns/web/main", "command": "sh -c \'a b\'"}\n'
+    )
+    items = {i["name"]: i for i in recorder.listing()}
+    recorder.end(running)
+    await finished(recorder)
+    await recorder.close()
+    keys = {frozenset(i) for i in items.values()}
+    assert len(keys) == 1, items
+    live = items[running.name]
+    assert live["end"] is None and live["exitCode"] is None and live["pod"] == "web"
+    assert live["command"] == ["sh", "-c", "a b"] and live["kind"] == "exec"
+    assert items[ended.name]["exitCode"] == 0 and items[ended.name]["end"] is not None
+    old = items[orphan]
+    assert (old["namespace"], old["pod"], old["container"]) == ("ns", "web", "main")
+    assert old["command"] == ["sh", "-c", "a b"] and old["start"].startswith("2020-01-01")
