@@ -1,7 +1,9 @@
-"""The served application: the gateway, the browser page and the stream routes on one app.
+"""The served application: the gateway, the browser page, the recordings API and the stream
+routes on one app.
 
 The only module that knows both the gateway and the web UI (they meet through the gateway's
-small interface: ``issue_url``, ``live_pod``, ``pick_container``, ``StatusError``).
+small interface: ``issue_url``, ``live_pod``, ``pick_container``, ``origin_of``,
+``StatusError``; the recordings API uses ``STREAMS`` and ``StatusError``).
 """
 
 from __future__ import annotations
