@@ -18,6 +18,8 @@ from .recording import Recorder
 
 PREFIX = "/api/streamsrv/v1/recordings"
 CAST_TYPE = "application/x-asciicast"
+#: Seconds the list may take to read the directory.
+LIST_TIMEOUT = 10.0
 
 
 def _recorder(request: web.Request) -> Recorder | None:
@@ -36,7 +38,12 @@ async def list_recordings(request: web.Request) -> web.Response:
         raise StatusError(400, "limit: expected 1 to 5000")
     loop = asyncio.get_running_loop()
     try:
-        items = await loop.run_in_executor(recorder.pool, recorder.listing, limit)
+        async with asyncio.timeout(LIST_TIMEOUT):  # a hung disk: an answer, not a hang
+            items = await loop.run_in_executor(recorder.pool, recorder.listing, limit)
+    except TimeoutError:
+        raise StatusError(
+            503, f"the recording directory did not answer within {LIST_TIMEOUT:.0f} s"
+        ) from None
     except OSError as exc:
         raise StatusError(503, f"the recording directory cannot be read: {exc}") from exc
     return web.json_response(
