@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -67,6 +66,7 @@ from tests.conftest import (  # noqa: E402
     _remove_everything,
     free_port,
     kubectl_path,
+    metric,
     pod_manifest,
     proc_table,
     sleeper,
@@ -655,13 +655,10 @@ class CriSide:
         """Proxied sessions of ``kind`` so far, by transport (the gateway's counter: it counts a
         session once the node has answered 101, when the session ends)."""
         text = self.gateway.metrics()
-        out = {}
-        for transport in ("spdy", "websocket"):
-            m = re.search(
-                rf'streamsrv_sessions_total{{kind="{kind}",transport="{transport}"}} (\d+)', text
-            )
-            out[transport] = int(m.group(1)) if m else 0
-        return out
+        return {
+            transport: int(metric(text, "streamsrv_sessions_total", kind=kind, transport=transport))
+            for transport in ("spdy", "websocket")
+        }
 
     def parts(self, client: Callable[[], float]) -> dict[str, Callable[[], float]]:
         gateway = self.gateway.proc.pid if self.gateway.proc else 0

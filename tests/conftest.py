@@ -139,6 +139,21 @@ def until(what: str, check: Callable[[], Any], bound: float = 60.0) -> Any:
         time.sleep(0.1)
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called ``name`` in Prometheus text whose labels include
+    ``labels`` (0 when there is none): ``metric(t, "streamsrv_sessions_total", kind="exec")``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name:
+            continue
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 def free_port() -> int:
     """A loopback port for a service that a test starts later (in a pod, or on this host):
     below the kernel's ephemeral range (``soak.common.free_port``), never twice in one run."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, free_port, require_docker, unique
+from tests.conftest import Server, free_port, metric, require_docker, unique
 from tests.cri_env import CriTarget, cri_target
 from tests.ptyproc import PtyProcess
 
@@ -49,13 +49,10 @@ class Node:
 
     def proxied(self, kind: str) -> dict[str, int]:
         text = self.server.metrics()
-        out = {}
-        for transport in ("websocket", "spdy"):
-            m = re.search(
-                rf'streamsrv_sessions_total{{kind="{kind}",transport="{transport}"}} (\d+)', text
-            )
-            out[transport] = int(m.group(1)) if m else 0
-        return out
+        return {
+            transport: int(metric(text, "streamsrv_sessions_total", kind=kind, transport=transport))
+            for transport in ("websocket", "spdy")
+        }
 
 
 def expected_transport(node: Node, version: str, kind: str, stdin_ends: bool) -> str:

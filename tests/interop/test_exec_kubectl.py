@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from tests.conftest import (
     Server,
     console_pod,
     kubectl_path,
+    metric,
     server_with_pod,
     unique,
 )
@@ -72,8 +72,7 @@ def srv(
 
 def sessions(server: Server, kind: str = "exec", transport: str = "websocket") -> int:
     text = server.metrics()
-    m = re.search(rf'streamsrv_sessions_total{{kind="{kind}",transport="{transport}"}} (\d+)', text)
-    return int(m.group(1)) if m else 0
+    return int(metric(text, "streamsrv_sessions_total", kind=kind, transport=transport))
 
 
 def kubectl(server: Server, kc: Kubectl | str, *args: str, stdin: bytes | None = None,

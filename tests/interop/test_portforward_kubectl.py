@@ -30,6 +30,7 @@ from tests.conftest import (
     Server,
     free_port,
     kubectl_path,
+    metric,
     server_with_pod,
     stop_process,
     wait_forwarding,
@@ -275,9 +276,9 @@ def test_service_resetting_the_connection_keeps_the_forward(forward: Forward) ->
 
 
 def server_tasks(server: Server) -> int:
-    m = re.search(r"^streamsrv_tasks (\d+)$", server.metrics(), re.M)
-    assert m
-    return int(m.group(1))
+    text = server.metrics()
+    assert "\nstreamsrv_tasks " in text, text
+    return int(metric(text, "streamsrv_tasks"))
 
 
 def server_fds(server: Server) -> int:

@@ -27,6 +27,7 @@ from tests.conftest import (
     Server,
     _remove_everything,
     echo_pod,
+    metric,
     missing,
     require_runtime,
     until,
@@ -328,19 +329,6 @@ def test_portforward_is_audited(srv: Server) -> None:
 # ------------------------------------------------------------------------------ metrics
 
 
-def _value(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head.split("{")[0] != name:
-            continue
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
-
-
 def test_metrics_move_while_a_session_runs(srv: Server) -> None:
     before = srv.metrics()
     proc = srv.kubectl_popen("1.33", "exec", "-i", "rec", "-c", "main", "--", "cat",
@@ -353,10 +341,10 @@ def test_metrics_move_while_a_session_runs(srv: Server) -> None:
         while len(got) < 5000:
             got += os.read(proc.stdout.fileno(), 65536)
         during = srv.metrics()
-        assert _value(during, "streamsrv_active_sessions", kind="exec") >= 1, during
+        assert metric(during, "streamsrv_active_sessions", kind="exec") >= 1, during
         for direction in ("in", "out"):
             name = "streamsrv_session_bytes_total"
-            moved = _value(during, name, kind="exec", direction=direction) - _value(
+            moved = metric(during, name, kind="exec", direction=direction) - metric(
                 before, name, kind="exec", direction=direction
             )
             assert moved >= 5000, (direction, moved)
@@ -371,19 +359,19 @@ def test_metrics_move_while_a_session_runs(srv: Server) -> None:
 
     def ended() -> str | None:
         text = srv.metrics()
-        count = _value(text, "streamsrv_session_duration_seconds_count", kind="exec")
-        return text if count > _value(before, "streamsrv_session_duration_seconds_count",
+        count = metric(text, "streamsrv_session_duration_seconds_count", kind="exec")
+        return text if count > metric(before, "streamsrv_session_duration_seconds_count",
                                       kind="exec") else None  # fmt: skip
 
     after = until("the session's end in the metrics", ended)
-    assert _value(after, "streamsrv_sessions_total", kind="exec", transport="websocket") > _value(
+    assert metric(after, "streamsrv_sessions_total", kind="exec", transport="websocket") > metric(
         before, "streamsrv_sessions_total", kind="exec", transport="websocket"
     )
-    assert _value(after, "streamsrv_recordings_total", result="complete") >= 1
+    assert metric(after, "streamsrv_recordings_total", result="complete") >= 1
     assert (
-        _value(after, "streamsrv_runtime_call_duration_seconds_count", call="list_containers") > 0
+        metric(after, "streamsrv_runtime_call_duration_seconds_count", call="list_containers") > 0
     )
-    assert _value(after, "streamsrv_tokens_capacity", purpose="browser") > 0
+    assert metric(after, "streamsrv_tokens_capacity", purpose="browser") > 0
     assert "# TYPE streamsrv_session_duration_seconds histogram" in after
     assert srv.get("/metrics", token="")[0] == 401
     assert srv.get("/version", token="")[0] == 401
@@ -434,7 +422,7 @@ def test_a_bad_recording_disk_leaves_sessions_working(tmp_path: Path, disk: str)
             metrics = until(
                 "both recordings finished",
                 lambda: (
-                    (m := server.metrics()) and _value(m, "streamsrv_recordings_total") >= 2 and m
+                    (m := server.metrics()) and metric(m, "streamsrv_recordings_total") >= 2 and m
                 ),
             )
             # An audit line the disk refused goes to the server's log instead.
@@ -445,7 +433,7 @@ def test_a_bad_recording_disk_leaves_sessions_working(tmp_path: Path, disk: str)
             for line in lines:
                 assert line["truncated"] is True and line["recordingError"], line
             if disk == "fills-mid-session":
-                assert _value(metrics, "streamsrv_recordings_total", result="failed") == 2, metrics
+                assert metric(metrics, "streamsrv_recordings_total", result="failed") == 2, metrics
                 # What was written is a clean prefix that asciinema reads (the first session's
                 # at least; the second may have found no room even for its header).
                 casts = [rec / x["recording"] for x in lines if (rec / x["recording"]).exists()]
@@ -455,8 +443,10 @@ def test_a_bad_recording_disk_leaves_sessions_working(tmp_path: Path, disk: str)
                     assert expected.startswith(text) and len(text) < payload, len(text)
                 assert max(len(cat(path)) for path in casts) > 16 * 1024
             else:
-                assert _value(metrics, "streamsrv_recordings_total", result="failed") == 2, metrics
-                assert "not usable" in server.log.read_text() or disk == "full"
+                assert metric(metrics, "streamsrv_recordings_total", result="failed") == 2, metrics
+                why = "Read-only file system" if disk == "read-only" else "No space left"
+                assert f"failed: {why}" in server.log.read_text()  # the disk problem, logged
+                assert all(why in x["recordingError"] for x in lines), lines
             # the server still serves: a short session after the bad ones
             r = server.kubectl("1.33", "exec", "rec", "-c", "main", "--", "echo", "still-here")
             assert r.returncode == 0 and r.stdout == "still-here\n"

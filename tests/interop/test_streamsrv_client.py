@@ -41,7 +41,7 @@ from streamsrv.client import (
 )
 from streamsrv.client.sync import SyncClient
 from streamsrv.pods import LABEL_POD_NAME
-from tests.conftest import BUSYBOX, RUNTIMES, Server, free_port, require_runtime, unique
+from tests.conftest import BUSYBOX, RUNTIMES, Server, free_port, metric, require_runtime, unique
 from tests.interop.test_exec_kubectl import sessions
 
 pytestmark = pytest.mark.docker
@@ -664,9 +664,9 @@ async def test_portforward_20_parallel_connections(srv: Server) -> None:
 
 
 def connections(server: Server) -> int:
-    m = re.search(r"^streamsrv_connections (\d+)$", server.metrics(), re.MULTILINE)
-    assert m, "no streamsrv_connections gauge"
-    return int(m.group(1))
+    text = server.metrics()
+    assert "\nstreamsrv_connections " in text, "no streamsrv_connections gauge"
+    return int(metric(text, "streamsrv_connections"))
 
 
 async def test_forwarder_listens_locally(srv: Server) -> None:
