@@ -601,6 +601,19 @@ def add_record_args(s: argparse.ArgumentParser) -> None:
         help="keep recordings and audit files under this total by removing the oldest (e.g. "
         "10G; 0 is no bound; default 1G)",
     )
+    rec.add_argument(
+        "--record-max-rate",
+        type=parse_size,
+        default=defaults.max_rate,
+        metavar="SIZE",
+        help="bytes per second one session's recording takes on average, in bursts of up to "
+        "4M; faster output (cat of a large file) is left out, marked in the recording "
+        "(default 1M; 0 is no bound)",
+    )
+
+
+#: ``--record-max-rate 0``: a rate no session reaches.
+NO_RATE_BOUND = 1 << 62
 
 
 def record_config(args: argparse.Namespace) -> RecordConfig | None:
@@ -611,6 +624,7 @@ def record_config(args: argparse.Namespace) -> RecordConfig | None:
         record_input=args.record_input,
         max_age=args.record_max_age,
         max_bytes=args.record_max_size,
+        max_rate=args.record_max_rate or NO_RATE_BOUND,
     )
 
 

@@ -11,10 +11,12 @@ Recording never slows a session down or stops it:
   (:meth:`Recording.output`); nothing is decoded, encoded or written on the event loop.
 * A writer task per recording hands batches to a small thread pool of the recorder's own,
   which decodes (UTF-8, split characters joined across chunks) and writes them.
-* At most ``RecordConfig.buffer`` bytes wait for the disk per session. When more come (the
-  disk cannot keep up, or hangs), what comes is not recorded until the disk has caught up to
-  half of that; a marker event in the file says how many bytes the gap lacks, the audit line
-  says ``"truncated": true`` and ``unrecordedBytes``, and the session goes on at its own speed.
+* A recording takes at most ``RecordConfig.max_rate`` bytes a second on average (bursts up
+  to ``buffer``), and at most ``buffer`` bytes wait for the disk per session. Output beyond
+  either (bulk output, a disk that cannot keep up or hangs) is not recorded until there is room
+  again (for the disk: down to half the buffer); a marker event in the file says how many bytes
+  the gap lacks and why, the audit line says ``"truncated": true`` and ``unrecordedBytes``,
+  and the session goes on at its own speed.
   A disk that refuses (full, read-only) ends the recording: what was written stays readable
   (a half-written piece is cut off), and the audit line names the error.
 """
@@ -71,9 +73,13 @@ class RecordConfig:
     #: Recordings and audit files together are kept under this many bytes by removing the
     #: oldest first; 0 is no bound.
     max_bytes: int = 1 << 30
-    #: Bytes of one session's output that may wait for the disk; beyond it the recording is
-    #: truncated (the session goes on).
+    #: Bytes of one session's output that may wait for the disk; beyond it the recording has
+    #: a gap (the session goes on).
     buffer: int = 4 << 20
+    #: Bytes per second one session's recording takes on average (bursts up to ``buffer``);
+    #: faster output leaves gaps. Bounds what a recording costs: every recorded byte is
+    #: decoded, escaped and written, and a terminal shows far less than this to a reader.
+    max_rate: int = 1 << 20
     #: Seconds between retention sweeps (one also runs at start).
     sweep_interval: float = 300.0
 
@@ -268,6 +274,7 @@ class Recording:
         *,
         record_input: bool,
         limit: int,
+        rate: int = 1 << 20,
     ) -> None:
         self.recorder = recorder
         self.name = name
@@ -278,13 +285,16 @@ class Recording:
         self._header = header
         self._record_input = record_input
         self._limit = limit
-        self._t0 = time.monotonic()
+        self._rate = rate
+        self._t0 = self._last = time.monotonic()
+        self._tokens = float(limit)  # the rate's bucket: bursts up to the buffer
         self._events: collections.deque[tuple[float, str, bytes]] = collections.deque()
         self._queued = 0  # bytes in _events
         self._writing = 0  # bytes handed to the writer thread and not yet written
         self._stopped = False  # nothing more is queued: failed or closed
         self._skipping = False  # in a gap: the disk fell behind by more than the buffer
         self._gap = 0  # bytes dropped in the current gap
+        self._why = ""  # why the current gap began
         #: Bytes of the session's stream not recorded (gaps), for the audit line.
         self.unrecorded = 0
         self._fresh = True  # no event queued yet (the header is still open to a resize)
@@ -314,39 +324,44 @@ class Recording:
     def _put(self, code: str, data: bytes) -> None:
         if self._stopped:
             return
-        held = self._queued + self._writing
-        if self._skipping:
-            # A gap: resume once the disk has caught up to half the buffer.
-            if held + len(data) > self._limit // 2:
-                self._skip(data)
-                return
-            self._end_gap()
-        elif held + len(data) > self._limit:
-            self.truncated = self._skipping = True
-            self._skip(data)
+        now = time.monotonic()
+        self._tokens = min(float(self._limit), self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        n = len(data)
+        # In a gap, resume only once the disk has caught up to half the buffer.
+        room = (self._limit // 2 if self._skipping else self._limit) - self._queued - self._writing
+        if n > room or n > self._tokens:
+            if not self._skipping:
+                self.truncated = self._skipping = True
+                self._why = (
+                    f"output came faster than {self._rate} bytes/s"
+                    if n > self._tokens
+                    else "the disk could not keep up"
+                )
+            self._gap += n
+            self.unrecorded += n
             return
+        if self._skipping:
+            self._end_gap(now)
         if not isinstance(data, bytes):  # the runtime may reuse a buffer it lent us
             data = bytes(data)
+        self._tokens -= n
         self._fresh = False
-        self._events.append((time.monotonic() - self._t0, code, data))
-        self._queued += len(data)
+        self._events.append((now - self._t0, code, data))
+        self._queued += n
         self._wake.set()
 
-    def _skip(self, data: bytes) -> None:
-        self._gap += len(data)
-        self.unrecorded += len(data)
-
-    def _end_gap(self) -> None:
-        """A marker event where the gap was: what the recording lacks there."""
-        why = f"{self._gap} bytes not recorded here: the disk could not keep up"
-        self._events.append((time.monotonic() - self._t0, "m", why.encode()))
+    def _end_gap(self, now: float) -> None:
+        """A marker event where the gap was: what the recording lacks there, and why."""
+        why = f"{self._gap} bytes not recorded here: {self._why}"
+        self._events.append((now - self._t0, "m", why.encode()))
         self._skipping, self._gap = False, 0
         self._wake.set()
 
     def close(self, audit: dict[str, Any]) -> None:
         """The session ended: write what is queued, close the file, then the audit line."""
         if self._skipping and not self._stopped:
-            self._end_gap()
+            self._end_gap(time.monotonic())
         self._audit = audit
         self._stopped = self._closed = True
         self._wake.set()
@@ -559,6 +574,7 @@ class Recorder:
             header,
             record_input=self.config.record_input,
             limit=self.config.buffer,
+            rate=self.config.max_rate,
         )
         session.recording = rec
         self.active[rec.name] = rec

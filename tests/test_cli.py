@@ -159,3 +159,31 @@ def test_a_copied_kubeconfig_keeps_working_after_a_restart(tmp_path: Path) -> No
         assert srv.kubeconfig.read_text() != copy
     finally:
         srv.stop()
+
+
+def test_record_flags() -> None:
+    from streamsrv.cli import NO_RATE_BOUND, build_parser, parse_duration, parse_size, record_config
+
+    assert parse_duration("30d") == 30 * 86400 and parse_duration("90m") == 5400
+    assert parse_duration("45") == 45 and parse_duration("0") == 0
+    assert parse_size("1G") == 1 << 30 and parse_size("500MiB") == 500 << 20
+    assert parse_size("64k") == 64 << 10 and parse_size("123") == 123
+    for bad in ("x", "-1d", "1y"):
+        with pytest.raises(Exception, match="duration"):
+            parse_duration(bad)
+    for bad in ("lots", "-5M"):
+        with pytest.raises(Exception, match="size"):
+            parse_size(bad)
+    parser = build_parser()
+    assert record_config(parser.parse_args(["serve"])) is None
+    flags = ["--record", "rec", "--record-input", "--record-max-age", "7d",
+             "--record-max-size", "10G", "--record-max-rate", "0"]  # fmt: skip
+    args = parser.parse_args(["serve", *flags])
+    cfg = record_config(args)
+    assert cfg is not None and cfg.directory.is_absolute() and cfg.record_input
+    assert (cfg.max_age, cfg.max_bytes, cfg.max_rate) == (7 * 86400, 10 << 30, NO_RATE_BOUND)
+    cri = record_config(parser.parse_args(["cri", "--record", "/r"]))
+    assert cri is not None and cri.max_rate == 1 << 20 and not cri.record_input
+    r = subprocess.run([sys.executable, "-m", "streamsrv", "serve", "--record-max-age", "soon"],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2 and "not a duration: 'soon'" in r.stderr

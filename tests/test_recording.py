@@ -198,7 +198,7 @@ async def test_a_disk_that_cannot_keep_up_leaves_a_gap_not_a_slow_session(
     """The writer thread is stuck: the session's side never waits, at most ``buffer`` bytes
     are held, what comes meanwhile is dropped, and once the disk has caught up the recording
     goes on after a marker saying how much it lacks."""
-    recorder = Recorder(RecordConfig(tmp_path, buffer=64 * 1024))
+    recorder = Recorder(RecordConfig(tmp_path, buffer=64 * 1024, max_rate=1 << 40))
     await recorder.start()
     gate = threading.Event()
     real = Recording._write
@@ -239,7 +239,7 @@ async def test_a_disk_that_cannot_keep_up_leaves_a_gap_not_a_slow_session(
 
 
 async def test_a_gap_still_open_at_the_end_is_marked(tmp_path: Path) -> None:
-    recorder = Recorder(RecordConfig(tmp_path, buffer=8192))
+    recorder = Recorder(RecordConfig(tmp_path, buffer=8192, max_rate=1 << 40))
     await recorder.start()
     s = session()
     recorder.begin(s)
@@ -429,3 +429,39 @@ async def test_list_items_have_one_shape_running_ended_or_orphaned(tmp_path: Pat
     old = items[orphan]
     assert (old["namespace"], old["pod"], old["container"]) == ("ns", "web", "main")
     assert old["command"] == ["sh", "-c", "a b"] and old["start"].startswith("2020-01-01")
+
+
+async def drained(rec: Recording) -> None:
+    """The writer has written everything queued."""
+    for _ in range(int(HANG * 100)):
+        if not rec._queued + rec._writing:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the writer never caught up")
+
+
+async def test_output_faster_than_the_rate_leaves_a_gap(tmp_path: Path) -> None:
+    """Bursts up to the buffer are recorded whole; beyond that a recording takes max_rate on
+    average, and what comes faster is a gap with a marker that says so."""
+    recorder = Recorder(RecordConfig(tmp_path, buffer=64 * 1024, max_rate=10_000))
+    await recorder.start()
+    s = session()
+    recorder.begin(s)
+    assert s.recording is not None
+    for _ in range(16):
+        s.output(b"b" * 4096)  # the burst: 64 KiB
+    await drained(s.recording)  # room on the disk again; the tokens come back at 10 kB/s
+    s.output(b"c" * 60_000)  # more than the tokens (unless this took 6 s): not recorded
+    await asyncio.sleep(0.2)
+    s.output(b"d" * 1000)
+    recorder.end(s)
+    await finished(recorder)
+    await recorder.close()
+    _, events = load(tmp_path / (s.name + ".cast"))
+    text = "".join(e[2] for e in events if e[1] == "o")
+    assert text == "b" * 65536 + "d" * 1000
+    [marker] = [e[2] for e in events if e[1] == "m"]
+    assert marker == "60000 bytes not recorded here: output came faster than 10000 bytes/s"
+    [line] = audits(tmp_path)
+    assert line["truncated"] is True and line["unrecordedBytes"] == 60_000
+    assert line["bytesOut"] == 65536 + 61_000
