@@ -36,6 +36,8 @@ export async function run(shots, body) {
   } finally {
     await browser.close();
   }
+  // A failed run may leave a listener behind (tcpProxy): exit now, not at the test's timeout.
+  if (process.exitCode) process.exit(process.exitCode);
 }
 
 /** A page of the tool at `base`, the token handed over in the fragment, the pods listed. */
