@@ -304,7 +304,6 @@ class Recording:
         self._fd: int | None = None
         self._good = 0  # the file's length after the last complete write
         self._audit: dict[str, Any] | None = None
-        self.bytes_written = 0
 
     # -- the session's side: O(1) per chunk, never blocks, never raises
 
@@ -421,7 +420,6 @@ class Recording:
             n = os.write(self._fd, view)
             view = view[n:]
         self._good += len(data)
-        self.bytes_written = self._good
 
     def _fail(self, exc: OSError) -> str:
         if self._fd is not None:
