@@ -60,24 +60,35 @@ ensure_venv() {
 # file or the venv's last install (a new protobuf may need new code). Generated into a scratch
 # directory and moved into place, so a concurrent run never imports a half-written module.
 gen_proto() {
-    local dir="$ROOT/streamsrv/cri" out tmp
-    local outputs=("$dir/api_pb2.py" "$dir/api_pb2.pyi")
-    local stale=""
-    for out in "${outputs[@]}"; do
-        if [ ! -f "$out" ] || [ "$dir/api.proto" -nt "$out" ] ||
-            [ "$ROOT/scripts/lib.sh" -nt "$out" ] || [ "$VENV/.streamsrv-installed" -nt "$out" ]; then
-            stale=1
-        fi
+    # CRI v1 (streamsrv/cri) and the part of containerd's API the containerd runtime calls
+    # (streamsrv/runtime/ctdapi): *_pb2.py and *_pb2.pyi beside each .proto, gitignored.
+    local protos=("$ROOT"/streamsrv/cri/api.proto "$ROOT"/streamsrv/runtime/ctdapi/*.proto)
+    local proto base stale="" tmp rel
+    for proto in "${protos[@]}"; do
+        base=${proto%.proto}
+        for out in "${base}_pb2.py" "${base}_pb2.pyi"; do
+            if [ ! -f "$out" ] || [ "$proto" -nt "$out" ] ||
+                [ "$ROOT/scripts/lib.sh" -nt "$out" ] || [ "$VENV/.streamsrv-installed" -nt "$out" ]; then
+                stale=1
+            fi
+        done
     done
     [ -n "$stale" ] || return 0
-    log "generating streamsrv/cri/api_pb2.py and .pyi from api.proto"
+    log "generating the *_pb2.py and .pyi of streamsrv/cri and streamsrv/runtime/ctdapi"
     tmp=$(mktemp -d)
+    local relative=()
+    for proto in "${protos[@]}"; do
+        relative+=("${proto#"$ROOT"/}")
+    done
     if ! (cd "$ROOT" && "$PY" -m grpc_tools.protoc -I. --python_out="$tmp" --pyi_out="$tmp" \
-        streamsrv/cri/api.proto); then
+        "${relative[@]}"); then
         rm -rf "$tmp"
         return 1
     fi
-    mv -f "$tmp/streamsrv/cri/api_pb2.py" "$tmp/streamsrv/cri/api_pb2.pyi" "$dir/"
+    for rel in "${relative[@]}"; do
+        rel=${rel%.proto}
+        mv -f "$tmp/${rel}_pb2.py" "$tmp/${rel}_pb2.pyi" "$ROOT/$(dirname "$rel")/"
+    done
     rm -rf "$tmp"
 }
 

@@ -1,0 +1,981 @@
+"""The containerd runtime: pods on containerd through its own gRPC API (docs/containerd.md).
+
+No CRI plugin in between, and no engine process between the container and us: each process's
+stdio are FIFOs that this runtime makes, and containerd's shim writes and reads them directly
+(shim -> FIFO -> streamsrv), one hop fewer than Docker's shim -> dockerd -> hijacked HTTP.
+
+The pod model is the one the Docker runtime draws: a sandbox is a pause container with its own
+network, IPC, UTS and PID namespaces (or the host's, as the pod asks), networked by CNI; app
+containers join its namespaces by path (``/proc/PID/ns/...`` of the pause process) and get the
+pod's volumes as bind mounts. Images are containerd's: present and unpacked in the namespace
+(``ctr -n streamsrv images import``); this runtime does not pull.
+
+Everything this runtime makes lives in its containerd namespace (``streamsrv`` by default) and
+in its memory: the FIFOs of a container's output belong to the server that started it. So, as
+with the process runtime, pods do not outlive the server: :meth:`ContainerdRuntime.start`
+removes what an earlier server left in the namespace, and :meth:`close` removes what this one
+made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import termios
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import empty_pb2
+
+from ..pods import (
+    LABEL_CONTAINER_NAME,
+    LABEL_POD_NAME,
+    LABEL_POD_NAMESPACE,
+    LABEL_POD_UID,
+    PID_CONTAINER,
+    PID_NODE,
+    ContainerSpec,
+    ContainerState,
+    InvalidPod,
+    PodSpec,
+    SandboxState,
+)
+from ..protocol.crilog import STDERR, STDOUT, CriLogWriter
+from ..protocol.resize import TerminalSize
+from . import ctdclient
+from .base import (
+    BackendError,
+    ByteSink,
+    ContainerNotFound,
+    ImageNotFound,
+    LogFile,
+    Resizes,
+    StdIO,
+    check_container,
+    connect_first,
+    wait_event,
+)
+from .cni import CniNetwork
+from .ctdapi import containers_pb2, snapshots_pb2, tasks_pb2
+from .ctdclient import Containerd, ImageConfig, NotFound
+from .docker import sockets_in_netns
+from .volumes import VolumeHost
+
+log = logging.getLogger(__name__)
+
+FIRST_SIZE_WAIT = 1.0  # seconds a tty exec waits for the client's first size before it starts
+CHUNK = 1 << 18  # one read from an output FIFO
+PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of each FIFO: fewer wake-ups per MiB (pipe-max-size)
+OUTPUT_DRAIN_WAIT = 5.0  # seconds a container's output may run on after its process exited
+_F_SETPIPE_SZ = 1031
+_LABEL_KIND = "io.streamsrv.kind"  # sandbox | container, on our containerd containers
+_NAMES = (LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, LABEL_CONTAINER_NAME)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
+@dataclass(eq=False)
+class _Sandbox:
+    id: str
+    pod: PodSpec
+    labels: dict[str, str]
+    created: datetime = field(default_factory=_now)
+    pid: int = 0
+    running: bool = False
+    ip: str | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass(eq=False)
+class _Container:
+    id: str
+    sandbox: _Sandbox
+    spec: ContainerSpec
+    labels: dict[str, str]
+    image: ImageConfig
+    process: dict[str, Any]  # its OCI process: what an exec starts from
+    created: datetime = field(default_factory=_now)
+    state: str = "created"  # created | running | exited
+    exit_code: int | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    stdin_fd: int | None = None  # our end of its stdin FIFO (stdin containers)
+    stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    listeners: list[tuple[ByteSink | None, ByteSink | None]] = field(default_factory=list)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    pump: asyncio.Task[None] | None = None
+    log: LogFile | None = None
+    closing: asyncio.Task[None] | None = None
+
+
+class FifoReader:
+    """Reads one FIFO on the event loop. Each read waits for readiness first: a FIFO whose
+    writer has not opened it yet polls as neither readable nor hung up, while ``read`` would
+    return end-of-file at once (Linux's pipe_poll); so end-of-file here is the writer's."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def read(self, n: int = CHUNK) -> bytes:
+        while True:
+            await _readable(self.fd)
+            try:
+                return os.read(self.fd, n)
+            except BlockingIOError:
+                continue
+
+
+async def _readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+
+
+async def _writable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
+
+
+async def _write_all(fd: int, data: bytes, alive: Any = lambda: True) -> None:
+    view = memoryview(data)
+    while view:
+        if not alive():
+            raise BrokenPipeError(errno.EPIPE, "the process's input is closed")
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            await _writable(fd)
+            continue
+        view = view[n:]
+
+
+class _Fifos:
+    """The FIFOs of one process (``stdin``, ``stdout``, ``stderr``: paths for containerd, ""
+    for none) and our ends of them, in a directory of their own that :meth:`close` removes."""
+
+    def __init__(self, directory: Path, *, stdin: bool, stdout: bool, stderr: bool) -> None:
+        self.directory = directory
+        self.paths = {"stdin": "", "stdout": "", "stderr": ""}
+        self.fds: dict[str, int] = {}
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            for name, wanted in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
+                if not wanted:
+                    continue
+                path = directory / name
+                os.mkfifo(path, 0o600)
+                # stdin: read-write, so that opening does not wait for the shim and writes
+                # never fail before it reads; outputs: read-only, non-blocking.
+                flags = os.O_RDWR if name == "stdin" else os.O_RDONLY
+                fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
+                self.fds[name] = fd
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+                self.paths[name] = str(path)
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self, name: str) -> int | None:
+        """Our end of ``name``, now the caller's to close."""
+        return self.fds.pop(name, None)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class ContainerdRuntime:
+    """Pods on containerd (see the module docstring)."""
+
+    name = "containerd"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        address: str = ctdclient.DEFAULT_ADDRESS,
+        namespace: str = ctdclient.DEFAULT_NAMESPACE,
+        snapshotter: str = "overlayfs",
+        pause_image: str = "registry.k8s.io/pause:3.9",
+        volumes: VolumeHost | None = None,
+        network: CniNetwork | None = None,
+    ) -> None:
+        """``root``: where the FIFOs live (the runtime's own: emptied at start)."""
+        self.api = Containerd(address, namespace)
+        self.root = root
+        self.snapshotter = snapshotter
+        self.pause_image = pause_image
+        self._volumes = volumes
+        self._network = network
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._containers: dict[str, _Container] = {}
+        self._images: dict[str, ImageConfig] = {}
+        self._execs: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> int:
+        """Check that containerd answers, and remove whatever an earlier server left in the
+        namespace (its pods died with it); returns how many containers that was."""
+        await self.api.version()
+        if self.root.exists():
+            await asyncio.to_thread(shutil.rmtree, self.root, True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        left = [c for c in await self.api.containers() if _LABEL_KIND in c.labels]
+        for c in left:
+            await self._destroy(c.id, c.snapshot_key or c.id)
+        return len(left)
+
+    async def version(self) -> str:
+        return await self.api.version()
+
+    async def close(self) -> None:
+        for cid, exec_id in list(self._execs):
+            await self.api.kill(cid, signal.SIGKILL, exec_id)
+        for c in list(self._containers.values()):
+            await self._kill(c)
+            await self._destroy(c.id, c.id)
+        self._containers.clear()
+        for s in list(self._sandboxes.values()):
+            with contextlib.suppress(BackendError):
+                await self.remove_pod_sandbox(s.id)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.api.close()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # ----------------------------------------------------------------------------- images
+
+    async def _image(self, image: str) -> ImageConfig:
+        ref = ctdclient.normalize_ref(image)
+        known = self._images.get(ref)
+        if known is None:
+            try:
+                known = await ctdclient.image_config(self.api, image)
+            except NotFound:
+                raise ImageNotFound(
+                    image,
+                    f"not in containerd namespace {self.api.namespace} (this runtime does not "
+                    f"pull: ctr -n {self.api.namespace} images pull or import it)",
+                ) from None
+            self._images[ref] = known
+        return known
+
+    async def ensure_image(self, image: str) -> bool:
+        await self._image(image)
+        return False
+
+    # ----------------------------------------------------------------------------- sandboxes
+
+    async def run_pod_sandbox(self, pod: PodSpec) -> str:
+        if pod.volumes and self._volumes is None:
+            raise InvalidPod(
+                pod.name, [("spec.volumes", "Forbidden: this runtime has no volume directory")]
+            )
+        image = await self._image(self.pause_image)
+        sandbox = _Sandbox(_new_id(), pod, pod.sandbox_labels())
+        namespaces = [{"type": "mount"}]
+        if not pod.host_network:
+            namespaces += [{"type": "network"}, {"type": "uts"}]
+        if not pod.host_ipc:
+            namespaces.append({"type": "ipc"})
+        if not pod.host_pid:
+            namespaces.append({"type": "pid"})
+        process = ctdclient.process_spec(
+            [*image.entrypoint, *image.cmd] or ["/pause"],
+            image.env,
+            image.working_dir,
+            image.user,
+            terminal=False,
+        )
+        spec = ctdclient.oci_spec(
+            process,
+            cgroup=f"/{self.api.namespace}/{sandbox.id}",
+            hostname=None if pod.host_network else pod.name[:63],
+            namespaces=namespaces,
+            own_network=not pod.host_network,
+        )
+        if self._volumes is not None:
+            await asyncio.to_thread(self._volumes.prepare, pod)
+        made = False
+        try:
+            await self._create(sandbox.id, image, spec, "sandbox", sandbox.labels)
+            made = True
+            got = await self.api.task(
+                "Create",
+                tasks_pb2.CreateTaskRequest(
+                    container_id=sandbox.id, rootfs=await self._mounts(sandbox.id)
+                ),
+                tasks_pb2.CreateTaskResponse,
+            )
+            await self.api.task(
+                "Start", tasks_pb2.StartRequest(container_id=sandbox.id), tasks_pb2.StartResponse
+            )
+            sandbox.pid, sandbox.running = got.pid, True
+            self._sandboxes[sandbox.id] = sandbox
+            self._spawn(self._watch_sandbox(sandbox), f"sandbox {sandbox.id[:12]}")
+            if not pod.host_network and self._network is not None:
+                attachment = await self._network.add(
+                    sandbox.id,
+                    f"/proc/{sandbox.pid}/ns/net",
+                    pod_name=pod.name,
+                    pod_namespace=pod.namespace,
+                    pod_uid=pod.uid,
+                )
+                if attachment is not None and attachment.ips:
+                    sandbox.ip = attachment.ips[0]
+        except BaseException:
+            self._sandboxes.pop(sandbox.id, None)
+            if made:
+                await asyncio.shield(self._undo_sandbox(sandbox))
+            elif self._volumes is not None:
+                await asyncio.to_thread(self._volumes.remove, pod.uid)
+            raise
+        return sandbox.id
+
+    async def _undo_sandbox(self, sandbox: _Sandbox) -> None:
+        with contextlib.suppress(BackendError):
+            if self._network is not None:
+                await self._network.delete(sandbox.id, netns="")
+        await self._destroy(sandbox.id, sandbox.id)
+        if self._volumes is not None:
+            await asyncio.to_thread(self._volumes.remove, sandbox.pod.uid)
+
+    async def _watch_sandbox(self, sandbox: _Sandbox) -> None:
+        with contextlib.suppress(BackendError):
+            await self.api.wait(sandbox.id)
+        sandbox.running = False
+        sandbox.exited.set()
+
+    async def _create(
+        self,
+        cid: str,
+        image: ImageConfig,
+        spec: dict[str, Any],
+        kind: str,
+        labels: Mapping[str, str],
+    ) -> None:
+        """The container record and its snapshot. ``labels``: the pod's and container's names,
+        so that ``ctr containers ls`` tells them apart (not the manifest: containerd takes at
+        most 4 KiB a label)."""
+        await self.api.prepare(self.snapshotter, cid, image.chain)
+        try:
+            await self.api.create_container(
+                containers_pb2.Container(
+                    id=cid,
+                    labels={**{k: labels[k] for k in _NAMES if k in labels}, _LABEL_KIND: kind},
+                    image=image.ref,
+                    runtime=containers_pb2.Container.Runtime(name=ctdclient.RUNC),
+                    spec=ctdclient.any_json(ctdclient.SPEC_TYPE, spec),
+                    snapshotter=self.snapshotter,
+                    snapshot_key=cid,
+                )
+            )
+        except BaseException:
+            await asyncio.shield(self.api.remove_snapshot(self.snapshotter, cid))
+            raise
+
+    async def _mounts(self, cid: str) -> Any:
+        got = await self.api.call(
+            "/containerd.services.snapshots.v1.Snapshots/Mounts",
+            snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid),
+            snapshots_pb2.MountsResponse,
+        )
+        return list(got.mounts)
+
+    async def _destroy(self, cid: str, snapshot: str) -> None:
+        """Kill, then delete its task, its container record and its snapshot (all that
+        exists of them)."""
+        with contextlib.suppress(BackendError):
+            await self.api.kill(cid, signal.SIGKILL, all=True)
+        with contextlib.suppress(BackendError), contextlib.suppress(NotFound, TimeoutError):
+            await asyncio.wait_for(self.api.wait(cid), 10)
+        with contextlib.suppress(BackendError):
+            await self.api.delete_task(cid)
+        with contextlib.suppress(BackendError):
+            await self.api.delete_container(cid)
+        with contextlib.suppress(BackendError):
+            await self.api.remove_snapshot(self.snapshotter, snapshot)
+
+    def _sandbox(self, sandbox_id: str) -> _Sandbox:
+        try:
+            return self._sandboxes[sandbox_id]
+        except KeyError:
+            raise ContainerNotFound(sandbox_id) from None
+
+    async def stop_pod_sandbox(self, sandbox_id: str) -> None:
+        sandbox = self._sandbox(sandbox_id)
+        for c in self._of(sandbox):
+            await self._kill(c)
+        if self._network is not None and sandbox.running:
+            await self._network.delete(sandbox.id, netns=f"/proc/{sandbox.pid}/ns/net")
+        await self.api.kill(sandbox.id, signal.SIGKILL, all=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sandbox.exited.wait(), 10)
+
+    async def remove_pod_sandbox(self, sandbox_id: str) -> None:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return
+        for c in self._of(sandbox):
+            await self.remove_container(c.id)
+        if self._network is not None:
+            await self._network.delete(
+                sandbox.id, netns=f"/proc/{sandbox.pid}/ns/net" if sandbox.running else ""
+            )
+        await self._destroy(sandbox.id, sandbox.id)
+        self._sandboxes.pop(sandbox_id, None)
+        if self._volumes is not None:
+            await asyncio.to_thread(self._volumes.remove, sandbox.pod.uid)
+
+    def _of(self, sandbox: _Sandbox) -> list[_Container]:
+        return [c for c in self._containers.values() if c.sandbox is sandbox]
+
+    async def list_pod_sandboxes(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[SandboxState]:
+        out = [
+            SandboxState(s.id, s.pod, s.running, s.created, s.ip)
+            for s in self._sandboxes.values()
+            if _matches(s.labels, labels)
+        ]
+        out.sort(key=lambda s: (s.pod.namespace, s.pod.name))
+        return out
+
+    async def sandbox_ready(self, sandbox_id: str) -> bool:
+        sandbox = self._sandboxes.get(sandbox_id)
+        return sandbox is not None and sandbox.running
+
+    def pod_ip(self, sandbox_id: str) -> str | None:
+        sandbox = self._sandboxes.get(sandbox_id)
+        return sandbox.ip if sandbox is not None else None
+
+    # ----------------------------------------------------------------------------- containers
+
+    async def create_container(
+        self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
+    ) -> str:
+        sandbox = self._sandbox(sandbox_id)
+        if not sandbox.running:
+            raise BackendError(f"pod sandbox {sandbox_id[:12]} is not running")
+        check_container(pod, container)
+        image = await self._image(container.image)
+        if container.command:
+            argv = [*container.command, *container.args]
+        else:
+            argv = [*image.entrypoint, *(container.args or image.cmd)]
+        if not argv:
+            raise BackendError(f"container {container.name}: no command and none in its image")
+        env = [*image.env, ("HOSTNAME", pod.name[:63]), *container.env]
+        process = ctdclient.process_spec(
+            argv,
+            env,
+            container.working_dir or image.working_dir,
+            image.user,
+            terminal=container.tty,
+        )
+        ns = f"/proc/{sandbox.pid}/ns"
+        namespaces = [{"type": "mount"}, {"type": "network", "path": f"{ns}/net"}]
+        if not pod.host_network:
+            namespaces.append({"type": "uts", "path": f"{ns}/uts"})
+        if not pod.host_ipc:
+            namespaces.append({"type": "ipc", "path": f"{ns}/ipc"})
+        if container.pid_namespace == PID_CONTAINER:
+            namespaces.append({"type": "pid"})
+        elif container.pid_namespace != PID_NODE and not pod.host_pid:
+            namespaces.append({"type": "pid", "path": f"{ns}/pid"})
+        binds = []
+        for mount in container.volume_mounts:
+            if self._volumes is None:
+                raise InvalidPod(
+                    pod.name, [("spec.volumes", "Forbidden: this runtime has no volume directory")]
+                )
+            source = await asyncio.to_thread(self._volumes.mount_source, pod, container, mount)
+            binds.append((str(source), mount.mount_path, mount.read_only))
+        cid = _new_id()
+        spec = ctdclient.oci_spec(
+            process,
+            cgroup=f"/{self.api.namespace}/{cid}",
+            hostname=None,
+            namespaces=namespaces,
+            binds=binds,
+            own_network=not pod.host_network,
+        )
+        labels = pod.container_labels(container)
+        await self._create(cid, image, spec, "container", labels)
+        self._containers[cid] = _Container(cid, sandbox, container, labels, image, process)
+        return cid
+
+    def _container(self, container_id: str) -> _Container:
+        try:
+            return self._containers[container_id]
+        except KeyError:
+            raise ContainerNotFound(container_id) from None
+
+    async def start_container(self, container_id: str) -> None:
+        c = self._container(container_id)
+        if c.state != "created":
+            raise BackendError(f"container {container_id[:12]} was already started")
+        spec = c.spec
+        if spec.log_path and c.log is None:
+            c.log = await LogFile.open_async(spec.log_path)
+        fifos = _Fifos(self.root / c.id, stdin=spec.stdin, stdout=True, stderr=not spec.tty)
+        try:
+            await self.api.task(
+                "Create",
+                tasks_pb2.CreateTaskRequest(
+                    container_id=c.id,
+                    rootfs=await self._mounts(c.id),
+                    stdin=fifos.paths["stdin"],
+                    stdout=fifos.paths["stdout"],
+                    stderr=fifos.paths["stderr"],
+                    terminal=spec.tty,
+                ),
+                tasks_pb2.CreateTaskResponse,
+            )
+            await self.api.task(
+                "Start", tasks_pb2.StartRequest(container_id=c.id), tasks_pb2.StartResponse
+            )
+        except BaseException:
+            fifos.close()
+            if c.log is not None:
+                c.log.close()
+                c.log = None
+            await asyncio.shield(self._stop_task(c.id))
+            raise
+        c.stdin_fd = fifos.take("stdin")
+        outputs = [(FifoReader(fd), 1 if name == "stdout" else 2) for name, fd in fifos.fds.items()]
+        c.state, c.started_at = "running", _now()
+        c.pump = self._spawn(self._pump(c, outputs, fifos), f"container {spec.name}")
+        log.info(
+            "started %s/%s container %s (containerd %s)",
+            c.sandbox.pod.namespace,
+            c.sandbox.pod.name,
+            spec.name,
+            c.id[:12],
+        )
+
+    async def _stop_task(self, cid: str) -> None:
+        with contextlib.suppress(BackendError):
+            await self.api.kill(cid, signal.SIGKILL, all=True)
+            await self.api.delete_task(cid)
+
+    async def _pump(
+        self, c: _Container, outputs: list[tuple[FifoReader, int]], fifos: _Fifos
+    ) -> None:
+        """Hand the container's output to whoever is attached and to its log file until its
+        process exits and the output ends; then record the exit and delete the task."""
+        writer = CriLogWriter() if c.log is not None else None
+
+        async def one(reader: FifoReader, stream: int) -> None:
+            name = STDOUT if stream == 1 else STDERR
+            try:
+                while data := await reader.read():
+                    if writer is not None and c.log is not None:
+                        c.log.write(writer.feed(name, data))
+                    await fan_out(data, stream)
+            finally:
+                if writer is not None and c.log is not None:
+                    c.log.write(writer.flush(name))
+
+        async def fan_out(data: bytes, stream: int) -> None:
+            for listener in list(c.listeners):
+                sink = listener[0] if stream == 1 else listener[1]
+                if sink is None:
+                    continue
+                try:
+                    await sink.write(data)
+                except (ConnectionError, OSError, RuntimeError):
+                    with contextlib.suppress(ValueError):
+                        c.listeners.remove(listener)
+
+        copies = asyncio.gather(*(one(r, s) for r, s in outputs))
+        try:
+            try:
+                code = await self.api.wait(c.id)
+            except BackendError as exc:
+                log.warning("container %s: waiting for its exit failed: %s", c.spec.name, exc)
+                code = 255
+            try:
+                await asyncio.wait_for(asyncio.shield(copies), OUTPUT_DRAIN_WAIT)
+            except TimeoutError:
+                log.warning(
+                    "container %s: output still open %.0f s after its exit (a child holds it)",
+                    c.spec.name,
+                    OUTPUT_DRAIN_WAIT,
+                )
+            c.state, c.exit_code, c.finished_at = "exited", code, _now()
+            log.info("container %s exited with %d", c.spec.name, code)
+        finally:
+            copies.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await copies
+            if c.log is not None:
+                c.log.close()
+            fifos.close()
+            self._close_stdin_now(c)
+            c.exited.set()
+            with contextlib.suppress(BackendError):
+                await asyncio.shield(self.api.delete_task(c.id))
+
+    async def _kill(self, c: _Container, grace: float = 0.0) -> None:
+        if c.state != "running":
+            if c.state == "created":
+                c.state, c.exit_code, c.finished_at = "exited", 137, _now()
+            return
+        if grace > 0:
+            await self.api.kill(c.id, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.exited.wait(), grace)
+        if not c.exited.is_set():
+            await self.api.kill(c.id, signal.SIGKILL, all=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.exited.wait(), 10 + OUTPUT_DRAIN_WAIT)
+
+    async def stop_container(self, container_id: str, grace_period: float) -> None:
+        await self._kill(self._container(container_id), grace_period)
+
+    async def remove_container(self, container_id: str) -> None:
+        c = self._containers.get(container_id)
+        if c is None:
+            return
+        await self._kill(c)
+        if c.pump is not None:
+            c.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await c.pump
+        await self._destroy(c.id, c.id)
+        self._containers.pop(container_id, None)
+
+    async def list_containers(
+        self, labels: Mapping[str, str] | None = None
+    ) -> list[ContainerState]:
+        return [
+            ContainerState(
+                id=c.id,
+                name=c.labels[LABEL_CONTAINER_NAME],
+                image=c.spec.image,
+                image_id=c.image.id,
+                state=c.state,
+                exit_code=c.exit_code,
+                started_at=c.started_at,
+                finished_at=c.finished_at,
+                runtime="containerd",
+                labels=dict(c.labels),
+                log_path=c.spec.log_path,
+            )
+            for c in self._containers.values()
+            if _matches(c.labels, labels)
+        ]
+
+    async def container_stopped(self, container_id: str) -> str | None:
+        c = self._containers.get(container_id)
+        if c is None:
+            return f"container {container_id[:12]} was removed"
+        if c.state == "running":
+            return None
+        name = c.labels.get(LABEL_CONTAINER_NAME, c.spec.name)
+        if c.state == "exited":
+            return f'container "{name}" exited with code {c.exit_code}'
+        return f'container "{name}" is {c.state}'
+
+    def _running(self, container_id: str) -> _Container:
+        c = self._container(container_id)
+        if c.state != "running":
+            raise BackendError(f"container {c.spec.name} is not running")
+        return c
+
+    # ----------------------------------------------------------------------------- streaming
+
+    async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
+        c = self._running(container_id)
+        exec_id = "exec-" + uuid.uuid4().hex[:20]
+        process = dict(c.process)
+        process["args"] = list(cmd)
+        process["terminal"] = tty
+        first: TerminalSize | None = None
+        if tty:
+            env = list(process["env"])
+            if not any(e.startswith("TERM=") for e in env):
+                process["env"] = [*env, "TERM=xterm"]
+            first = await io.resize.first(FIRST_SIZE_WAIT) if io.resize is not None else None
+            if first is not None:
+                process["consoleSize"] = {"height": first.height, "width": first.width}
+        fifos = _Fifos(
+            self.root / c.id / exec_id,
+            stdin=io.stdin is not None,
+            # the shim wants both outputs, or none: what no client asked for is read and dropped
+            stdout=True,
+            stderr=not tty,
+        )
+        started = False
+        try:
+            await self.api.task(
+                "Exec",
+                tasks_pb2.ExecProcessRequest(
+                    container_id=c.id,
+                    exec_id=exec_id,
+                    stdin=fifos.paths["stdin"],
+                    stdout=fifos.paths["stdout"],
+                    stderr=fifos.paths["stderr"],
+                    terminal=tty,
+                    spec=ctdclient.any_json(ctdclient.PROCESS_TYPE, process),
+                ),
+                empty_pb2.Empty,
+            )
+            self._execs.add((c.id, exec_id))
+            try:
+                await self.api.task(
+                    "Start",
+                    tasks_pb2.StartRequest(container_id=c.id, exec_id=exec_id),
+                    tasks_pb2.StartResponse,
+                )
+            except BackendError as exc:
+                code = _start_failure(str(exc))
+                if code is None:
+                    raise
+                sink = io.stderr or io.stdout
+                if sink is not None:
+                    with contextlib.suppress(ConnectionError, OSError):
+                        await sink.write(f"streamsrv: {exc}\r\n".encode())
+                return code
+            started = True
+            if first is not None and io.resize is not None:
+                io.resize.delivered(first)
+            waiter = asyncio.ensure_future(self.api.wait(c.id, exec_id))
+            try:
+                await self._exec_io(c, exec_id, io, tty, fifos)
+                return await waiter
+            finally:
+                waiter.cancel()
+        except BaseException:
+            if started:
+                await asyncio.shield(self.api.kill(c.id, signal.SIGKILL, exec_id))
+            raise
+        finally:
+            fifos.close()
+            if (c.id, exec_id) in self._execs:
+                self._execs.discard((c.id, exec_id))
+                self._spawn(self._forget_exec(c.id, exec_id), f"exec {exec_id}")
+
+    async def _forget_exec(self, cid: str, exec_id: str) -> None:
+        with contextlib.suppress(BackendError):
+            await self.api.delete_process(cid, exec_id)
+
+    async def _end_input(self, cid: str, exec_id: str, fd: int) -> None:
+        """End a process's stdin: once the shim has read what is in the FIFO, CloseIO (the
+        shim holds the FIFO open itself, so our closing it is no end of file)."""
+        delay = 0.001
+        while _unread(fd):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        with contextlib.suppress(NotFound):
+            await self.api.task(
+                "CloseIO",
+                tasks_pb2.CloseIORequest(container_id=cid, exec_id=exec_id, stdin=True),
+                empty_pb2.Empty,
+            )
+
+    async def _exec_io(
+        self, c: _Container, exec_id: str, io: StdIO, tty: bool, fifos: _Fifos
+    ) -> None:
+        """Copy stdin in, sizes and output out until the output ends."""
+        inp = fifos.fds.get("stdin")
+        outputs: list[tuple[FifoReader, ByteSink | None]] = []
+        if "stdout" in fifos.fds:
+            outputs.append((FifoReader(fifos.fds["stdout"]), io.stdout or io.stderr))
+        if "stderr" in fifos.fds:
+            outputs.append((FifoReader(fifos.fds["stderr"]), io.stderr))
+
+        async def stdin() -> None:
+            assert io.stdin is not None and inp is not None
+            with contextlib.suppress(BrokenPipeError):
+                while data := await io.stdin.read():
+                    await _write_all(inp, data)
+                if tty:
+                    await _write_all(inp, b"\x04")  # a terminal has no half-close: EOT
+                else:
+                    await self._end_input(c.id, exec_id, inp)
+                    os.close(fifos.fds.pop("stdin"))
+
+        async def copy(reader: FifoReader, sink: ByteSink | None) -> None:
+            while data := await reader.read():
+                if sink is not None:
+                    await sink.write(data)
+
+        async def resizes() -> None:
+            assert io.resize is not None
+            async for size in io.resize:
+                if size.width and size.height:
+                    with contextlib.suppress(BackendError):
+                        await self.api.resize(c.id, exec_id, size.width, size.height)
+
+        helpers = []
+        feeder = asyncio.create_task(stdin()) if inp is not None else None
+        if tty and io.resize is not None:
+            helpers.append(asyncio.create_task(resizes()))
+        copies = [asyncio.create_task(copy(r, s)) for r, s in outputs]
+        waits = copies or ([feeder] if feeder is not None else [])
+        everything = [*copies, *helpers, *([feeder] if feeder is not None else [])]
+        try:
+            if waits:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+        finally:
+            for task in everything:
+                task.cancel()
+            for task in everything:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def attach(self, container_id: str, io: StdIO, *, tty: bool) -> None:
+        """Share the container's output, and its terminal or stdin, until it ends (the
+        process runtime's rules: ``stdinOnce`` closes stdin when this client's input ends)."""
+        c = self._running(container_id)
+        listener = (io.stdout, io.stderr)
+        c.listeners.append(listener)
+        helpers: list[asyncio.Task[Any]] = []
+        sized = asyncio.Event()
+        if io.resize is not None and c.spec.tty:
+            helpers.append(asyncio.create_task(self._attach_sizes(c, io.resize, sized)))
+        else:
+            sized.set()
+        exited = asyncio.create_task(c.exited.wait())
+        helpers.append(exited)
+        waits: list[asyncio.Task[Any]] = [exited]
+        if io.stdin is not None and c.stdin_fd is not None:
+            feeder = asyncio.create_task(self._attach_stdin(c, c.stdin_fd, io, sized))
+            helpers.append(feeder)
+            if c.spec.stdin_once and c.spec.tty:
+                waits.append(feeder)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            with contextlib.suppress(ValueError):
+                c.listeners.remove(listener)
+            for t in helpers:
+                t.cancel()
+            for t in helpers:
+                with contextlib.suppress(asyncio.CancelledError, OSError):
+                    await t
+
+    async def _attach_sizes(self, c: _Container, sizes: Resizes, sized: asyncio.Event) -> None:
+        try:
+            async for size in sizes:
+                if size.width and size.height and c.state == "running":
+                    with contextlib.suppress(BackendError):
+                        await self.api.resize(c.id, "", size.width, size.height)
+                sized.set()
+        finally:
+            sized.set()
+
+    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: asyncio.Event) -> None:
+        assert io.stdin is not None
+        try:
+            await wait_event(sized, FIRST_SIZE_WAIT)
+            with contextlib.suppress(BrokenPipeError):
+                while data := await io.stdin.read():
+                    async with c.stdin_lock:
+                        await _write_all(fd, data, lambda: c.stdin_fd == fd)
+        finally:
+            if c.spec.stdin_once and not c.spec.tty and fd == c.stdin_fd:
+                self._close_stdin(c)
+
+    def _close_stdin_now(self, c: _Container) -> None:
+        if c.stdin_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(c.stdin_fd)
+            c.stdin_fd = None
+
+    def _close_stdin(self, c: _Container) -> None:
+        """End a container's stdin (stdinOnce), after a chunk another client is writing."""
+
+        async def close() -> None:
+            async with c.stdin_lock:
+                fd = c.stdin_fd
+                if fd is not None and c.state == "running":
+                    with contextlib.suppress(BackendError):
+                        await self._end_input(c.id, "", fd)
+                self._close_stdin_now(c)
+
+        if c.closing is None:
+            c.closing = self._spawn(close(), f"close stdin {c.spec.name}")
+
+    async def dial(self, sandbox_id: str, port: int) -> socket.socket:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None or not sandbox.running:
+            raise BackendError(f"pod sandbox {sandbox_id[:12]} is not running")
+        try:
+            candidates = await asyncio.to_thread(sockets_in_netns, sandbox.pid)
+        except OSError as exc:
+            raise BackendError(f"pod sandbox {sandbox_id[:12]}: {exc}") from exc
+        return await connect_first(candidates, port)
+
+
+def _unread(fd: int) -> int:
+    """Bytes in a FIFO that its reader has not taken yet."""
+    try:
+        got = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(got, sys.byteorder)
+
+
+def _start_failure(message: str) -> int | None:
+    """The shell's exit code for a command that cannot start (runc's message), else None."""
+    text = message.lower()
+    if "executable file not found" in text or "no such file or directory" in text:
+        return 127
+    if "permission denied" in text:
+        return 126
+    return None
+
+
+def _matches(labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
+    return all(labels.get(k) == v for k, v in (wanted or {}).items())

@@ -1,0 +1,460 @@
+"""containerd's own gRPC API, the part the containerd runtime calls (docs/containerd.md).
+
+:class:`Containerd` is a thin asyncio client: one grpc.aio channel to containerd's socket,
+every call in one containerd namespace (the ``containerd-namespace`` header), each failure
+raised as :class:`~streamsrv.errors.BackendError` (``NotFound`` for a missing object,
+:class:`~streamsrv.errors.EngineUnavailable` when containerd does not answer). The messages are
+generated from ``streamsrv/runtime/ctdapi/*.proto`` by ``scripts/gen-proto``.
+
+Also here, with no I/O: image references as containerd names them (:func:`normalize_ref`), an
+image's root filesystem chain (:func:`chain_id`) and the OCI runtime spec of a pod's containers
+(:func:`oci_spec`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import grpc
+import grpc.aio
+from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import Message
+
+from ..errors import BackendError, EngineUnavailable
+from .ctdapi import (
+    containers_pb2,
+    content_pb2,
+    images_pb2,
+    snapshots_pb2,
+    tasks_pb2,
+    types_pb2,
+    version_pb2,
+)
+
+DEFAULT_ADDRESS: Final = "/run/containerd/containerd.sock"
+DEFAULT_NAMESPACE: Final = "streamsrv"
+RUNC: Final = "io.containerd.runc.v2"
+SPEC_TYPE: Final = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+PROCESS_TYPE: Final = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+#: Marks a snapshot as a root for containerd's garbage collector, so that it stays while only
+#: our container record names it (it is removed with the container).
+GC_ROOT: Final = "containerd.io/gc.root"
+_MANIFEST_TYPES = (
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+)
+_INDEX_TYPES = (
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+)
+_MAX_BLOB = 4 << 20  # a manifest or image config larger than this is refused
+
+_R = TypeVar("_R", bound=Message)
+
+
+class NotFound(BackendError):
+    """containerd has no such object (its ``NOT_FOUND``)."""
+
+
+class Containerd:
+    """An asyncio client of containerd's services, in one namespace."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self.address = address
+        self.namespace = namespace
+        target = address if address.startswith("unix:") else "unix://" + address
+        self._channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 16 << 20)]
+        )
+        self._metadata = (("containerd-namespace", namespace),)
+        self._calls: dict[str, Any] = {}
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _unary(self, method: str, response: type[_R]) -> Any:
+        call = self._calls.get(method)
+        if call is None:
+            call = self._channel.unary_unary(
+                method,
+                request_serializer=_serialize,
+                response_deserializer=response.FromString,
+            )
+            self._calls[method] = call
+        return call
+
+    async def call(
+        self, method: str, request: Message, response: type[_R], deadline: float | None = 60.0
+    ) -> _R:
+        """``/containerd.services.SERVICE.v1.NAME/METHOD`` with ``request``."""
+        try:
+            result: _R = await self._unary(method, response)(
+                request, metadata=self._metadata, timeout=deadline
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _error(method, exc) from None
+        return result
+
+    async def stream(
+        self, method: str, request: Message, response: type[_R], deadline: float | None = 60.0
+    ) -> AsyncIterator[_R]:
+        call = self._channel.unary_stream(
+            method,
+            request_serializer=_serialize,
+            response_deserializer=response.FromString,
+        )(request, metadata=self._metadata, timeout=deadline)
+        try:
+            async for item in call:
+                yield item
+        except grpc.aio.AioRpcError as exc:
+            raise _error(method, exc) from None
+
+    # ----------------------------------------------------------------------------- services
+
+    async def version(self) -> str:
+        got = await self.call(
+            "/containerd.services.version.v1.Version/Version",
+            empty_pb2.Empty(),
+            version_pb2.VersionResponse,
+            deadline=10,
+        )
+        return got.version
+
+    async def image(self, name: str) -> images_pb2.Image:
+        got = await self.call(
+            "/containerd.services.images.v1.Images/Get",
+            images_pb2.GetImageRequest(name=name),
+            images_pb2.GetImageResponse,
+        )
+        return got.image
+
+    async def blob(self, digest: str, size: int) -> bytes:
+        if size > _MAX_BLOB:
+            raise BackendError(f"content {digest}: {size} bytes is more than an image's metadata")
+        parts = []
+        async for piece in self.stream(
+            "/containerd.services.content.v1.Content/Read",
+            content_pb2.ReadContentRequest(digest=digest),
+            content_pb2.ReadContentResponse,
+        ):
+            parts.append(piece.data)
+        data = b"".join(parts)
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise BackendError(f"content {digest}: what containerd sent does not match it")
+        return data
+
+    async def prepare(self, snapshotter: str, key: str, parent: str) -> Sequence[types_pb2.Mount]:
+        got = await self.call(
+            "/containerd.services.snapshots.v1.Snapshots/Prepare",
+            snapshots_pb2.PrepareSnapshotRequest(
+                snapshotter=snapshotter, key=key, parent=parent, labels={GC_ROOT: "streamsrv"}
+            ),
+            snapshots_pb2.PrepareSnapshotResponse,
+        )
+        return list(got.mounts)
+
+    async def remove_snapshot(self, snapshotter: str, key: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.call(
+                "/containerd.services.snapshots.v1.Snapshots/Remove",
+                snapshots_pb2.RemoveSnapshotRequest(snapshotter=snapshotter, key=key),
+                empty_pb2.Empty,
+            )
+
+    async def create_container(self, container: containers_pb2.Container) -> None:
+        await self.call(
+            "/containerd.services.containers.v1.Containers/Create",
+            containers_pb2.CreateContainerRequest(container=container),
+            containers_pb2.CreateContainerResponse,
+        )
+
+    async def delete_container(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.call(
+                "/containerd.services.containers.v1.Containers/Delete",
+                containers_pb2.DeleteContainerRequest(id=container_id),
+                empty_pb2.Empty,
+            )
+
+    async def containers(self) -> list[containers_pb2.Container]:
+        got = await self.call(
+            "/containerd.services.containers.v1.Containers/List",
+            containers_pb2.ListContainersRequest(),
+            containers_pb2.ListContainersResponse,
+        )
+        return list(got.containers)
+
+    async def task(self, name: str, request: Message, response: type[_R], **kw: Any) -> _R:
+        """``Tasks/NAME``."""
+        return await self.call(
+            f"/containerd.services.tasks.v1.Tasks/{name}", request, response, **kw
+        )
+
+    async def kill(
+        self, container_id: str, signal: int, exec_id: str = "", *, all: bool = False
+    ) -> None:
+        with contextlib.suppress(NotFound):
+            await self.task(
+                "Kill",
+                tasks_pb2.KillRequest(
+                    container_id=container_id, exec_id=exec_id, signal=signal, all=all
+                ),
+                empty_pb2.Empty,
+            )
+
+    async def wait(self, container_id: str, exec_id: str = "") -> int:
+        got = await self.task(
+            "Wait",
+            tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
+            tasks_pb2.WaitResponse,
+            deadline=None,
+        )
+        return got.exit_status
+
+    async def delete_task(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.task(
+                "Delete",
+                tasks_pb2.DeleteTaskRequest(container_id=container_id),
+                tasks_pb2.DeleteResponse,
+            )
+
+    async def delete_process(self, container_id: str, exec_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.task(
+                "DeleteProcess",
+                tasks_pb2.DeleteProcessRequest(container_id=container_id, exec_id=exec_id),
+                tasks_pb2.DeleteResponse,
+            )
+
+    async def resize(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+        await self.task(
+            "ResizePty",
+            tasks_pb2.ResizePtyRequest(
+                container_id=container_id, exec_id=exec_id, width=width, height=height
+            ),
+            empty_pb2.Empty,
+        )
+
+    async def list_tasks(self) -> list[Any]:
+        got = await self.task("List", tasks_pb2.ListTasksRequest(), tasks_pb2.ListTasksResponse)
+        return list(got.tasks)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _error(method: str, exc: grpc.aio.AioRpcError) -> BackendError:
+    code, details = exc.code(), exc.details() or ""
+    what = method.rsplit(".", 1)[-1]  # Tasks/Exec
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(f"containerd {what}: {details}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return EngineUnavailable(f"containerd is not answering ({what}: {details})")
+    return BackendError(f"containerd {what}: {details}")
+
+
+def any_json(type_url: str, value: Mapping[str, Any]) -> any_pb2.Any:
+    """An Any holding JSON, as containerd keeps OCI specs."""
+    return any_pb2.Any(type_url=type_url, value=json.dumps(value, separators=(",", ":")).encode())
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+
+
+def normalize_ref(image: str) -> str:
+    """The name containerd (and the kubelet) give an image reference: ``busybox`` is
+    ``docker.io/library/busybox:latest``, ``streamsrv/busybox:local`` is
+    ``docker.io/streamsrv/busybox:local``; a digest or a name with a registry stays."""
+    name, digest = (image.split("@", 1) + [""])[:2]
+    first, _, rest = name.partition("/")
+    if not rest or ("." not in first and ":" not in first and first != "localhost"):
+        name = "docker.io/" + ("library/" if not rest else "") + name
+    if not digest and ":" not in name.rsplit("/", 1)[-1]:
+        name += ":latest"
+    return name + ("@" + digest if digest else "")
+
+
+def chain_id(diff_ids: Sequence[str]) -> str:
+    """The snapshot an image unpacks to: the OCI chain of its layers' diff ids."""
+    if not diff_ids:
+        raise BackendError("the image has no layers")
+    chain = diff_ids[0]
+    for diff in diff_ids[1:]:
+        chain = "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
+    return chain
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """What the runtime needs of an image: its id (the config's digest), where its unpacked
+    root filesystem is, and its default process."""
+
+    ref: str
+    id: str
+    chain: str
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    working_dir: str
+    user: str
+
+
+async def image_config(api: Containerd, image: str) -> ImageConfig:
+    """Read ``image``'s manifest and config from containerd's content store.
+
+    Raises:
+        NotFound: no image of that name.
+    """
+    ref = normalize_ref(image)
+    target = (await api.image(ref)).target
+    media, digest, size = target.media_type, target.digest, target.size
+    if media in _INDEX_TYPES:
+        index = json.loads(await api.blob(digest, size))
+        chosen = _platform_manifest(index.get("manifests") or [])
+        if chosen is None:
+            raise BackendError(f'image "{image}" has no manifest for linux/amd64')
+        media, digest, size = chosen["mediaType"], chosen["digest"], int(chosen["size"])
+    if media not in _MANIFEST_TYPES:
+        raise BackendError(f'image "{image}": unsupported manifest type {media}')
+    manifest = json.loads(await api.blob(digest, size))
+    config_desc = manifest["config"]
+    config = json.loads(await api.blob(config_desc["digest"], int(config_desc["size"])))
+    process = config.get("config") or {}
+    env = []
+    for item in process.get("Env") or []:
+        key, _, value = str(item).partition("=")
+        env.append((key, value))
+    return ImageConfig(
+        ref=ref,
+        id=config_desc["digest"],
+        chain=chain_id(list((config.get("rootfs") or {}).get("diff_ids") or [])),
+        entrypoint=tuple(process.get("Entrypoint") or ()),
+        cmd=tuple(process.get("Cmd") or ()),
+        env=tuple(env),
+        working_dir=str(process.get("WorkingDir") or ""),
+        user=str(process.get("User") or ""),
+    )
+
+
+def _platform_manifest(manifests: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    for m in manifests:
+        platform = m.get("platform") or {}
+        if (
+            platform.get("os", "linux") == "linux"
+            and platform.get("architecture", "amd64") == "amd64"
+        ):
+            return m
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The OCI runtime spec (runc's config.json) of a pod's containers
+
+_CAPS = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]  # fmt: skip
+_MASKED = [
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
+    "/sys/firmware", "/sys/devices/virtual/powercap",
+]  # fmt: skip
+_READONLY = [
+    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+]  # fmt: skip
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def user_ids(user: str) -> tuple[int, int]:
+    """An image's ``User`` as uid and gid: numeric ``UID[:GID]``; a name is root's (there is no
+    /etc/passwd lookup here; docs/containerd.md)."""
+    uid_text, _, gid_text = user.partition(":")
+    uid = int(uid_text) if uid_text.isdigit() else 0
+    gid = int(gid_text) if gid_text.isdigit() else 0
+    return uid, gid
+
+
+def process_spec(
+    args: Sequence[str],
+    env: Sequence[tuple[str, str]],
+    cwd: str,
+    user: str,
+    *,
+    terminal: bool,
+) -> dict[str, Any]:
+    uid, gid = user_ids(user)
+    merged: dict[str, str] = {"PATH": _DEFAULT_PATH}
+    for key, value in env:
+        merged[key] = value
+    return {
+        "terminal": terminal,
+        "user": {"uid": uid, "gid": gid},
+        "args": list(args),
+        "env": [f"{k}={v}" for k, v in merged.items()],
+        "cwd": cwd or "/",
+        "capabilities": {k: list(_CAPS) for k in ("bounding", "effective", "permitted")},
+        "noNewPrivileges": False,
+    }
+
+
+def oci_spec(
+    process: Mapping[str, Any],
+    *,
+    cgroup: str,
+    hostname: str | None,
+    namespaces: Sequence[Mapping[str, str]],
+    binds: Sequence[tuple[str, str, bool]] = (),
+    own_network: bool = True,
+) -> dict[str, Any]:
+    """A container's runtime spec: ``process``, the namespaces (``{"type": ..., "path": ...}``,
+    no path: a new one), bind mounts ``(host path, container path, read-only)``."""
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    ]  # fmt: skip
+    if own_network:  # sysfs belongs to a network namespace: the host's is bound read-only
+        mounts.append(
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]}
+        )  # fmt: skip
+    else:
+        mounts.append(
+            {"destination": "/sys", "type": "bind", "source": "/sys",
+             "options": ["rbind", "nosuid", "noexec", "nodev", "ro"]}
+        )  # fmt: skip
+    for source, destination, read_only in binds:
+        options = ["rbind", "rprivate"] + (["ro"] if read_only else ["rw"])
+        mounts.append(
+            {"destination": destination, "type": "bind", "source": source, "options": options}
+        )
+    spec: dict[str, Any] = {
+        "ociVersion": "1.0.2",
+        "process": dict(process),
+        "root": {"path": "rootfs", "readonly": False},
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [dict(n) for n in namespaces],
+            "cgroupsPath": cgroup,
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "maskedPaths": list(_MASKED),
+            "readonlyPaths": list(_READONLY),
+        },
+    }
+    if hostname:
+        spec["hostname"] = hostname
+    return spec
