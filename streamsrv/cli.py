@@ -39,8 +39,10 @@ from .limits import Limits
 from .metrics import instrument
 from .podmanager import PodManager
 from .recording import RecordConfig
+from .runtime import ctdclient
 from .runtime.base import StreamingRuntime
 from .runtime.cni import CniNetwork
+from .runtime.containerd import ContainerdRuntime
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
 from .runtime.images import DockerImages, ImageStore, RecordedImages
 from .runtime.process import ProcessRuntime
@@ -103,12 +105,51 @@ class NetworkOptions:
         )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ContainerdOptions:
+    """Which containerd the containerd runtime uses (docs/containerd.md)."""
+
+    address: str = ctdclient.DEFAULT_ADDRESS
+    namespace: str = ctdclient.DEFAULT_NAMESPACE
+    snapshotter: str = "overlayfs"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ContainerdOptions:
+        return cls(args.containerd_address, args.containerd_namespace, args.containerd_snapshotter)
+
+
 async def pick_runtime(
-    kind: str, pause_image: str, state_dir: Path, network: NetworkOptions | None = None
+    kind: str,
+    pause_image: str,
+    state_dir: Path,
+    network: NetworkOptions | None = None,
+    containerd: ContainerdOptions | None = None,
 ) -> StreamingRuntime:
     """The runtime asked for; ``auto`` is Docker when an engine answers, else local processes."""
     if kind == "process":
         return ProcessRuntime(state_dir / "process-pods")
+    if kind == "containerd":
+        options = containerd or ContainerdOptions()
+        ctd = ContainerdRuntime(
+            state_dir / "containerd-io",
+            address=options.address,
+            namespace=options.namespace,
+            snapshotter=options.snapshotter,
+            pause_image=pause_image,
+            volumes=VolumeHost(state_dir / "volumes"),
+            network=(network or NetworkOptions()).manager(state_dir),
+        )
+        try:
+            if removed := await ctd.start():
+                log.warning(
+                    "removed %d containers an earlier server left in containerd namespace %s",
+                    removed,
+                    options.namespace,
+                )
+        except Exception as exc:
+            await ctd.close()
+            raise UsageError(f"containerd at {options.address}: {exc}") from exc
+        return ctd
     runtime: DockerRuntime | None = None
     try:
         # the SDK asks the engine for its API version as it is made: in a thread
@@ -183,6 +224,11 @@ async def describe(runtime: StreamingRuntime) -> str:
         return "CRI: " + ", ".join(f"{n.node} at {n.endpoint}" for n in runtime.nodes)
     if isinstance(runtime, DockerRuntime):
         return f"docker {await runtime.version()} at {docker_endpoint()}"
+    if isinstance(runtime, ContainerdRuntime):
+        return (
+            f"containerd {await runtime.version()} at {runtime.api.address} "
+            f"(namespace {runtime.api.namespace})"
+        )
     return "process (local processes, NO isolation: every container runs as this user on this host)"
 
 
@@ -229,7 +275,13 @@ async def serve(args: argparse.Namespace) -> int:
         if args.cri_endpoint:
             runtime = await cri_nodes(args.cri_endpoint, args.cri_stream_ca, state_dir)
         else:
-            runtime = await pick_runtime(args.runtime, args.pause_image, state_dir, network)
+            runtime = await pick_runtime(
+                args.runtime,
+                args.pause_image,
+                state_dir,
+                network,
+                ContainerdOptions.from_args(args),
+            )
     except UsageError as exc:
         print(f"streamsrv: {exc}", file=sys.stderr)
         return 2
@@ -334,14 +386,20 @@ async def cri(args: argparse.Namespace) -> int:
         socket_path(args.listen)
         limits = limits_from_args(args)
         network = NetworkOptions.from_args(args)
-        runtime = await pick_runtime(args.runtime, args.pause_image, state_dir, network)
+        runtime = await pick_runtime(
+            args.runtime, args.pause_image, state_dir, network, ContainerdOptions.from_args(args)
+        )
     except (UsageError, EndpointError) as exc:
         print(f"streamsrv: {exc}", file=sys.stderr)
         return 2
     log.info("runtime: %s", await describe(runtime))
     images: ImageStore
-    if isinstance(runtime, DockerRuntime):
-        images = DockerImages(runtime)
+    if isinstance(runtime, DockerRuntime | ContainerdRuntime):
+        images = (
+            DockerImages(runtime)
+            if isinstance(runtime, DockerRuntime)
+            else RecordedImages(state_dir / "cri" / "images.json")
+        )
         config = network.manager(state_dir).load_config()
         status = (
             NetworkStatus()
@@ -508,6 +566,29 @@ RUNTIME_CALLS = (
 )
 
 
+def add_containerd_args(s: argparse.ArgumentParser) -> None:
+    group = s.add_argument_group("containerd runtime (--runtime containerd; docs/containerd.md)")
+    group.add_argument(
+        "--containerd-address",
+        default=ctdclient.DEFAULT_ADDRESS,
+        metavar="PATH",
+        help="containerd's gRPC socket (default: %(default)s)",
+    )
+    group.add_argument(
+        "--containerd-namespace",
+        default=ctdclient.DEFAULT_NAMESPACE,
+        metavar="NAME",
+        help="the containerd namespace of our pods and images (default: %(default)s); what is "
+        "left there by an earlier server is removed at start",
+    )
+    group.add_argument(
+        "--containerd-snapshotter",
+        default="overlayfs",
+        metavar="NAME",
+        help="the snapshotter the images were unpacked with (default: %(default)s)",
+    )
+
+
 def add_network_args(s: argparse.ArgumentParser) -> None:
     net = s.add_argument_group(
         "pod network (CNI)",
@@ -657,7 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the server")
-    s.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
+    s.add_argument("--runtime", choices=["auto", "docker", "containerd", "process"], default="auto")
     s.add_argument(
         "--listen",
         type=parse_listen,
@@ -667,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--kubeconfig", type=Path, help="where to write the kubeconfig")
     s.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
+    add_containerd_args(s)
     add_network_args(s)
     s.add_argument(
         "--cri-endpoint",
@@ -719,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="unix:///PATH",
         help="the socket (made 0600; default: %(default)s)",
     )
-    c.add_argument("--runtime", choices=["auto", "docker", "process"], default="auto")
+    c.add_argument("--runtime", choices=["auto", "docker", "containerd", "process"], default="auto")
     c.add_argument(
         "--stream-address",
         type=parse_listen,
@@ -734,6 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
         "trust our CA); by default https with STATE_DIR's CA",
     )
     c.add_argument("--pause-image", default=DEFAULT_PAUSE_IMAGE)
+    add_containerd_args(c)
     add_network_args(c)
     add_limit_args(c)
     add_record_args(c)

@@ -35,7 +35,9 @@ PAUSE = os.environ.get("STREAMSRV_TEST_PAUSE_IMAGE", "streamsrv/pause:local")
 # Every exec/attach/port-forward test runs on both runtimes: the real Docker engine, and the
 # built-in process runtime (the pod's commands run on this host; `busybox nc` comes from
 # Debian's busybox-static, which scripts/test installs).
-RUNTIMES = ("docker", "process")
+# The containerd runtime too: a private containerd (tests/ctd_runtime.py), with a containerd
+# namespace of its own for each server or runtime a test makes.
+RUNTIMES = ("docker", "process", "containerd")
 
 
 @pytest.fixture(autouse=True)
@@ -198,6 +200,10 @@ def stop_process(proc: subprocess.Popen[Any], sig: int, grace: float = 10) -> No
 def require_runtime(runtime: str) -> None:
     if runtime == "docker":
         require_docker()
+    elif runtime == "containerd":
+        from tests.containerd_env import require_containerd
+
+        require_containerd()
     elif not shutil.which("busybox"):
         missing("busybox not on PATH (Debian busybox-static); run scripts/test")
 
@@ -219,7 +225,7 @@ async def runtime(docker_engine: None) -> AsyncIterator[DockerRuntime]:
 
 @pytest.fixture(params=RUNTIMES)
 async def any_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    """Each runtime in turn (a DockerRuntime, then a ProcessRuntime), closed after; on
+    """Each runtime in turn (Docker, process, containerd), closed after; on
     Docker every pod is removed after."""
     from streamsrv.runtime.process import ProcessRuntime
 
@@ -227,6 +233,21 @@ async def any_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     rt: Any
     if request.param == "docker":
         rt = DockerRuntime(pause_image=PAUSE)
+    elif request.param == "containerd":
+        from streamsrv.runtime.containerd import ContainerdRuntime
+        from streamsrv.runtime.volumes import VolumeHost
+        from tests import ctd_runtime
+
+        ns = ctd_runtime.namespace()
+        rt = ContainerdRuntime(
+            tmp_path / "ctd-io",
+            address=ns.address,
+            namespace=ns.name,
+            snapshotter=ns.cri.snapshotter,
+            pause_image=PAUSE,
+            volumes=VolumeHost(tmp_path / "volumes"),
+        )
+        await rt.start()
     else:
         rt = ProcessRuntime(tmp_path / "pods")
     yield rt
@@ -303,6 +324,7 @@ class Server:
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.log = state_dir / "server.log"
+        self.containerd: Any = None  # its tests.ctd_runtime.Namespace (runtime containerd)
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -311,6 +333,12 @@ class Server:
         cmd = [sys.executable, "-m", "streamsrv", "--state-dir", str(self.state_dir), "serve",
                "--listen", "127.0.0.1:0", "--pause-image", PAUSE, "--runtime", self.runtime,
                *self.extra]  # fmt: skip
+        if self.runtime == "containerd":
+            from tests import ctd_runtime
+
+            if self.containerd is None:  # kept across restarts: the pods are in it
+                self.containerd = ctd_runtime.namespace()
+            cmd += self.containerd.args()
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("a") as logf:
             self.proc = subprocess.Popen(
@@ -380,6 +408,12 @@ class Server:
                 lines = out.decode().splitlines()
             finally:
                 client.close()
+        elif self.runtime == "containerd":
+            lines = []
+            for pid in self.containerd.pids(container):
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                    lines.append(f"{pid} {argv.decode(errors='replace').strip()}")
         else:  # the process runtime's pods are the server's descendants on this host
             assert self.proc is not None
             table = proc_table()
@@ -398,6 +432,11 @@ class Server:
             with engine_container(pod, container) as c:
                 code, out = c.exec_run(["cat", f"/{path}"])
                 return out if code == 0 and isinstance(out, bytes) else b""
+        if self.runtime == "containerd":
+            root = Path(f"/proc/{self.containerd.pid(pod, container)}/root")
+            with contextlib.suppress(OSError):
+                return (root / path).read_bytes()
+            return b""
         found = list((self.state_dir / "process-pods").glob(f"default_{pod}_*/{path}"))
         return found[0].read_bytes() if found else b""
 
