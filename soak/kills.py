@@ -184,12 +184,14 @@ def run(
     seed: int = 1,
     settle: float = 60.0,
     state_dir: Path | None = None,
+    extra: list[str] | None = None,
 ) -> dict[str, Any]:
+    """``extra``: more `streamsrv serve` flags (the containerd runtime's address and namespace)."""
     image = os.environ.get("STREAMSRV_TEST_BUSYBOX_IMAGE", "streamsrv/busybox:local")
     pause = os.environ.get("STREAMSRV_TEST_PAUSE_IMAGE", "streamsrv/pause:local")
     own_dir = state_dir is None
     state = state_dir or Path(tempfile.mkdtemp(prefix="soak-kills-"))
-    server = LiveServer(state / "state", runtime, extra=["--pause-image", pause])
+    server = LiveServer(state / "state", runtime, extra=["--pause-image", pause, *(extra or [])])
     server.start()
     # Unique per run (not per seed): another run's leftovers must never count as this one's.
     marker = f"k{int.from_bytes(os.urandom(4), 'big')}x"

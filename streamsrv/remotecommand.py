@@ -232,6 +232,13 @@ async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO, account: Sessio
             return status.exit_code(KILLED, f"the process was killed: {why}")
         code = work.result()
         account.exit_code = code
+        if code == KILLED:  # killed with its container? (containerd's shim kills them together)
+            stopped: str | None = None
+            with contextlib.suppress(BackendError):
+                stopped = await ctx.runtime.container_stopped(req.container_id)
+            if stopped is not None:
+                log.info("exec in %s ended: %s", req.container_id[:12], stopped)
+                return status.exit_code(KILLED, f"the process was killed: {stopped}")
         return status.success() if code == 0 else status.exit_code(code)
     finally:
         for task in (work, watch):

@@ -102,17 +102,22 @@ class Namespace:
         raise LookupError(f"no containerd container {pod}/{container} in {self.name}")
 
     def pids(self, container: str) -> list[int]:
-        """The processes of every container named ``container`` (of any pod), by cgroup."""
-        marks = [
-            f"/{self.name}/{cid}\n"
-            for cid in self.containers(io_kubernetes_container_name=container)
-        ]
+        """What ``ps`` in a container named ``container`` (of any pod) lists: the processes of
+        its PID namespace (the pod's, when it shares it)."""
+        tasks = {}
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                tasks[fields[0]] = int(fields[1])
+        spaces = set()
+        for cid in self.containers(io_kubernetes_container_name=container):
+            with contextlib.suppress(KeyError, OSError):
+                spaces.add(os.readlink(f"/proc/{tasks[cid]}/ns/pid"))
         pids = []
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 with contextlib.suppress(OSError):
-                    text = Path(f"/proc/{entry}/cgroup").read_text()
-                    if any(mark in text for mark in marks):
+                    if os.readlink(f"/proc/{entry}/ns/pid") in spaces:
                         pids.append(int(entry))
         return pids
 

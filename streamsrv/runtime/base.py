@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import json
 import logging
 import os
+import signal
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -447,3 +449,69 @@ async def connect_first(candidates: list[tuple[socket.socket, str]], port: int) 
         for sock, _ in candidates:
             sock.close()
     raise BackendError(f"dial localhost:{port}: {last or 'no usable address'}")
+
+
+# --------------------------------------------------------------------------------------------
+# Host helpers of the runtimes whose containers are processes on this host (Docker, containerd)
+
+_CLONE_NEWNET = 0x40000000
+_libc: ctypes.CDLL | None = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if hasattr(os, "setns"):  # Python 3.12+
+        os.setns(fd, _CLONE_NEWNET)
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def sockets_in_netns(pid: int) -> list[tuple[socket.socket, str]]:
+    """Unconnected loopback sockets in the network namespace of ``pid``, made in this thread.
+
+    The thread enters the namespace, makes the sockets and returns to its own; each socket
+    keeps the namespace it was made in. No helper binary (socat, nsenter) is needed.
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        os.close(own)
+        raise ConnectionRefusedError(f"the pod's network namespace is gone (pid {pid})") from None
+    try:
+        _setns(target)
+        try:
+            return loopback_sockets()
+        finally:
+            _setns(own)  # if this failed the thread would be poisoned: let it raise loudly
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL to ``pid`` and every descendant (read from /proc): a killed exec must not leave
+    the children it started (``sh -c "sleep N; ..."``) running in the pod."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    todo, victims = [pid], []
+    while todo:
+        p = todo.pop()
+        victims.append(p)
+        todo.extend(children.get(p, ()))
+    for p in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p, signal.SIGKILL)

@@ -65,12 +65,13 @@ from .base import (
     StdIO,
     check_container,
     connect_first,
+    kill_tree,
+    sockets_in_netns,
     wait_event,
 )
 from .cni import CniNetwork
-from .ctdapi import containers_pb2, snapshots_pb2, tasks_pb2
+from .ctdapi import containers_pb2, snapshots_pb2, task_pb2, tasks_pb2
 from .ctdclient import Containerd, ImageConfig, NotFound
-from .docker import sockets_in_netns
 from .volumes import VolumeHost
 
 log = logging.getLogger(__name__)
@@ -641,6 +642,7 @@ class ContainerdRuntime:
             except BackendError as exc:
                 log.warning("container %s: waiting for its exit failed: %s", c.spec.name, exc)
                 code = 255
+            c.state, c.exit_code, c.finished_at = "exited", code, _now()
             try:
                 await asyncio.wait_for(asyncio.shield(copies), OUTPUT_DRAIN_WAIT)
             except TimeoutError:
@@ -649,7 +651,6 @@ class ContainerdRuntime:
                     c.spec.name,
                     OUTPUT_DRAIN_WAIT,
                 )
-            c.state, c.exit_code, c.finished_at = "exited", code, _now()
             log.info("container %s exited with %d", c.spec.name, code)
         finally:
             copies.cancel()
@@ -664,18 +665,20 @@ class ContainerdRuntime:
                 await asyncio.shield(self.api.delete_task(c.id))
 
     async def _kill(self, c: _Container, grace: float = 0.0) -> None:
-        if c.state != "running":
+        """Stop the container (SIGTERM, ``grace`` seconds, SIGKILL to all its processes) and
+        wait until its output is in its log file (bounded)."""
+        if c.pump is None:  # never started
             if c.state == "created":
                 c.state, c.exit_code, c.finished_at = "exited", 137, _now()
             return
-        if grace > 0:
+        if c.state == "running" and grace > 0:
             await self.api.kill(c.id, signal.SIGTERM)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(c.exited.wait(), grace)
-        if not c.exited.is_set():
+                await asyncio.wait_for(asyncio.shield(c.exited.wait()), grace)
+        if c.state == "running":
             await self.api.kill(c.id, signal.SIGKILL, all=True)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(c.exited.wait(), 10 + OUTPUT_DRAIN_WAIT)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(c.exited.wait(), 10 + OUTPUT_DRAIN_WAIT)
 
     async def stop_container(self, container_id: str, grace_period: float) -> None:
         await self._kill(self._container(container_id), grace_period)
@@ -717,9 +720,20 @@ class ContainerdRuntime:
         c = self._containers.get(container_id)
         if c is None:
             return f"container {container_id[:12]} was removed"
-        if c.state == "running":
-            return None
         name = c.labels.get(LABEL_CONTAINER_NAME, c.spec.name)
+        if c.state == "running":
+            # containerd may know before our wait does (an exec killed with its container
+            # asks at once)
+            try:
+                got = await self.api.task(
+                    "Get", tasks_pb2.GetRequest(container_id=c.id), tasks_pb2.GetResponse
+                )
+            except NotFound:
+                return None  # deleted: our pump records its end
+            if got.process.status != task_pb2.STOPPED:
+                return None
+            return f'container "{name}" exited with code {got.process.exit_status}'
+
         if c.state == "exited":
             return f'container "{name}" exited with code {c.exit_code}'
         return f'container "{name}" is {c.state}'
@@ -754,6 +768,7 @@ class ContainerdRuntime:
             stderr=not tty,
         )
         started = False
+        pid = 0
         try:
             await self.api.task(
                 "Exec",
@@ -770,11 +785,13 @@ class ContainerdRuntime:
             )
             self._execs.add((c.id, exec_id))
             try:
-                await self.api.task(
-                    "Start",
-                    tasks_pb2.StartRequest(container_id=c.id, exec_id=exec_id),
-                    tasks_pb2.StartResponse,
-                )
+                pid = (
+                    await self.api.task(
+                        "Start",
+                        tasks_pb2.StartRequest(container_id=c.id, exec_id=exec_id),
+                        tasks_pb2.StartResponse,
+                    )
+                ).pid
             except BackendError as exc:
                 code = _start_failure(str(exc))
                 if code is None:
@@ -794,8 +811,10 @@ class ContainerdRuntime:
             finally:
                 waiter.cancel()
         except BaseException:
-            if started:
-                await asyncio.shield(self.api.kill(c.id, signal.SIGKILL, exec_id))
+            if started:  # the process and whatever it started (the shim kills only its own)
+                await asyncio.shield(asyncio.to_thread(kill_tree, pid))
+                with contextlib.suppress(BackendError):
+                    await asyncio.shield(self.api.kill(c.id, signal.SIGKILL, exec_id))
             raise
         finally:
             fifos.close()

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import functools
 import json
 import logging
 import os
 import re
-import signal
 import socket
 import struct
 import time
@@ -63,7 +61,9 @@ from .base import (
     StdIO,
     check_container,
     connect_first,
+    kill_tree,
     loopback_sockets,
+    sockets_in_netns,
     wait_event,
 )
 from .cni import CniNetwork
@@ -1177,7 +1177,7 @@ class DockerRuntime:
         if not self._local:
             log.warning("exec %s (pid %d) left running: the engine is not local", exec_id, pid)
             return False
-        await self._thread(_kill_tree, pid)
+        await self._thread(kill_tree, pid)
         log.info("killed exec %s (pid %d): %s", exec_id[:12], pid, why)
         return True
 
@@ -1470,10 +1470,6 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
-_CLONE_NEWNET = 0x40000000
-_libc: ctypes.CDLL | None = None
-
-
 class ExecJournal:
     """One empty file per live exec, named by its exec id: what a killed server left running.
 
@@ -1550,60 +1546,3 @@ class _EngineStream:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _setns(fd: int) -> None:
-    global _libc
-    if hasattr(os, "setns"):  # Python 3.12+
-        os.setns(fd, _CLONE_NEWNET)
-        return
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def sockets_in_netns(pid: int) -> list[tuple[socket.socket, str]]:
-    """Unconnected loopback sockets in the network namespace of ``pid``, made in this thread.
-
-    The thread enters the namespace, makes the sockets and returns to its own; each socket
-    keeps the namespace it was made in. No helper binary (socat, nsenter) is needed.
-    """
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        os.close(own)
-        raise ConnectionRefusedError(f"the pod's network namespace is gone (pid {pid})") from None
-    try:
-        _setns(target)
-        try:
-            return loopback_sockets()
-        finally:
-            _setns(own)  # if this failed the thread would be poisoned: let it raise loudly
-    finally:
-        os.close(target)
-        os.close(own)
-
-
-def _kill_tree(pid: int) -> None:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    todo, victims = [pid], []
-    while todo:
-        p = todo.pop()
-        victims.append(p)
-        todo.extend(children.get(p, ()))
-    for p in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGKILL)

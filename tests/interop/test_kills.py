@@ -18,7 +18,14 @@ pytestmark = [pytest.mark.docker, pytest.mark.kubectl]
 def test_kubectl_killed_at_random_moments_leaves_nothing(runtime: str, tmp_path: Path) -> None:
     require_runtime(runtime)
     kubectl_path("1.33")  # fails in CI when the kubectls are missing
-    out = kills.run(clients=28, parallel=7, runtime=runtime, seed=3, state_dir=tmp_path)
+    extra = []
+    if runtime == "containerd":
+        from tests import ctd_runtime
+
+        extra = ctd_runtime.namespace().args()
+    out = kills.run(
+        clients=28, parallel=7, runtime=runtime, seed=3, state_dir=tmp_path, extra=extra
+    )
     assert out["by_kind"] == {k: 7 for k in kills.KINDS}, out
     assert out["left_in_pod"] == 0, out["left"]
     assert out["server_alive"] and out["health_failures"] == 0, out

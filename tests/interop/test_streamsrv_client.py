@@ -252,9 +252,10 @@ async def test_exit_codes(srv: Server, code: int) -> None:
 
 
 async def test_missing_binary_is_an_exit_code_naming_it(srv: Server) -> None:
-    # Both runtimes report it as a shell would: an exit code (Docker's runc 126, the process
-    # runtime 127) and a message naming the command (Docker's on stdout, ours on stderr).
-    expected = {"docker": 126, "process": 127}[srv.runtime]
+    # Every runtime reports it as a shell would: an exit code (Docker's runc 126, the process
+    # and containerd runtimes 127) and a message naming the command (Docker's on stdout, ours
+    # on stderr).
+    expected = {"docker": 126, "process": 127, "containerd": 127}[srv.runtime]
     async with await client(srv).exec(POD, ["/no/such/binary", "arg"], container=MAIN) as proc:
         out, err, code = await collect(proc)
     assert code == expected, (code, out, err)
