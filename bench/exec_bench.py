@@ -18,8 +18,9 @@ Run through `scripts/bench` (which starts a private engine and builds the images
      loopback, the plugins in a network namespace of the bench's own), against the same pods
      without CNI, alternating, BENCH_PODS of each (the runtime called in-process);
  10. CRI side by side: a private containerd 1.6 (its CRI plugin's stream server is the kubelet's
-     Go streaming library; scripts/lib.sh containerd_start) and `streamsrv cri --runtime docker`,
-     each behind its own `streamsrv serve --cri-endpoint` gateway with the same pod: exec stdout
+     Go streaming library; scripts/lib.sh containerd_start), `streamsrv cri --runtime containerd`
+     on that same containerd (its own namespace) and `streamsrv cri --runtime docker`, each
+     behind its own `streamsrv serve --cri-endpoint` gateway with the same pod: exec stdout
      256 MiB, exec stdin 128 MiB, port-forward 128 MiB to the client and `exec -- true` p50 (10
      runs), kubectl 1.27 and 1.33, the two nodes in turn (A B A B). It touches no pod but its
      own (rows 1-9 clear the engine: scripts/bench gives them a private one).
@@ -584,7 +585,12 @@ CRI_VERSIONS = ("1.27", "1.33")
 #: Stream URLs of `streamsrv cri` over plain http, as containerd's (by default https, its CA).
 CRI_PLAIN_HTTP = os.environ.get("BENCH_CRI_PLAIN_HTTP", "") == "1"
 GO_NAME = "Go stream server (containerd 1.6)"
+CTD_NAME = "streamsrv cri (containerd)"
 OURS_NAME = "streamsrv cri (docker)"
+#: Our nodes, each measured against the Go one: on the same containerd first (same engine, same
+#: hops), then on Docker.
+OUR_NAMES = (CTD_NAME, OURS_NAME)
+CTD_NAMESPACE = "streamsrv-bench"
 
 
 def cri_manifest(name: str) -> str:
@@ -698,6 +704,29 @@ class CriSideBySide:
             assert Path(proc_table()[ctd.pid][1].split()[0]).name == "containerd", ctd.pid
             go = CriSide(GO_NAME, self._gateway(stack, "go-gateway", ctd.endpoint), ctd.pid,
                          partial(shim_pids, ctd.socket))  # fmt: skip
+            plain = ["--stream-plain-http"] if CRI_PLAIN_HTTP else []
+            ctd.ctr("images", "import", "--snapshotter", ctd.snapshotter,
+                    str(self._image_tar()), namespace=CTD_NAMESPACE)  # fmt: skip
+            on_ctd = StreamsrvCri(
+                self.tmp / "ours-ctd",
+                "containerd",
+                [*plain, "--containerd-address", str(ctd.socket),
+                 "--containerd-namespace", CTD_NAMESPACE,
+                 "--containerd-snapshotter", ctd.snapshotter],
+            )  # fmt: skip
+            on_ctd.start()
+            stack.callback(on_ctd.stop)
+            assert on_ctd.proc is not None
+            ctd_gateway = self._gateway(
+                stack,
+                "ours-ctd-gateway",
+                on_ctd.endpoint,
+                None if CRI_PLAIN_HTTP else on_ctd.ca_file,
+            )
+            ours_ctd = CriSide(
+                CTD_NAME, ctd_gateway, on_ctd.proc.pid,
+                partial(self._containerd_engine, ctd.pid, ctd.socket),
+            )  # fmt: skip
             stack.callback(self._remove_docker_pod)  # after `streamsrv cri` stopped, if need be
             cri = StreamsrvCri(
                 self.tmp / "ours", "docker", ["--stream-plain-http"] if CRI_PLAIN_HTTP else []
@@ -709,14 +738,14 @@ class CriSideBySide:
             ca = None if CRI_PLAIN_HTTP else cri.ca_file
             gateway = self._gateway(stack, "ours-gateway", cri.endpoint, ca)
             ours = CriSide(OURS_NAME, gateway, cri.proc.pid, self._docker_engine)
-            for side in (go, ours):
+            for side in (go, ours_ctd, ours):
                 r = side.gateway.cli("pod", "run", "-f", str(manifest))
                 assert r.returncode == 0, f"{side.name}: pod run: {r.stderr}"
                 stack.callback(self._remove_pod, side)
-            for side in (go, ours):
+            for side in (go, ours_ctd, ours):
                 self._wait_running(side)
             setup = time.perf_counter() - started
-            self._measure(go, ours)
+            self._measure(go, ours_ctd, ours)
             measured = time.perf_counter() - started - setup
         total = time.perf_counter() - started
         self.notes.append(
@@ -769,6 +798,26 @@ class CriSideBySide:
         stack.callback(gateway.stop)
         return gateway
 
+    @staticmethod
+    def _image_tar() -> Path:
+        from tests.ctd_runtime import _image_tar
+
+        return Path(_image_tar())
+
+    @staticmethod
+    def _containerd_engine(pid: int, socket_path: Path) -> list[int]:
+        """containerd itself (shared with the Go node, idle while we run) and the shims of our
+        namespace."""
+        from tests.containerd_env import shim_pids
+
+        ours = []
+        for shim in shim_pids(socket_path):
+            with contextlib.suppress(OSError):
+                argv = Path(f"/proc/{shim}/cmdline").read_bytes().split(b"\0")
+                if CTD_NAMESPACE.encode() in argv:
+                    ours.append(shim)
+        return [pid, *ours]
+
     def _docker_ids(self) -> list[str]:
         r = subprocess.run(
             ["docker", "ps", "-aq", "--no-trunc", "-f", f"label=io.kubernetes.pod.name={self.pod}"],
@@ -807,8 +856,7 @@ class CriSideBySide:
 
     # ------------------------------------------------------------------ measuring
 
-    def _measure(self, go: CriSide, ours: CriSide) -> None:
-        sides = (go, ours)
+    def _measure(self, *sides: CriSide) -> None:
         data = self.tmp / "stdin.bin"
         with data.open("wb") as f:
             f.truncate(CRI_IN_SIZE)
@@ -859,11 +907,27 @@ class CriSideBySide:
         # kubectl 1.33 asks for WebSocket first: SPDY is what it fell back to
         return "SPDY, fallback" if version >= "1.31" else "SPDY"
 
+    def _rows(
+        self,
+        what: str,
+        version: str,
+        transports: dict[str, str],
+        values: dict[str, list[float]],
+        text: Callable[[list[float]], str],
+        times: bool = False,
+    ) -> None:
+        for name in OUR_NAMES:
+            if name in values:
+                self._row(
+                    what, version, transports, name, values[GO_NAME], values[name], text, times
+                )
+
     def _row(
         self,
         what: str,
         version: str,
         transports: dict[str, str],
+        name: str,
         go: list[float],
         ours: list[float],
         text: Callable[[list[float]], str],
@@ -871,16 +935,16 @@ class CriSideBySide:
     ) -> None:
         label = (
             f"CRI side by side: {what}, kubectl {version} "
-            f"(Go: {transports[GO_NAME]}; ours: {transports[OURS_NAME]})"
+            f"(Go: {transports[GO_NAME]}; ours: {transports[name]})"
         )
         go_m, ours_m = statistics.median(go), statistics.median(ours)
         ratio = go_m / ours_m if times else ours_m / go_m
-        line = f"| {label} | {OURS_NAME}: {text(ours)} | {GO_NAME}: {text(go)} | {ratio:.2f} |"
+        line = f"| {label} | {name}: {text(ours)} | {GO_NAME}: {text(go)} | {ratio:.2f} |"
         print(line, flush=True)
         self.rows.append(line)
 
     def _exec_rates(
-        self, sides: tuple[CriSide, CriSide], version: str, what: str, size: int,
+        self, sides: tuple[CriSide, ...], version: str, what: str, size: int,
         args: list[str], stdin: Path | None,
     ) -> None:  # fmt: skip
         before = {side.name: side.sessions("exec") for side in sides}
@@ -915,9 +979,9 @@ class CriSideBySide:
                 f"{what}, kubectl {version}, {side.name} ({transports[side.name]})",
                 cpu[side.name], walls[side.name], size,
             ))  # fmt: skip
-        self._row(what, version, transports, rates[GO_NAME], rates[OURS_NAME], rate_text)
+        self._rows(what, version, transports, rates, rate_text)
 
-    def _portforward(self, sides: tuple[CriSide, CriSide], version: str) -> None:
+    def _portforward(self, sides: tuple[CriSide, ...], version: str) -> None:
         what = f"port-forward {CRI_PF_SIZE >> 20} MiB pod to client"
         before = {side.name: side.sessions("portforward") for side in sides}
         forwards: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
@@ -962,15 +1026,16 @@ class CriSideBySide:
                 f"{what}, kubectl {version}, {side.name} ({transports[side.name]})",
                 cpu[side.name], walls[side.name], CRI_PF_SIZE,
             ))  # fmt: skip
-        self._row(what, version, transports, rates[GO_NAME], rates[OURS_NAME], rate_text)
+        self._rows(what, version, transports, rates, rate_text)
         self.notes.append(
             f"Port-forward, kubectl {version}: from the last byte to the end of the forwarded "
             f"connection (not in the rate) took {ms_text(closes[GO_NAME])} on the Go side "
             f"(containerd waits up to 1 s for the other direction before it closes), "
-            f"{ms_text(closes[OURS_NAME])} on ours."
+            + ", ".join(f"{ms_text(closes[n])} on {n}" for n in OUR_NAMES)
+            + "."
         )
 
-    def _latency(self, sides: tuple[CriSide, CriSide], version: str) -> None:
+    def _latency(self, sides: tuple[CriSide, ...], version: str) -> None:
         before = {side.name: side.sessions("exec") for side in sides}
         times: dict[str, list[float]] = {side.name: [] for side in sides}
         for _ in range(CRI_LATENCY_RUNS):
@@ -985,9 +1050,9 @@ class CriSideBySide:
             )
             for side in sides
         }
-        self._row(
+        self._rows(
             f"exec start `true` p50, {CRI_LATENCY_RUNS} runs",
-            version, transports, times[GO_NAME], times[OURS_NAME], ms_text, times=True,
+            version, transports, times, ms_text, times=True,
         )  # fmt: skip
 
 

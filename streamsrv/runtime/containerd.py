@@ -806,8 +806,8 @@ class ContainerdRuntime:
                 io.resize.delivered(first)
             waiter = asyncio.ensure_future(self.api.wait(c.id, exec_id))
             try:
-                await self._exec_io(c, exec_id, io, tty, fifos)
-                return await waiter
+                await self._exec_io(c, exec_id, io, tty, fifos, waiter)
+                return waiter.result()
             finally:
                 waiter.cancel()
         except BaseException:
@@ -841,9 +841,18 @@ class ContainerdRuntime:
             )
 
     async def _exec_io(
-        self, c: _Container, exec_id: str, io: StdIO, tty: bool, fifos: _Fifos
+        self,
+        c: _Container,
+        exec_id: str,
+        io: StdIO,
+        tty: bool,
+        fifos: _Fifos,
+        exited: asyncio.Future[int],
     ) -> None:
-        """Copy stdin in, sizes and output out until the output ends."""
+        """Copy stdin in, sizes and output out until the process has exited and its output
+        has ended. Input goes on after the output ended: a process may close its stdout and
+        read on (`sh -c 'dd of=/dev/null 2>/dev/null'`), and would wait forever for the end
+        of an input nobody copies any more."""
         inp = fifos.fds.get("stdin")
         outputs: list[tuple[FifoReader, ByteSink | None]] = []
         if "stdout" in fifos.fds:
@@ -879,7 +888,7 @@ class ContainerdRuntime:
         if tty and io.resize is not None:
             helpers.append(asyncio.create_task(resizes()))
         copies = [asyncio.create_task(copy(r, s)) for r, s in outputs]
-        waits = copies or ([feeder] if feeder is not None else [])
+        waits: list[asyncio.Future[Any]] = [*copies, exited]
         everything = [*copies, *helpers, *([feeder] if feeder is not None else [])]
         try:
             if waits:
