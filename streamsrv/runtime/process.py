@@ -628,21 +628,22 @@ class ProcessRuntime:
 
         feeder = asyncio.create_task(stdin()) if inp is not None else None
         copies = [asyncio.create_task(copy(r, s)) for r, s in outputs]
-        # What the exec's streams are done with: its output, or with no output stream at all
-        # (stdin only) its input, so that the process gets its end of file.
-        waits = copies or ([feeder] if feeder is not None else [])
+        # Done once the process has exited and its output has ended: input goes on after the
+        # output ended (a process may close its stdout and read on, `sh -c 'dd of=/dev/null
+        # 2>/dev/null'`, and would wait forever for the end of an input nobody copies).
+        exited = asyncio.ensure_future(proc.wait())
+        waits: list[asyncio.Future[Any]] = [*copies, exited]
         try:
-            if waits:
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    task.result()  # a sink that failed (its client is gone) ends the exec
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()  # a sink that failed (its client is gone) ends the exec
         finally:
             # Every copy has stopped before the caller closes the fds: a copy left running
             # would read a number that the next session's pipe may already reuse (a blocking
             # read that froze the event loop, found by soak/fuzz.py).
-            for task in [*copies, *([feeder] if feeder is not None else [])]:
+            for task in [*copies, exited, *([feeder] if feeder is not None else [])]:
                 task.cancel()
-            for task in [*copies, *([feeder] if feeder is not None else [])]:
+            for task in [*copies, exited, *([feeder] if feeder is not None else [])]:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 

@@ -91,6 +91,31 @@ async def test_stdin_eof_reaches_the_process(runtime: StreamingRuntime, containe
     assert code == 0 and out.data.split() == [str(len(data)).encode()]
 
 
+async def test_input_goes_on_after_the_output_has_closed(
+    runtime: StreamingRuntime, container: str
+) -> None:
+    """A process that closes its stdout and stderr and then reads its stdin to the end (`sh -c
+    'dd of=/dev/null 2>/dev/null'` does) still gets all of it and its end: the exec ends when
+    the process does, not when its output does (it hung on containerd)."""
+    data = os.urandom(4 * 1024 * 1024)
+    stdin, out = Pipe(), Buffer()
+
+    async def feed() -> None:
+        await asyncio.sleep(0.3)  # after the process has closed its output
+        for i in range(0, len(data), 32768):
+            await stdin.feed(data[i : i + 32768])
+        stdin.close()
+
+    feeder = asyncio.create_task(feed())
+    script = "exec >/dev/null 2>&1; n=$(wc -c); [ $n = 4194304 ] && exit 7; exit 1"
+    code = await asyncio.wait_for(
+        runtime.exec(container, ["sh", "-c", script], StdIO(stdin=stdin, stdout=out), tty=False),
+        60,
+    )
+    await feeder
+    assert (code, bytes(out.data)) == (7, b"")
+
+
 async def test_tty_resize_applies(runtime: StreamingRuntime, container: str) -> None:
     stdin, out, resize = Pipe(), Buffer(), Resizes()
     resize.put(TerminalSize(100, 30))
