@@ -1,0 +1,139 @@
+"""What only the containerd runtime has: its namespace is its own, its FIFOs are cleaned up,
+images are not pulled, its containers' output reaches their CRI log files (docs/containerd.md).
+The exec/attach/port-forward behaviour every runtime shares is tested with ``any_runtime``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from streamsrv.podmanager import PodManager
+from streamsrv.pods import parse_pod
+from streamsrv.runtime.base import ImageNotFound, Pipe, StdIO
+from streamsrv.runtime.containerd import ContainerdRuntime
+from tests.conftest import BUSYBOX, PAUSE, pod_manifest, sleeper, unique
+
+pytestmark = pytest.mark.docker  # the test images come from the Docker engine
+
+
+class Buffer:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    async def write(self, data: bytes) -> None:
+        self.data += data
+
+
+async def until(what: str, check: Callable[[], object], bound: float = 60.0) -> None:
+    """Poll ``check`` without blocking the event loop (the runtime's tasks run meanwhile)."""
+    deadline = asyncio.get_running_loop().time() + bound
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
+        await asyncio.sleep(0.05)
+
+
+def make(ns: object, root: Path) -> ContainerdRuntime:
+    from tests.ctd_runtime import Namespace
+
+    assert isinstance(ns, Namespace)
+    return ContainerdRuntime(
+        root, address=ns.address, namespace=ns.name, snapshotter=ns.cri.snapshotter,
+        pause_image=PAUSE,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def ctd(tmp_path: Path) -> AsyncIterator[tuple[ContainerdRuntime, object]]:
+    from tests import ctd_runtime
+
+    ns = ctd_runtime.namespace()
+    rt = make(ns, tmp_path / "io")
+    await rt.start()
+    yield rt, ns
+    await rt.close()
+
+
+async def test_an_image_not_in_the_namespace_is_not_pulled(ctd: tuple) -> None:
+    rt, ns = ctd
+    with pytest.raises(ImageNotFound) as caught:
+        await rt.ensure_image("example.invalid/nothing:here")
+    assert ns.name in str(caught.value) and "does not pull" in str(caught.value)
+
+
+async def test_fifos_are_removed_after_each_exec(ctd: tuple, tmp_path: Path) -> None:
+    rt, _ = ctd
+    pod = await PodManager(rt).create(parse_pod(pod_manifest(unique("fifo"), sleeper())))
+    cid = pod.container_id("main")
+    assert cid
+    before = sorted(p.name for p in (tmp_path / "io" / cid).iterdir())
+    for _ in range(3):
+        stdin, out = Pipe(), Buffer()
+        await stdin.feed(b"abc")
+        stdin.close()
+        assert await rt.exec(cid, ["cat"], StdIO(stdin=stdin, stdout=out), tty=False) == 0
+        assert out.data == b"abc"
+    # the container's own FIFOs stay while it runs; the execs' directories are gone
+    assert sorted(p.name for p in (tmp_path / "io" / cid).iterdir()) == before
+
+
+async def test_output_reaches_the_log_file_and_stop_waits_for_it(
+    ctd: tuple, tmp_path: Path
+) -> None:
+    rt, _ = ctd
+    spec = parse_pod(
+        pod_manifest(
+            unique("logs"),
+            {"name": "main", "image": BUSYBOX,
+             "command": ["sh", "-c", "echo out-line; echo err-line >&2; exec sleep 100000"]},
+        )
+    )  # fmt: skip
+    manager = PodManager(rt, tmp_path / "state")
+    pod = await manager.create(spec)
+    cid = pod.container_id("main")
+    assert cid
+    [state] = [c for c in await rt.list_containers() if c.id == cid]
+    path = Path(state.log_path)
+    await until("both lines logged", lambda: path.exists() and b"err-line" in path.read_bytes())
+    await rt.stop_container(cid, 0)
+    lines = (await asyncio.to_thread(path.read_bytes)).decode().splitlines()
+    assert any(" stdout F out-line" in line for line in lines), lines
+    assert any(" stderr F err-line" in line for line in lines), lines
+    [state] = [c for c in await rt.list_containers() if c.id == cid]
+    assert (state.state, state.exit_code) == ("exited", 137)
+
+
+async def test_the_next_server_removes_what_a_killed_one_left(ctd: tuple, tmp_path: Path) -> None:
+    """A namespace is one server's: a new runtime on it starts by removing every container,
+    task and snapshot an earlier one left (its FIFOs died with it)."""
+    rt, ns = ctd
+    await PodManager(rt).create(parse_pod(pod_manifest(unique("left"), sleeper())))
+    listed = ns.ctr("containers", "ls", "-q").stdout.split()
+    assert len(listed) == 2  # pause + main
+    labels = json.loads(ns.ctr("containers", "info", listed[0]).stdout)["Labels"]
+    assert labels["io.streamsrv.kind"] in ("sandbox", "container")
+    # no close(): as if that server had been killed
+    successor = make(ns, tmp_path / "io2")
+    try:
+        assert await successor.start() == 2
+        assert ns.ctr("containers", "ls", "-q").stdout.split() == []
+        assert ns.ctr("tasks", "ls", "-q").stdout.split() == []
+        assert await successor.list_pod_sandboxes() == []
+    finally:
+        await successor.close()
+
+
+async def test_pods_end_with_the_runtime(tmp_path: Path) -> None:
+    from tests import ctd_runtime
+
+    ns = ctd_runtime.namespace()
+    rt = make(ns, tmp_path / "io")
+    await rt.start()
+    await PodManager(rt).create(parse_pod(pod_manifest(unique("end"), sleeper())))
+    assert len(ns.ctr("tasks", "ls", "-q").stdout.split()) == 2
+    await asyncio.wait_for(rt.close(), 60)
+    assert ns.ctr("containers", "ls", "-q").stdout.split() == []
+    assert ns.ctr("tasks", "ls", "-q").stdout.split() == []
