@@ -31,6 +31,7 @@ from ..pods import (
     PodSpec,
     SandboxState,
 )
+from ..protocol.crilog import STDERR, STDOUT, CriLogWriter
 from ..protocol.resize import TerminalSize
 
 _log = logging.getLogger(__name__)
@@ -338,6 +339,50 @@ class Resizes:
         assert self.latest is not None
         self._fresh = False
         return self.latest
+
+
+class OutputReader(Protocol):
+    """One output of a container's process (a pipe, a pty, a FIFO): ``b""`` at its end."""
+
+    async def read(self) -> bytes: ...
+
+
+#: Clients attached to a container: (stdout sink, stderr sink); a tty merges both into stdout.
+Listeners = list[tuple[ByteSink | None, ByteSink | None]]
+
+
+async def pump_output(
+    outputs: Sequence[tuple[OutputReader, int]], listeners: Listeners, log: LogFile | None
+) -> None:
+    """Read each output of a container (stream 1: stdout, 2: stderr) until it ends, writing
+    every chunk to its CRI log file as it comes (a line not ended when its stream ends is
+    written as a partial line, as containerd does) and to every attached client; a client
+    whose sink fails is dropped, the others go on."""
+    writer = CriLogWriter() if log is not None else None
+
+    async def one(reader: OutputReader, stream: int) -> None:
+        name = STDOUT if stream == 1 else STDERR
+        try:
+            while data := await reader.read():
+                if writer is not None and log is not None:
+                    log.write(writer.feed(name, data))
+                await fan_out(data, stream)
+        finally:
+            if writer is not None and log is not None:
+                log.write(writer.flush(name))
+
+    async def fan_out(data: bytes, stream: int) -> None:
+        for listener in list(listeners):
+            sink = listener[0] if stream == 1 else listener[1]
+            if sink is None:
+                continue
+            try:
+                await sink.write(data)
+            except (ConnectionError, OSError, RuntimeError):
+                with contextlib.suppress(ValueError):
+                    listeners.remove(listener)
+
+    await asyncio.gather(*(one(r, s) for r, s in outputs))
 
 
 @dataclass(slots=True)

@@ -52,7 +52,6 @@ from ..pods import (
     PodSpec,
     SandboxState,
 )
-from ..protocol.crilog import STDERR, STDOUT, CriLogWriter
 from ..protocol.resize import TerminalSize
 from . import ctdclient
 from .base import (
@@ -60,12 +59,14 @@ from .base import (
     ByteSink,
     ContainerNotFound,
     ImageNotFound,
+    Listeners,
     LogFile,
     Resizes,
     StdIO,
     check_container,
     connect_first,
     kill_tree,
+    pump_output,
     sockets_in_netns,
     wait_event,
 )
@@ -120,7 +121,7 @@ class _Container:
     finished_at: datetime | None = None
     stdin_fd: int | None = None  # our end of its stdin FIFO (stdin containers)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    listeners: list[tuple[ByteSink | None, ByteSink | None]] = field(default_factory=list)
+    listeners: Listeners = field(default_factory=list)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
     log: LogFile | None = None
@@ -611,31 +612,7 @@ class ContainerdRuntime:
     ) -> None:
         """Hand the container's output to whoever is attached and to its log file until its
         process exits and the output ends; then record the exit and delete the task."""
-        writer = CriLogWriter() if c.log is not None else None
-
-        async def one(reader: FifoReader, stream: int) -> None:
-            name = STDOUT if stream == 1 else STDERR
-            try:
-                while data := await reader.read():
-                    if writer is not None and c.log is not None:
-                        c.log.write(writer.feed(name, data))
-                    await fan_out(data, stream)
-            finally:
-                if writer is not None and c.log is not None:
-                    c.log.write(writer.flush(name))
-
-        async def fan_out(data: bytes, stream: int) -> None:
-            for listener in list(c.listeners):
-                sink = listener[0] if stream == 1 else listener[1]
-                if sink is None:
-                    continue
-                try:
-                    await sink.write(data)
-                except (ConnectionError, OSError, RuntimeError):
-                    with contextlib.suppress(ValueError):
-                        c.listeners.remove(listener)
-
-        copies = asyncio.gather(*(one(r, s) for r, s in outputs))
+        copies = asyncio.ensure_future(pump_output(outputs, c.listeners, c.log))
         try:
             try:
                 code = await self.api.wait(c.id)

@@ -44,18 +44,19 @@ from ..pods import (
     PodSpec,
     SandboxState,
 )
-from ..protocol.crilog import STDERR, STDOUT, CriLogWriter
 from ..protocol.resize import TerminalSize
 from .base import (
     BackendError,
     ByteSink,
     ContainerNotFound,
+    Listeners,
     LogFile,
     Resizes,
     StdIO,
     check_container,
     connect_first,
     loopback_sockets,
+    pump_output,
     wait_event,
 )
 
@@ -213,7 +214,7 @@ class _Container:
     stdin_fd: int | None = None  # our end of its stdin (stdin containers without tty)
     stdin_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # attached sessions: (stdout, stderr) sinks; the tty merges both into stdout
-    listeners: list[tuple[ByteSink | None, ByteSink | None]] = field(default_factory=list)
+    listeners: Listeners = field(default_factory=list)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     pump: asyncio.Task[None] | None = None
     log: LogFile | None = None  # spec.log_path, open while the output lasts
@@ -425,32 +426,8 @@ class ProcessRuntime:
         """Read the container's output until it ends, handing it to whoever is attached and
         to its log file (each chunk written as it comes; a line not ended when its stream
         ends is written as a partial line, as containerd does)."""
-        writer = CriLogWriter() if c.log is not None else None
-
-        async def one(reader: FdReader, stream: int) -> None:
-            name = STDOUT if stream == 1 else STDERR
-            try:
-                while data := await reader.read():
-                    if writer is not None and c.log is not None:
-                        c.log.write(writer.feed(name, data))
-                    await fan_out(data, stream)
-            finally:
-                if writer is not None and c.log is not None:
-                    c.log.write(writer.flush(name))
-
-        async def fan_out(data: bytes, stream: int) -> None:
-            for listener in list(c.listeners):
-                sink = listener[0] if stream == 1 else listener[1]
-                if sink is None:
-                    continue
-                try:
-                    await sink.write(data)
-                except (ConnectionError, OSError, RuntimeError):
-                    with contextlib.suppress(ValueError):
-                        c.listeners.remove(listener)
-
         try:
-            await asyncio.gather(*(one(r, s) for r, s in outputs))
+            await pump_output(outputs, c.listeners, c.log)
             assert c.proc is not None
             code = _exit_status(await c.proc.wait())
             c.state, c.exit_code, c.finished_at = "exited", code, _now()
