@@ -58,6 +58,7 @@ from .base import (
     BackendError,
     ByteSink,
     ContainerNotFound,
+    EngineUnavailable,
     ImageNotFound,
     Listeners,
     LogFile,
@@ -81,6 +82,7 @@ FIRST_SIZE_WAIT = 1.0  # seconds a tty exec waits for the client's first size be
 CHUNK = 1 << 18  # one read from an output FIFO
 PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of each FIFO: fewer wake-ups per MiB (pipe-max-size)
 OUTPUT_DRAIN_WAIT = 5.0  # seconds a container's output may run on after its process exited
+RETRY_WAIT = 1.0  # seconds between waits for a task's exit while containerd does not answer
 _F_SETPIPE_SZ = 1031
 _LABEL_KIND = "io.streamsrv.kind"  # sandbox | container, on our containerd containers
 _NAMES = (LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, LABEL_CONTAINER_NAME)
@@ -390,9 +392,27 @@ class ContainerdRuntime:
 
     async def _watch_sandbox(self, sandbox: _Sandbox) -> None:
         with contextlib.suppress(BackendError):
-            await self.api.wait(sandbox.id)
+            await self._wait_exit(sandbox.id, f"pod sandbox {sandbox.pod.name}")
         sandbox.running = False
         sandbox.exited.set()
+
+    async def _wait_exit(self, cid: str, what: str) -> int:
+        """The exit status of a container's task. containerd going away is not an exit (its
+        shims keep the containers running while it restarts): the wait is made again, every
+        second, until containerd answers.
+
+        Raises:
+            BackendError: containerd answered with an error (``NotFound``: no such task).
+        """
+        told = False
+        while True:
+            try:
+                return await self.api.wait(cid)
+            except EngineUnavailable as exc:
+                if not told:
+                    log.warning("%s: containerd went away, waiting for it: %s", what, exc)
+                    told = True
+                await asyncio.sleep(RETRY_WAIT)
 
     async def _create(
         self,
@@ -615,7 +635,7 @@ class ContainerdRuntime:
         copies = asyncio.ensure_future(pump_output(outputs, c.listeners, c.log))
         try:
             try:
-                code = await self.api.wait(c.id)
+                code = await self._wait_exit(c.id, f"container {c.spec.name}")
             except BackendError as exc:
                 log.warning("container %s: waiting for its exit failed: %s", c.spec.name, exc)
                 code = 255

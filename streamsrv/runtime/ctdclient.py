@@ -69,7 +69,15 @@ class Containerd:
         self.namespace = namespace
         target = address if address.startswith("unix:") else "unix://" + address
         self._channel = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 16 << 20)]
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 16 << 20),
+                # after containerd restarts, calls fail fast until the channel reconnects: at
+                # most a second later (gRPC's default backoff grows to 2 minutes)
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.min_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+            ],
         )
         self._metadata = (("containerd-namespace", namespace),)
         self._calls: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import pytest
 
 from streamsrv.podmanager import PodManager
 from streamsrv.pods import parse_pod
-from streamsrv.runtime.base import ImageNotFound, Pipe, StdIO
+from streamsrv.runtime.base import EngineUnavailable, ImageNotFound, Pipe, StdIO
 from streamsrv.runtime.containerd import ContainerdRuntime
 from tests.conftest import BUSYBOX, PAUSE, pod_manifest, sleeper, unique
 
@@ -137,3 +137,70 @@ async def test_pods_end_with_the_runtime(tmp_path: Path) -> None:
     await asyncio.wait_for(rt.close(), 60)
     assert ns.ctr("containers", "ls", "-q").stdout.split() == []
     assert ns.ctr("tasks", "ls", "-q").stdout.split() == []
+
+
+async def test_containerd_restarting_is_not_an_exit(tmp_path: Path) -> None:
+    """containerd killed and started again (its shims keep the containers running): our
+    containers stay running, not "exited 255", and sessions work again once it is back; the
+    exit that comes after is the real one. A containerd of this test's own: it is killed."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.containerd_env import containerd_cri, read_env
+    from tests.ctd_runtime import Namespace, _image_tar
+
+    again: subprocess.Popen[bytes] | None = None
+    with containerd_cri(tmp_path) as cri:
+        ns = Namespace(cri, "restart")
+        ns.ctr("images", "import", "--snapshotter", cri.snapshotter, _image_tar())
+        rt = make(ns, tmp_path / "io")
+        await rt.start()
+        try:
+            pod = await PodManager(rt).create(parse_pod(pod_manifest(unique("rs"), sleeper())))
+            cid = pod.container_id("main")
+            assert cid
+            os.kill(cri.pid, signal.SIGKILL)
+            await until("containerd gone", lambda: not cri.socket.exists() or _dead(cri.pid))
+            await asyncio.sleep(2.5)  # our waits fail meanwhile, and are made again
+            [state] = [c for c in await rt.list_containers() if c.id == cid]
+            assert state.state == "running"
+            with cri.log_path.open("a") as log:
+                again = subprocess.Popen(  # noqa: ASYNC220 (it returns at once)
+                    ["setsid", *cri.nsenter_args(), "containerd", "--config",
+                     str(cri.config_path)],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            env = cri.directory / "containerd.env"  # so that the stop finds the new one
+            text = env.read_text().replace(
+                f"CONTAINERD_PID={cri.pid}", f"CONTAINERD_PID={again.pid}"
+            )
+            env.write_text(text)
+            assert read_env(env)["CONTAINERD_PID"] == str(again.pid)
+            deadline = time.monotonic() + 30
+            while True:  # the runtime's channel reconnects within a second of containerd's
+                try:
+                    await rt.version()
+                    break
+                except EngineUnavailable:
+                    assert time.monotonic() < deadline, cri.log_tail()
+                    await asyncio.sleep(0.2)
+            out = Buffer()
+            code = await rt.exec(cid, ["echo", "back"], StdIO(stdout=out), tty=False)
+            assert (code, bytes(out.data)) == (0, b"back\n")
+            await rt.stop_container(cid, 0)
+            [state] = [c for c in await rt.list_containers() if c.id == cid]
+            assert (state.state, state.exit_code) == ("exited", 137)
+        finally:
+            await rt.close()
+    if again is not None:  # the stop killed it
+        again.wait(30)
+
+
+def _dead(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
