@@ -130,14 +130,17 @@ async def pick_runtime(
         return ProcessRuntime(state_dir / "process-pods")
     if kind == "containerd":
         options = containerd or ContainerdOptions()
+        # its own directories: it removes what an earlier server left there at start, which
+        # must never be a Docker runtime's pods (they outlive the server)
+        own = state_dir / "containerd"
         ctd = ContainerdRuntime(
-            state_dir / "containerd-io",
+            own / "io",
             address=options.address,
             namespace=options.namespace,
             snapshotter=options.snapshotter,
             pause_image=pause_image,
-            volumes=VolumeHost(state_dir / "volumes"),
-            network=(network or NetworkOptions()).manager(state_dir),
+            volumes=VolumeHost(own / "volumes"),
+            network=(network or NetworkOptions()).manager(own),
         )
         try:
             if removed := await ctd.start():

@@ -268,16 +268,29 @@ class ContainerdRuntime:
         left = [c for c in await self.api.containers() if _LABEL_KIND in c.labels]
         for c in left:
             await self._destroy(c.id, c.snapshot_key or c.id)
+        # what those pods held outside containerd: their CNI attachments (addresses leased)
+        # and their volumes; the directories are this runtime's own (cli.pick_runtime)
+        if self._network is not None:
+            for cid in self._network.recorded():
+                try:
+                    await self._network.delete(cid, netns="")
+                except BackendError as exc:
+                    log.warning("pod sandbox %s: no CNI DEL: %s", cid[:12], exc)
+        if self._volumes is not None:
+            await asyncio.to_thread(self._volumes.sweep, set())
         return len(left)
 
     async def version(self) -> str:
         return await self.api.version()
 
     async def close(self) -> None:
+        """Remove every pod this runtime made (each step goes on when containerd fails)."""
         for cid, exec_id in list(self._execs):
-            await self.api.kill(cid, signal.SIGKILL, exec_id)
+            with contextlib.suppress(BackendError):
+                await self.api.kill(cid, signal.SIGKILL, exec_id)
         for c in list(self._containers.values()):
-            await self._kill(c)
+            with contextlib.suppress(BackendError):
+                await self._kill(c)
             await self._destroy(c.id, c.id)
         self._containers.clear()
         for s in list(self._sandboxes.values()):

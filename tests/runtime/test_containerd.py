@@ -15,6 +15,7 @@ from streamsrv.podmanager import PodManager
 from streamsrv.pods import parse_pod
 from streamsrv.runtime.base import EngineUnavailable, ImageNotFound, Pipe, StdIO
 from streamsrv.runtime.containerd import ContainerdRuntime
+from streamsrv.runtime.volumes import VolumeHost
 from tests.conftest import BUSYBOX, PAUSE, pod_manifest, sleeper, unique
 
 pytestmark = pytest.mark.docker  # the test images come from the Docker engine
@@ -36,13 +37,13 @@ async def until(what: str, check: Callable[[], object], bound: float = 60.0) -> 
         await asyncio.sleep(0.05)
 
 
-def make(ns: object, root: Path) -> ContainerdRuntime:
+def make(ns: object, root: Path, volumes: VolumeHost | None = None) -> ContainerdRuntime:
     from tests.ctd_runtime import Namespace
 
     assert isinstance(ns, Namespace)
     return ContainerdRuntime(
         root, address=ns.address, namespace=ns.name, snapshotter=ns.cri.snapshotter,
-        pause_image=PAUSE,
+        pause_image=PAUSE, volumes=volumes,
     )  # fmt: skip
 
 
@@ -109,21 +110,33 @@ async def test_output_reaches_the_log_file_and_stop_waits_for_it(
 async def test_the_next_server_removes_what_a_killed_one_left(ctd: tuple, tmp_path: Path) -> None:
     """A namespace is one server's: a new runtime on it starts by removing every container,
     task and snapshot an earlier one left (its FIFOs died with it)."""
-    rt, ns = ctd
-    await PodManager(rt).create(parse_pod(pod_manifest(unique("left"), sleeper())))
+    _, ns = ctd
+    volumes = VolumeHost(tmp_path / "volumes")
+    rt = make(ns, tmp_path / "io1", volumes)
+    mounted = {**sleeper(), "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}
+    manifest = pod_manifest(unique("left"), mounted, volumes=[{"name": "scratch", "emptyDir": {}}])
+    pod = await PodManager(rt).create(parse_pod(manifest))
+    cid = pod.container_id("main")
+    assert cid
+    assert await rt.exec(cid, ["touch", "/scratch/x"], StdIO(), tty=False) == 0
+    assert list(volumes.root.glob("*/scratch/x"))  # the emptyDir is on this host
     listed = ns.ctr("containers", "ls", "-q").stdout.split()
     assert len(listed) == 2  # pause + main
     labels = json.loads(ns.ctr("containers", "info", listed[0]).stdout)["Labels"]
     assert labels["io.streamsrv.kind"] in ("sandbox", "container")
     # no close(): as if that server had been killed
-    successor = make(ns, tmp_path / "io2")
+    successor = make(ns, tmp_path / "io2", volumes)
     try:
         assert await successor.start() == 2
+        assert list(volumes.root.iterdir()) == []  # the dead pod's volumes too
         assert ns.ctr("containers", "ls", "-q").stdout.split() == []
         assert ns.ctr("tasks", "ls", "-q").stdout.split() == []
         assert await successor.list_pod_sandboxes() == []
     finally:
         await successor.close()
+        for task in list(rt._tasks):  # the "killed" one's waits, and its channel
+            task.cancel()
+        await rt.api.close()
 
 
 async def test_pods_end_with_the_runtime(tmp_path: Path) -> None:
