@@ -217,3 +217,61 @@ def _dead(pid: int) -> bool:
     except OSError:
         return True
     return stat[stat.rindex(")") + 2] == "Z"
+
+
+async def test_pods_get_their_network_from_cni(ctd: tuple, tmp_path: Path) -> None:
+    """Two pods on a bridge + host-local network (its plugins in a namespace of the test's,
+    tests/cni_env.py): each gets an address on its own eth0, one reaches the other's server by
+    it, the leases go with the pods; and a port-forward dial reaches the pod's loopback."""
+    from streamsrv.runtime.cni import CniNetwork
+    from tests.cni_env import CNI_BIN, pod_network
+
+    _, ns = ctd
+    with pod_network(tmp_path / "net") as net:
+        network = CniNetwork(
+            tmp_path / "cni", conf_dir=net.conf_dir, bin_dirs=[CNI_BIN], plugin_netns=net.netns
+        )
+        rt = ContainerdRuntime(
+            tmp_path / "io-net", address=ns.address, namespace=ns.name,
+            snapshotter=ns.cri.snapshotter, pause_image=PAUSE, network=network,
+        )  # fmt: skip
+        try:
+            manager = PodManager(rt)
+            served = {
+                "name": "web", "image": BUSYBOX,
+                "command": ["sh", "-c", "echo by-a > /tmp/i; exec httpd -f -p 8080 -h /tmp"],
+            }  # fmt: skip
+            a = await manager.create(parse_pod(pod_manifest(unique("neta"), served)))
+            b = await manager.create(parse_pod(pod_manifest(unique("netb"), sleeper("client"))))
+            ip_a, ip_b = a.sandbox.ip, b.sandbox.ip
+            assert ip_a and ip_b and ip_a != ip_b
+            web_id, client_id = a.container_id("web"), b.container_id("client")
+            assert web_id and client_id
+            out = Buffer()
+            await rt.exec(
+                web_id, ["ip", "-o", "addr", "show", "dev", "eth0"], StdIO(stdout=out), tty=False
+            )
+            assert f"inet {ip_a}/24".encode() in out.data
+            for _ in range(50):  # httpd may not listen yet
+                got = Buffer()
+                cmd = ["wget", "-qO-", f"http://{ip_a}:8080/i"]
+                if await rt.exec(client_id, cmd, StdIO(stdout=got), tty=False) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            assert got.data == b"by-a\n"
+            sock = await rt.dial(a.sandbox.id, 8080)  # the pod's own loopback
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.sock_sendall(sock, b"GET /i HTTP/1.0\r\n\r\n")
+                reply = b""
+                while chunk := await loop.sock_recv(sock, 4096):
+                    reply += chunk
+            finally:
+                sock.close()
+            assert reply.endswith(b"by-a\n"), reply
+            assert len(net.leases()) == 2
+            await manager.delete("default", a.spec.name, grace=0)
+            await manager.delete("default", b.spec.name, grace=0)
+            assert net.leases() == []
+        finally:
+            await rt.close()
