@@ -42,7 +42,7 @@ from .recording import RecordConfig
 from .runtime import ctdclient
 from .runtime.base import StreamingRuntime
 from .runtime.cni import CniNetwork
-from .runtime.containerd import ContainerdRuntime
+from .runtime.containerd import ContainerdImages, ContainerdRuntime
 from .runtime.docker import DEFAULT_PAUSE_IMAGE, DockerRuntime
 from .runtime.images import DockerImages, ImageStore, RecordedImages
 from .runtime.process import ProcessRuntime
@@ -401,7 +401,7 @@ async def cri(args: argparse.Namespace) -> int:
         images = (
             DockerImages(runtime)
             if isinstance(runtime, DockerRuntime)
-            else RecordedImages(state_dir / "cri" / "images.json")
+            else ContainerdImages(runtime)
         )
         config = network.manager(state_dir).load_config()
         status = (

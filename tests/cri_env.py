@@ -22,7 +22,7 @@ from tests.conftest import BUSYBOX, PAUSE, stop_process
 
 @dataclass
 class CriTarget:
-    kind: str  # containerd | docker | process
+    kind: str  # containerd (the Go reference) | docker | process | streamsrv-containerd
     endpoint: str
     image: str  # the busybox image as this endpoint knows it
     stream_ca: Path | None = None  # the CA of https stream URLs (None: plain http)
@@ -31,6 +31,10 @@ class CriTarget:
     @property
     def is_streamsrv(self) -> bool:
         return self.kind != "containerd"
+
+
+#: The kind of target that is `streamsrv cri --runtime containerd` ("containerd" is the Go one).
+STREAMSRV_CONTAINERD = "streamsrv-containerd"
 
 
 class StreamsrvCri:
@@ -98,12 +102,20 @@ def streamsrv_cri(
 
 @contextlib.contextmanager
 def cri_target(kind: str, directory: Path) -> Iterator[CriTarget]:
-    """A running CRI endpoint of ``kind`` (containerd, docker, process); gone after."""
+    """A running CRI endpoint of ``kind`` (containerd, docker, process, streamsrv-containerd);
+    gone after."""
     if kind == "containerd":
         from tests.containerd_env import containerd_cri
 
         with containerd_cri(directory) as ctd:
             yield CriTarget(kind, ctd.endpoint, ctd.busybox_image, None, Path(ctd.log_path))
+        return
+    if kind == STREAMSRV_CONTAINERD:  # `streamsrv cri --runtime containerd`, a namespace its own
+        from tests import ctd_runtime
+
+        ns = ctd_runtime.namespace()
+        with streamsrv_cri(directory / "state", "containerd", ns.args()) as srv:
+            yield CriTarget(kind, srv.endpoint, BUSYBOX, srv.ca_file, srv.log)
         return
     with streamsrv_cri(directory / "state", kind) as srv:
         yield CriTarget(kind, srv.endpoint, BUSYBOX, srv.ca_file, srv.log)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
 import fcntl
 import logging
@@ -74,7 +75,8 @@ from .base import (
 from .cni import CniNetwork
 from .ctdapi import containers_pb2, snapshots_pb2, task_pb2, tasks_pb2
 from .ctdclient import Containerd, ImageConfig, NotFound
-from .volumes import VolumeHost
+from .images import FsUsage, ImageInfo, config_user, normalize_ref
+from .volumes import VolumeHost, mounts_under
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,7 @@ class _Sandbox:
     pid: int = 0
     running: bool = False
     ip: str | None = None
+    shm: str | None = None  # the pod's /dev/shm on this host, bound into each container
     exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -263,6 +266,7 @@ class ContainerdRuntime:
         namespace (its pods died with it); returns how many containers that was."""
         await self.api.version()
         if self.root.exists():
+            await asyncio.to_thread(_unmount_all, self.root)  # earlier pods' /dev/shm
             await asyncio.to_thread(shutil.rmtree, self.root, True)
         self.root.mkdir(parents=True, exist_ok=True)
         left = [c for c in await self.api.containers() if _LABEL_KIND in c.labels]
@@ -308,12 +312,20 @@ class ContainerdRuntime:
 
     # ----------------------------------------------------------------------------- images
 
-    async def _image(self, image: str) -> ImageConfig:
-        ref = ctdclient.normalize_ref(image)
+    async def image(self, image: str) -> ImageConfig:
+        """What the runtime knows of ``image`` (read once from containerd, then kept).
+
+        Raises:
+            ImageNotFound: not in this runtime's namespace, or not a reference at all.
+        """
+        try:
+            ref = normalize_ref(image)
+        except ValueError as exc:
+            raise ImageNotFound(image, str(exc)) from None
         known = self._images.get(ref)
         if known is None:
             try:
-                known = await ctdclient.image_config(self.api, image)
+                known = await ctdclient.image_config(self.api, ref)
             except NotFound:
                 raise ImageNotFound(
                     image,
@@ -323,8 +335,12 @@ class ContainerdRuntime:
             self._images[ref] = known
         return known
 
+    def forget_image(self, ref: str) -> None:
+        """``ref`` was removed (or retagged): read it again when next asked."""
+        self._images.pop(ref, None)
+
     async def ensure_image(self, image: str) -> bool:
-        await self._image(image)
+        await self.image(image)
         return False
 
     # ----------------------------------------------------------------------------- sandboxes
@@ -334,7 +350,7 @@ class ContainerdRuntime:
             raise InvalidPod(
                 pod.name, [("spec.volumes", "Forbidden: this runtime has no volume directory")]
             )
-        image = await self._image(self.pause_image)
+        image = await self.image(self.pause_image)
         sandbox = _Sandbox(_new_id(), pod, pod.sandbox_labels())
         namespaces = [{"type": "mount"}]
         if not pod.host_network:
@@ -350,12 +366,17 @@ class ContainerdRuntime:
             image.user,
             terminal=False,
         )
+        if pod.host_ipc:
+            sandbox.shm = "/dev/shm"
+        else:
+            sandbox.shm = await asyncio.to_thread(_make_shm, self.root / "shm" / sandbox.id)
         spec = ctdclient.oci_spec(
             process,
             cgroup=f"/{self.api.namespace}/{sandbox.id}",
             hostname=None if pod.host_network else pod.name[:63],
             namespaces=namespaces,
             own_network=not pod.host_network,
+            shm=sandbox.shm,
         )
         if self._volumes is not None:
             await asyncio.to_thread(self._volumes.prepare, pod)
@@ -390,8 +411,10 @@ class ContainerdRuntime:
             self._sandboxes.pop(sandbox.id, None)
             if made:
                 await asyncio.shield(self._undo_sandbox(sandbox))
-            elif self._volumes is not None:
-                await asyncio.to_thread(self._volumes.remove, pod.uid)
+            else:
+                await asyncio.to_thread(_remove_shm, self.root / "shm" / sandbox.id)
+                if self._volumes is not None:
+                    await asyncio.to_thread(self._volumes.remove, pod.uid)
             raise
         return sandbox.id
 
@@ -400,6 +423,7 @@ class ContainerdRuntime:
             if self._network is not None:
                 await self._network.delete(sandbox.id, netns="")
         await self._destroy(sandbox.id, sandbox.id)
+        await asyncio.to_thread(_remove_shm, self.root / "shm" / sandbox.id)
         if self._volumes is not None:
             await asyncio.to_thread(self._volumes.remove, sandbox.pod.uid)
 
@@ -505,6 +529,7 @@ class ContainerdRuntime:
             )
         await self._destroy(sandbox.id, sandbox.id)
         self._sandboxes.pop(sandbox_id, None)
+        await asyncio.to_thread(_remove_shm, self.root / "shm" / sandbox.id)
         if self._volumes is not None:
             await asyncio.to_thread(self._volumes.remove, sandbox.pod.uid)
 
@@ -539,7 +564,7 @@ class ContainerdRuntime:
         if not sandbox.running:
             raise BackendError(f"pod sandbox {sandbox_id[:12]} is not running")
         check_container(pod, container)
-        image = await self._image(container.image)
+        image = await self.image(container.image)
         if container.command:
             argv = [*container.command, *container.args]
         else:
@@ -580,6 +605,7 @@ class ContainerdRuntime:
             namespaces=namespaces,
             binds=binds,
             own_network=not pod.host_network,
+            shm=sandbox.shm,
         )
         labels = pod.container_labels(container)
         await self._create(cid, image, spec, "container", labels)
@@ -996,6 +1022,39 @@ class ContainerdRuntime:
         return await connect_first(candidates, port)
 
 
+_MS_NOSUID_NODEV_NOEXEC = 2 | 4 | 8
+_MNT_DETACH = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _make_shm(path: Path) -> str | None:
+    """A pod's /dev/shm: a tmpfs on this host that every container of the pod binds (as the
+    CRI plugin does; joining the IPC namespace alone shares no files). None when no tmpfs can
+    be mounted here: each container then has its own."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    rc = _libc.mount(
+        b"shm", os.fsencode(path), b"tmpfs", _MS_NOSUID_NODEV_NOEXEC, b"mode=1777,size=65536k"
+    )
+    if rc != 0:
+        log.warning("no pod /dev/shm at %s: %s", path, os.strerror(ctypes.get_errno()))
+        with contextlib.suppress(OSError):
+            path.rmdir()
+        return None
+    return str(path)
+
+
+def _remove_shm(path: Path) -> None:
+    if os.path.ismount(path):
+        _libc.umount2(os.fsencode(path), _MNT_DETACH)
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _unmount_all(directory: Path) -> None:
+    for point in mounts_under(directory):
+        _libc.umount2(os.fsencode(point), _MNT_DETACH)
+
+
 def _unread(fd: int) -> int:
     """Bytes in a FIFO that its reader has not taken yet."""
     try:
@@ -1017,3 +1076,65 @@ def _start_failure(message: str) -> int | None:
 
 def _matches(labels: Mapping[str, str], wanted: Mapping[str, str] | None) -> bool:
     return all(labels.get(k) == v for k, v in (wanted or {}).items())
+
+
+class ContainerdImages:
+    """containerd's images in the containerd runtime's namespace. They are there or not: this
+    runtime does not pull (docs/containerd.md), so a pull of a missing image is ImageNotFound."""
+
+    def __init__(self, runtime: ContainerdRuntime) -> None:
+        self.runtime = runtime
+
+    async def _info(self, ref: str) -> ImageInfo | None:
+        try:
+            config = await self.runtime.image(ref)
+        except ImageNotFound:
+            return None
+        uid, username = config_user(config.user)
+        return ImageInfo(config.id, (config.ref,), (), config.size, uid, username)
+
+    async def list_images(self) -> list[ImageInfo]:
+        """One item an image id, with every name that points at it."""
+        by_id: dict[str, ImageInfo] = {}
+        for image in await self.runtime.api.images():
+            if image.name.startswith("sha256:"):
+                continue  # containerd's id-only records (`ctr images import` makes them)
+            with contextlib.suppress(BackendError):  # removed in between, or not an image
+                info = await self._info(image.name)
+                if info is not None:
+                    seen = by_id.get(info.id)
+                    tags = (*seen.repo_tags, *info.repo_tags) if seen else info.repo_tags
+                    by_id[info.id] = ImageInfo(
+                        info.id, tags, (), info.size, info.uid, info.username
+                    )
+        return list(by_id.values())
+
+    async def image_status(self, ref: str) -> ImageInfo | None:
+        if not ref:
+            return None
+        if ref.startswith("sha256:"):
+            return next((i for i in await self.list_images() if i.id == ref), None)
+        return await self._info(ref)
+
+    async def pull_image(self, ref: str) -> ImageInfo:
+        info = await self.image_status(ref)
+        if info is None:
+            namespace = self.runtime.api.namespace
+            raise ImageNotFound(
+                ref,
+                f"not in containerd namespace {namespace}, and the containerd runtime does not "
+                f"pull (ctr -n {namespace} images pull)",
+            )
+        return info
+
+    async def remove_image(self, ref: str) -> None:
+        info = await self.image_status(ref)
+        if info is None:
+            return
+        for name in info.repo_tags:
+            await self.runtime.api.delete_image(name)
+            self.runtime.forget_image(name)
+
+    async def fs_usage(self) -> FsUsage:
+        images = await self.list_images()
+        return FsUsage(str(self.runtime.root), sum(i.size for i in images), 0)

@@ -6,9 +6,8 @@ raised as :class:`~streamsrv.errors.BackendError` (``NotFound`` for a missing ob
 :class:`~streamsrv.errors.EngineUnavailable` when containerd does not answer). The messages are
 generated from ``streamsrv/runtime/ctdapi/*.proto`` by ``scripts/gen-proto``.
 
-Also here, with no I/O: image references as containerd names them (:func:`normalize_ref`), an
-image's root filesystem chain (:func:`chain_id`) and the OCI runtime spec of a pod's containers
-(:func:`oci_spec`).
+Also here, with no I/O: an image's root filesystem chain (:func:`chain_id`) and the OCI
+runtime spec of a pod's containers (:func:`oci_spec`).
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from .ctdapi import (
     types_pb2,
     version_pb2,
 )
+from .images import normalize_ref
 
 DEFAULT_ADDRESS: Final = "/run/containerd/containerd.sock"
 DEFAULT_NAMESPACE: Final = "streamsrv"
@@ -140,6 +140,22 @@ class Containerd:
             images_pb2.GetImageResponse,
         )
         return got.image
+
+    async def images(self) -> list[images_pb2.Image]:
+        got = await self.call(
+            "/containerd.services.images.v1.Images/List",
+            images_pb2.ListImagesRequest(),
+            images_pb2.ListImagesResponse,
+        )
+        return list(got.images)
+
+    async def delete_image(self, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.call(
+                "/containerd.services.images.v1.Images/Delete",
+                images_pb2.DeleteImageRequest(name=name, sync=True),
+                empty_pb2.Empty,
+            )
 
     async def blob(self, digest: str, size: int) -> bytes:
         if size > _MAX_BLOB:
@@ -277,19 +293,6 @@ def any_json(type_url: str, value: Mapping[str, Any]) -> any_pb2.Any:
 # Images
 
 
-def normalize_ref(image: str) -> str:
-    """The name containerd (and the kubelet) give an image reference: ``busybox`` is
-    ``docker.io/library/busybox:latest``, ``streamsrv/busybox:local`` is
-    ``docker.io/streamsrv/busybox:local``; a digest or a name with a registry stays."""
-    name, digest = (image.split("@", 1) + [""])[:2]
-    first, _, rest = name.partition("/")
-    if not rest or ("." not in first and ":" not in first and first != "localhost"):
-        name = "docker.io/" + ("library/" if not rest else "") + name
-    if not digest and ":" not in name.rsplit("/", 1)[-1]:
-        name += ":latest"
-    return name + ("@" + digest if digest else "")
-
-
 def chain_id(diff_ids: Sequence[str]) -> str:
     """The snapshot an image unpacks to: the OCI chain of its layers' diff ids."""
     if not diff_ids:
@@ -308,6 +311,7 @@ class ImageConfig:
     ref: str
     id: str
     chain: str
+    size: int  # of its config and layers, as stored (compressed)
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
     env: tuple[tuple[str, str], ...]
@@ -320,6 +324,7 @@ async def image_config(api: Containerd, image: str) -> ImageConfig:
 
     Raises:
         NotFound: no image of that name.
+        ValueError: not an image reference at all.
     """
     ref = normalize_ref(image)
     target = (await api.image(ref)).target
@@ -340,10 +345,12 @@ async def image_config(api: Containerd, image: str) -> ImageConfig:
     for item in process.get("Env") or []:
         key, _, value = str(item).partition("=")
         env.append((key, value))
+    layers = manifest.get("layers") or []
     return ImageConfig(
         ref=ref,
         id=config_desc["digest"],
         chain=chain_id(list((config.get("rootfs") or {}).get("diff_ids") or [])),
+        size=int(config_desc.get("size") or 0) + sum(int(x.get("size") or 0) for x in layers),
         entrypoint=tuple(process.get("Entrypoint") or ()),
         cmd=tuple(process.get("Cmd") or ()),
         env=tuple(env),
@@ -422,9 +429,12 @@ def oci_spec(
     namespaces: Sequence[Mapping[str, str]],
     binds: Sequence[tuple[str, str, bool]] = (),
     own_network: bool = True,
+    shm: str | None = None,
 ) -> dict[str, Any]:
     """A container's runtime spec: ``process``, the namespaces (``{"type": ..., "path": ...}``,
-    no path: a new one), bind mounts ``(host path, container path, read-only)``."""
+    no path: a new one), bind mounts ``(host path, container path, read-only)``; ``shm``: a
+    host directory bound at /dev/shm (the pod's, shared by its containers), else a tmpfs of
+    its own."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -432,9 +442,17 @@ def oci_spec(
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
     ]  # fmt: skip
+    if shm is not None:
+        mounts.append(
+            {"destination": "/dev/shm", "type": "bind", "source": shm,
+             "options": ["rbind", "rprivate", "nosuid", "noexec", "nodev"]}
+        )  # fmt: skip
+    else:
+        mounts.append(
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}
+        )  # fmt: skip
     if own_network:  # sysfs belongs to a network namespace: the host's is bound read-only
         mounts.append(
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",

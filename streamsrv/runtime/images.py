@@ -1,8 +1,9 @@
 """The image manager: what CRI's ImageService asks of a runtime (docs/cri.md, "Images").
 
-Two stores behind one small interface: the Docker engine's images, and the process runtime's
-record of the names it was asked to pull (it runs host programs, so an "image" there is only a
-name that CreateContainer must have seen pulled, as on a real runtime).
+Three stores behind one small interface: the Docker engine's images, containerd's
+(``containerd.ContainerdImages``: in the containerd runtime's namespace; it does not pull), and
+the process runtime's record of the names it was asked to pull (it runs host programs, so an
+"image" there is only a name that CreateContainer must have seen pulled, as on a real runtime).
 
 References are normalised as containerd's CRI plugin shows them (``busybox`` is
 ``docker.io/library/busybox:latest``), so a client sees the same names from either runtime.
@@ -104,8 +105,9 @@ class ImageStore(Protocol):
     async def fs_usage(self) -> FsUsage: ...
 
 
-def _user(config_user: str) -> tuple[int | None, str]:
-    user = config_user.split(":", 1)[0]
+def config_user(value: str) -> tuple[int | None, str]:
+    """An image config's ``User`` as CRI's ImageStatus has it: (uid, "") or (None, name)."""
+    user = value.split(":", 1)[0]
     if not user:
         return None, ""
     return (int(user), "") if user.isdigit() else (None, user)
@@ -121,7 +123,7 @@ class DockerImages:
         return await self.runtime._call(fn, *args, **kwargs)
 
     def _info(self, inspect: dict[str, Any]) -> ImageInfo:
-        uid, username = _user(str((inspect.get("Config") or {}).get("User") or ""))
+        uid, username = config_user(str((inspect.get("Config") or {}).get("User") or ""))
         return ImageInfo(
             id=str(inspect["Id"]),
             repo_tags=tuple(normalize_ref(t) for t in inspect.get("RepoTags") or ()),

@@ -216,7 +216,7 @@ class VolumeHost:
         directory = self.pod_dir(uid)
         if not directory.exists():
             return
-        for mountpoint in _mounts_under(directory):
+        for mountpoint in mounts_under(directory):
             if _libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) != 0:
                 log.warning("umount %s: %s", mountpoint, os.strerror(ctypes.get_errno()))
         shutil.rmtree(directory, ignore_errors=True)
@@ -242,7 +242,7 @@ def _mount_field(pod: PodSpec, container: ContainerSpec, mount: VolumeMount) -> 
     return f"spec.containers[{ci}].volumeMounts[{mi}].subPath"
 
 
-def _mounts_under(directory: Path) -> list[str]:
+def mounts_under(directory: Path) -> list[str]:
     """Mount points at or below ``directory`` (deepest first), from /proc/self/mountinfo."""
     prefix = os.path.realpath(directory)
     found = []

@@ -27,7 +27,7 @@ from tests.cri_env import CriTarget, cri_target
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
-KINDS = ["containerd", "docker", "process"]
+KINDS = ["containerd", "docker", "process", "streamsrv-containerd"]
 
 
 @pytest.fixture(scope="module", params=KINDS)

@@ -14,8 +14,8 @@ import pytest
 from streamsrv.podmanager import PodManager
 from streamsrv.pods import parse_pod
 from streamsrv.runtime.base import EngineUnavailable, ImageNotFound, Pipe, StdIO
-from streamsrv.runtime.containerd import ContainerdRuntime
-from streamsrv.runtime.volumes import VolumeHost
+from streamsrv.runtime.containerd import ContainerdImages, ContainerdRuntime
+from streamsrv.runtime.volumes import VolumeHost, mounts_under
 from tests.conftest import BUSYBOX, PAUSE, pod_manifest, sleeper, unique
 
 pytestmark = pytest.mark.docker  # the test images come from the Docker engine
@@ -125,10 +125,12 @@ async def test_the_next_server_removes_what_a_killed_one_left(ctd: tuple, tmp_pa
     labels = json.loads(ns.ctr("containers", "info", listed[0]).stdout)["Labels"]
     assert labels["io.streamsrv.kind"] in ("sandbox", "container")
     # no close(): as if that server had been killed
-    successor = make(ns, tmp_path / "io2", volumes)
+    assert mounts_under(tmp_path / "io1")  # the pod's /dev/shm
+    successor = make(ns, tmp_path / "io1", volumes)  # the same state directory
     try:
         assert await successor.start() == 2
         assert list(volumes.root.iterdir()) == []  # the dead pod's volumes too
+        assert mounts_under(tmp_path / "io1") == []  # and its /dev/shm
         assert ns.ctr("containers", "ls", "-q").stdout.split() == []
         assert ns.ctr("tasks", "ls", "-q").stdout.split() == []
         assert await successor.list_pod_sandboxes() == []
@@ -275,3 +277,26 @@ async def test_pods_get_their_network_from_cni(ctd: tuple, tmp_path: Path) -> No
             assert net.leases() == []
         finally:
             await rt.close()
+
+
+async def test_cri_images_are_containerds(ctd: tuple) -> None:
+    """The CRI image service of `streamsrv cri --runtime containerd`: containerd's images in
+    the namespace, one item an image id with all its names; a pull of a missing one is
+    ImageNotFound (nothing is pulled); removal removes the name."""
+    rt, ns = ctd
+    images = ContainerdImages(rt)
+    listed = await images.list_images()
+    names = {tag for info in listed for tag in info.repo_tags}
+    assert ns.cri.busybox_ref in names and ns.cri.pause_ref in names
+    busybox = await images.image_status(BUSYBOX)
+    assert busybox is not None and busybox.id.startswith("sha256:") and busybox.size > 0
+    assert await images.image_status(busybox.id) == busybox
+    assert await images.pull_image(BUSYBOX) == busybox
+    with pytest.raises(ImageNotFound, match="does not pull"):
+        await images.pull_image("example.invalid/none:1")
+    ns.ctr("images", "tag", ns.cri.busybox_ref, "docker.io/streamsrv/extra:1")
+    again = await images.image_status(busybox.id)
+    assert again is not None and "docker.io/streamsrv/extra:1" in again.repo_tags
+    await images.remove_image("streamsrv/extra:1")
+    assert "docker.io/streamsrv/extra:1" not in ns.ctr("images", "ls", "-q").stdout.split()
+    assert await images.image_status("streamsrv/extra:1") is None
