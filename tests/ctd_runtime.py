@@ -2,9 +2,11 @@
 
 One private containerd (tests/containerd_env.py: its own network namespace, state and socket)
 serves the whole test session, started at the first test that asks for it and stopped at the
-end. Each server or runtime a test makes gets a containerd namespace of its own, with the test
-images imported into it: a server removes what an earlier one left in its namespace at start,
-so two servers must never share one.
+end (its directory, log included, removed after; a session killed by a signal leaves it, and
+``containerd_stop DIR/containerd`` from scripts/lib.sh cleans it up). Each server or runtime a
+test makes gets a containerd namespace of its own, with the test images imported into it: a
+server removes what an earlier one left in its namespace at start, so two servers must never
+share one.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import uuid
@@ -34,6 +37,7 @@ def instance() -> ContainerdCri:
     require_containerd()
     if _instance is None:
         directory = Path(tempfile.mkdtemp(prefix="ctd-", dir="/var/tmp"))
+        _stack.callback(shutil.rmtree, directory, True)  # after the stop, its log too
         _instance = _stack.enter_context(containerd_cri(directory))
         atexit.register(_stack.close)
     return _instance
