@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -339,6 +340,54 @@ class Resizes:
         assert self.latest is not None
         self._fresh = False
         return self.latest
+
+
+class FdWriter:
+    """Non-blocking writes to a pipe or a pty master; raises BrokenPipeError once the reader
+    has gone."""
+
+    def __init__(self, fd: int, alive: Callable[[], bool] = lambda: True) -> None:
+        self.fd = fd
+        self._alive = alive  # False once the fd is closed elsewhere: its number may be reused
+        os.set_blocking(fd, False)
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if not self._alive():
+                raise BrokenPipeError(errno.EPIPE, "the process's input is closed")
+            try:
+                n = os.write(self.fd, view)
+            except BlockingIOError:
+                await wait_fd(self.fd, readable=False)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    raise BrokenPipeError(errno.EPIPE, "the terminal is gone") from exc
+                raise
+            view = view[n:]
+
+
+async def wait_fd(fd: int, *, readable: bool) -> None:
+    """Until the event loop says ``fd`` is readable (or writable)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    if readable:
+        loop.add_reader(fd, wake)
+    else:
+        loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        if readable:
+            loop.remove_reader(fd)
+        else:
+            loop.remove_writer(fd)
 
 
 class OutputReader(Protocol):

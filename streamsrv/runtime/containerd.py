@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import errno
 import fcntl
 import logging
 import os
@@ -60,6 +59,7 @@ from .base import (
     ByteSink,
     ContainerNotFound,
     EngineUnavailable,
+    FdWriter,
     ImageNotFound,
     Listeners,
     LogFile,
@@ -71,6 +71,7 @@ from .base import (
     pump_output,
     sockets_in_netns,
     wait_event,
+    wait_fd,
 )
 from .cni import CniNetwork
 from .ctdapi import containers_pb2, snapshots_pb2, task_pb2, tasks_pb2
@@ -143,54 +144,11 @@ class FifoReader:
 
     async def read(self, n: int = CHUNK) -> bytes:
         while True:
-            await _readable(self.fd)
+            await wait_fd(self.fd, readable=True)
             try:
                 return os.read(self.fd, n)
             except BlockingIOError:
                 continue
-
-
-async def _readable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(fd)
-
-
-async def _writable(fd: int) -> None:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
-
-
-async def _write_all(fd: int, data: bytes, alive: Any = lambda: True) -> None:
-    view = memoryview(data)
-    while view:
-        if not alive():
-            raise BrokenPipeError(errno.EPIPE, "the process's input is closed")
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            await _writable(fd)
-            continue
-        view = view[n:]
 
 
 class _Fifos:
@@ -898,11 +856,12 @@ class ContainerdRuntime:
 
         async def stdin() -> None:
             assert io.stdin is not None and inp is not None
+            writer = FdWriter(inp)
             with contextlib.suppress(BrokenPipeError):
                 while data := await io.stdin.read():
-                    await _write_all(inp, data)
+                    await writer.write(data)
                 if tty:
-                    await _write_all(inp, b"\x04")  # a terminal has no half-close: EOT
+                    await writer.write(b"\x04")  # a terminal has no half-close: EOT
                 else:
                     await self._end_input(c.id, exec_id, inp)
                     os.close(fifos.fds.pop("stdin"))
@@ -981,12 +940,14 @@ class ContainerdRuntime:
 
     async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: asyncio.Event) -> None:
         assert io.stdin is not None
+        # the container's pump closes this fd when the container ends
+        writer = FdWriter(fd, lambda: c.stdin_fd == fd)
         try:
             await wait_event(sized, FIRST_SIZE_WAIT)
             with contextlib.suppress(BrokenPipeError):
                 while data := await io.stdin.read():
                     async with c.stdin_lock:
-                        await _write_all(fd, data, lambda: c.stdin_fd == fd)
+                        await writer.write(data)
         finally:
             if c.spec.stdin_once and not c.spec.tty and fd == c.stdin_fd:
                 self._close_stdin(c)

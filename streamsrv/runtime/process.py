@@ -49,6 +49,7 @@ from .base import (
     BackendError,
     ByteSink,
     ContainerNotFound,
+    FdWriter,
     Listeners,
     LogFile,
     Resizes,
@@ -58,6 +59,7 @@ from .base import (
     loopback_sockets,
     pump_output,
     wait_event,
+    wait_fd,
 )
 
 log = logging.getLogger(__name__)
@@ -120,58 +122,11 @@ class FdReader:
             try:
                 return os.read(self.fd, n)
             except BlockingIOError:
-                await _wait_fd(self.fd, readable=True)
+                await wait_fd(self.fd, readable=True)
             except OSError as exc:
                 if exc.errno == errno.EIO:
                     return b""
                 raise
-
-
-class FdWriter:
-    """Non-blocking writes to a pipe or a pty master; raises BrokenPipeError once the reader
-    has gone."""
-
-    def __init__(self, fd: int, alive: Callable[[], bool] = lambda: True) -> None:
-        self.fd = fd
-        self._alive = alive  # False once the fd is closed elsewhere: its number may be reused
-        os.set_blocking(fd, False)
-
-    async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if not self._alive():
-                raise BrokenPipeError(errno.EPIPE, "the process's input is closed")
-            try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
-                await _wait_fd(self.fd, readable=False)
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EIO:
-                    raise BrokenPipeError(errno.EPIPE, "the terminal is gone") from exc
-                raise
-            view = view[n:]
-
-
-async def _wait_fd(fd: int, *, readable: bool) -> None:
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    if readable:
-        loop.add_reader(fd, wake)
-    else:
-        loop.add_writer(fd, wake)
-    try:
-        await ready
-    finally:
-        if readable:
-            loop.remove_reader(fd)
-        else:
-            loop.remove_writer(fd)
 
 
 def _close_fds(fds: Iterable[int | None]) -> None:
