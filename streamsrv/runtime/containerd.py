@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 FIRST_SIZE_WAIT = 1.0  # seconds a tty exec waits for the client's first size before it starts
 CHUNK = 1 << 18  # one read from an output FIFO
 PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of each FIFO: fewer wake-ups per MiB (pipe-max-size)
+KILLED = 128 + signal.SIGKILL  # the exit code of a SIGKILLed process
 OUTPUT_DRAIN_WAIT = 5.0  # seconds a container's output may run on after its process exited
 RETRY_WAIT = 1.0  # seconds between waits for a task's exit while containerd does not answer
 _F_SETPIPE_SZ = 1031
@@ -132,6 +133,9 @@ class _Container:
     pump: asyncio.Task[None] | None = None
     log: LogFile | None = None
     closing: asyncio.Task[None] | None = None
+    #: its exit code as containerd reported it to an exec killed with it, before our own
+    #: wait has recorded the exit (``container_stopped``)
+    stop_seen: int | None = None
 
 
 class FifoReader:
@@ -663,7 +667,7 @@ class ContainerdRuntime:
         wait until its output is in its log file (bounded)."""
         if c.pump is None:  # never started
             if c.state == "created":
-                c.state, c.exit_code, c.finished_at = "exited", 137, _now()
+                c.state, c.exit_code, c.finished_at = "exited", KILLED, _now()
             return
         if c.state == "running" and grace > 0:
             await self.api.kill(c.id, signal.SIGTERM)
@@ -716,18 +720,12 @@ class ContainerdRuntime:
             return f"container {container_id[:12]} was removed"
         name = c.labels.get(LABEL_CONTAINER_NAME, c.spec.name)
         if c.state == "running":
-            # containerd may know before our wait does (an exec killed with its container
-            # asks at once)
-            try:
-                got = await self.api.task(
-                    "Get", tasks_pb2.GetRequest(container_id=c.id), tasks_pb2.GetResponse
-                )
-            except NotFound:
-                return None  # deleted: our pump records its end
-            if got.process.status != task_pb2.STOPPED:
+            # From memory: this is on the way to every CRI exec, and our wait on the task
+            # says when it ends. An exec killed with its container asks before that wait
+            # has returned; exec() asked containerd then (stop_seen).
+            if c.stop_seen is None:
                 return None
-            return f'container "{name}" exited with code {got.process.exit_status}'
-
+            return f'container "{name}" exited with code {c.stop_seen}'
         if c.state == "exited":
             return f'container "{name}" exited with code {c.exit_code}'
         return f'container "{name}" is {c.state}'
@@ -801,9 +799,12 @@ class ContainerdRuntime:
             waiter = asyncio.ensure_future(self.api.wait(c.id, exec_id))
             try:
                 await self._exec_io(c, exec_id, io, tty, fifos, waiter)
-                return waiter.result()
+                code = waiter.result()
             finally:
                 waiter.cancel()
+            if code == KILLED:  # with its container? (the shim kills a container's execs)
+                await self._note_stop(c)
+            return code
         except BaseException:
             if started:  # the process and whatever it started (the shim kills only its own)
                 await asyncio.shield(asyncio.to_thread(kill_tree, pid))
@@ -815,6 +816,16 @@ class ContainerdRuntime:
             if (c.id, exec_id) in self._execs:
                 self._execs.discard((c.id, exec_id))
                 self._spawn(self._forget_exec(c.id, exec_id), f"exec {exec_id}")
+
+    async def _note_stop(self, c: _Container) -> None:
+        """Ask containerd whether the container has stopped, for ``container_stopped`` to
+        answer before our own wait on it has returned."""
+        with contextlib.suppress(BackendError):  # NotFound: deleted, our pump records it
+            got = await self.api.task(
+                "Get", tasks_pb2.GetRequest(container_id=c.id), tasks_pb2.GetResponse
+            )
+            if got.process.status == task_pb2.STOPPED:
+                c.stop_seen = got.process.exit_status
 
     async def _forget_exec(self, cid: str, exec_id: str) -> None:
         with contextlib.suppress(BackendError):
