@@ -29,7 +29,11 @@ and baseline / ours for times. Figures only: nothing here asserts a time.
 
 BENCH_ROWS=1,2,... picks rows; BENCH_RUNS, BENCH_LATENCY_RUNS, BENCH_SHELLS, BENCH_EXECS scale.
 Row 10: BENCH_CRI_STDOUT_MIB, BENCH_CRI_STDIN_MIB, BENCH_CRI_PF_MIB, BENCH_CRI_LATENCY_RUNS;
-BENCH_CRI_PLAIN_HTTP=1 gives `streamsrv cri` plain http stream URLs, as containerd's.
+BENCH_CRI_HOPS: what the gateways speak to the nodes' stream servers: `https` (the default:
+both sides https, containerd with enable_tls_streaming and a certificate the bench makes, ours
+with its own CA), `http` (both plain) or `mixed` (containerd plain, ours https: the defaults of
+each). BENCH_CRI_PARTS=stdout,stdin,portforward,latency picks measurements; BENCH_CRI_DOCKER=0
+leaves the Docker node out. BENCH_CRI_PLAIN_HTTP=1 is an older name of BENCH_CRI_HOPS=http.
 """
 
 from __future__ import annotations
@@ -606,8 +610,17 @@ CRI_IN_SIZE = int(os.environ.get("BENCH_CRI_STDIN_MIB", "128")) << 20
 CRI_PF_SIZE = int(os.environ.get("BENCH_CRI_PF_MIB", "128")) << 20
 CRI_LATENCY_RUNS = int(os.environ.get("BENCH_CRI_LATENCY_RUNS", "10"))
 CRI_VERSIONS = ("1.27", "1.33")
-#: Stream URLs of `streamsrv cri` over plain http, as containerd's (by default https, its CA).
-CRI_PLAIN_HTTP = os.environ.get("BENCH_CRI_PLAIN_HTTP", "") == "1"
+#: What the gateways speak to each node's stream server (module docstring).
+CRI_HOPS = os.environ.get("BENCH_CRI_HOPS") or (
+    "http" if os.environ.get("BENCH_CRI_PLAIN_HTTP") == "1" else "https"  # its older name
+)
+assert CRI_HOPS in ("https", "http", "mixed"), f"BENCH_CRI_HOPS={CRI_HOPS}: https, http or mixed"
+#: Stream URLs of `streamsrv cri` over plain http (by default https, with its CA).
+CRI_PLAIN_HTTP = CRI_HOPS == "http"
+#: containerd's stream server over https (by default plain http).
+CRI_GO_TLS = CRI_HOPS == "https"
+CRI_PARTS = set(os.environ.get("BENCH_CRI_PARTS", "stdout,stdin,portforward,latency").split(","))
+CRI_DOCKER = os.environ.get("BENCH_CRI_DOCKER", "1") != "0"
 GO_NAME = "Go stream server (containerd 1.6)"
 CTD_NAME = "streamsrv cri (containerd)"
 OURS_NAME = "streamsrv cri (docker)"
@@ -724,10 +737,11 @@ class CriSideBySide:
         manifest = self.tmp / "pod.yaml"
         manifest.write_text(cri_manifest(self.pod))
         with contextlib.ExitStack() as stack:
-            ctd = stack.enter_context(containerd_cri(self.tmp / "go"))
+            ctd = stack.enter_context(containerd_cri(self.tmp / "go", stream_tls=CRI_GO_TLS))
             assert Path(proc_table()[ctd.pid][1].split()[0]).name == "containerd", ctd.pid
-            go = CriSide(GO_NAME, self._gateway(stack, "go-gateway", ctd.endpoint), ctd.pid,
-                         partial(shim_pids, ctd.socket))  # fmt: skip
+            assert (ctd.stream_ca is not None) == CRI_GO_TLS
+            go_gateway = self._gateway(stack, "go-gateway", ctd.endpoint, ctd.stream_ca)
+            go = CriSide(GO_NAME, go_gateway, ctd.pid, partial(shim_pids, ctd.socket))
             plain = ["--stream-plain-http"] if CRI_PLAIN_HTTP else []
             ctd.ctr("images", "import", "--snapshotter", ctd.snapshotter,
                     str(self._image_tar()), namespace=CTD_NAMESPACE)  # fmt: skip
@@ -751,30 +765,35 @@ class CriSideBySide:
                 CTD_NAME, ctd_gateway, on_ctd.proc.pid,
                 partial(self._containerd_engine, ctd.pid, ctd.socket),
             )  # fmt: skip
-            stack.callback(self._remove_docker_pod)  # after `streamsrv cri` stopped, if need be
-            cri = StreamsrvCri(
-                self.tmp / "ours", "docker", ["--stream-plain-http"] if CRI_PLAIN_HTTP else []
-            )
-            cri.start()
-            stack.callback(cri.stop)
-            assert cri.proc is not None
-            assert cri.stream_url.startswith("http://" if CRI_PLAIN_HTTP else "https://")
-            ca = None if CRI_PLAIN_HTTP else cri.ca_file
-            gateway = self._gateway(stack, "ours-gateway", cri.endpoint, ca)
-            ours = CriSide(OURS_NAME, gateway, cri.proc.pid, self._docker_engine)
-            for side in (go, ours_ctd, ours):
+            sides = [go, ours_ctd]
+            if CRI_DOCKER:
+                stack.callback(self._remove_docker_pod)  # after `streamsrv cri` stopped
+                cri = StreamsrvCri(self.tmp / "ours", "docker", plain)
+                cri.start()
+                stack.callback(cri.stop)
+                assert cri.proc is not None
+                assert cri.stream_url.startswith("http://" if CRI_PLAIN_HTTP else "https://")
+                ca = None if CRI_PLAIN_HTTP else cri.ca_file
+                gateway = self._gateway(stack, "ours-gateway", cri.endpoint, ca)
+                sides.append(CriSide(OURS_NAME, gateway, cri.proc.pid, self._docker_engine))
+            for side in sides:
                 r = side.gateway.cli("pod", "run", "-f", str(manifest))
                 assert r.returncode == 0, f"{side.name}: pod run: {r.stderr}"
                 stack.callback(self._remove_pod, side)
-            for side in (go, ours_ctd, ours):
+            for side in sides:
                 self._wait_running(side)
             setup = time.perf_counter() - started
-            self._measure(go, ours_ctd, ours)
+            self._measure(*sides)
             measured = time.perf_counter() - started - setup
         total = time.perf_counter() - started
         self.notes.append(
             f"Row 10 took {total:.0f} s: {setup:.0f} s to start both nodes, gateways and pods, "
             f"{measured:.0f} s measuring, {total - setup - measured:.0f} s to clean up."
+        )
+        go_stream = (
+            "https (enable_tls_streaming, a certificate from the bench's CA)"
+            if CRI_GO_TLS
+            else "plain http (enable_tls_streaming = false, its default)"
         )
         stream = "plain http" if CRI_PLAIN_HTTP else "https (its default; --cri-stream-ca)"
         notes = [
@@ -786,8 +805,8 @@ class CriSideBySide:
             "it (v5 for exec, the WebSocket tunnel for port-forward); containerd 1.6's stream "
             "server has no v5 and no WebSocket port-forward, so kubectl 1.33 falls back to SPDY "
             "there, after one refused upgrade per session.",
-            "Gateway to node: plain http to containerd (enable_tls_streaming = false, its "
-            f"default); {stream} to streamsrv cri.",
+            f"Gateway to node (BENCH_CRI_HOPS={CRI_HOPS}): {go_stream} to containerd; {stream}"
+            " to streamsrv cri.",
             "Below the stream server: containerd reads the shims' fifos itself; streamsrv cri "
             "goes through dockerd's exec API (dockerd reads its containerd's fifos). So each "
             "side is a stream server with its own engine path under it, not the stream server "
@@ -895,16 +914,16 @@ class CriSideBySide:
                 subprocess.run(side.kubectl(version, "exec", self.pod, "-c", "main", "--", "true"),
                                check=True, capture_output=True)  # fmt: skip
         exec_args = ["exec", self.pod, "-c", "main", "--"]
-        for version in CRI_VERSIONS:
+        for version in CRI_VERSIONS if "stdout" in CRI_PARTS else ():
             what = f"exec stdout {CRI_OUT_SIZE >> 20} MiB"
             self._exec_rates(sides, version, what, CRI_OUT_SIZE, [*exec_args, *out_cmd], None)
         stdin_args = ["exec", "-i", self.pod, "-c", "main", "--"]
-        for version in CRI_VERSIONS:
+        for version in CRI_VERSIONS if "stdin" in CRI_PARTS else ():
             what = f"exec stdin {CRI_IN_SIZE >> 20} MiB"
             self._exec_rates(sides, version, what, CRI_IN_SIZE, [*stdin_args, *in_cmd], data)
-        for version in CRI_VERSIONS:
+        for version in CRI_VERSIONS if "portforward" in CRI_PARTS else ():
             self._portforward(sides, version)
-        for version in CRI_VERSIONS:
+        for version in CRI_VERSIONS if "latency" in CRI_PARTS else ():
             self._latency(sides, version)
 
     def _settled(

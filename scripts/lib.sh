@@ -176,7 +176,9 @@ build_images() {
 # state, runc state, sockets, log, CNI config and leases, snapshots and the pods' network
 # namespaces all under DIR. It runs in a network namespace made for it (streamsrv-ctd-XXXXXXXX)
 # reached from here over a veth pair (10.253.N.1/30 here, 10.253.N.2/30 there, N the first
-# free /30): the CRI stream server listens on the namespace's end, plain http. Pods get
+# free /30): the CRI stream server listens on the namespace's end, plain http (or https when
+# STREAMSRV_CONTAINERD_STREAM_TLS=1: a certificate for that address from a CA made for it,
+# ECDSA P-256 as streamsrv's own; the CA is DIR/stream-tls/ca.crt, CONTAINERD_STREAM_CA). Pods get
 # 10.252.0.0/24 from bridge + host-local + loopback inside that namespace; host-network pods
 # share containerd's namespace. The images are `docker save`d (cached in
 # $CONTAINERD_IMAGE_CACHE, keyed by image ids) and imported into the k8s.io namespace.
@@ -255,7 +257,13 @@ containerd_start() {
     _containerd_record CONTAINERD_PAUSE_IMAGE "$pause"
     _containerd_record CONTAINERD_BUSYBOX_REF "$busybox_ref"
     _containerd_record CONTAINERD_PAUSE_REF "$pause_ref"
-    containerd_config "$dir" "$ns_ip" "$snapshotter" "$pause_ref" "$netns" >"$dir/containerd.toml"
+    local tls=""
+    if [ "${STREAMSRV_CONTAINERD_STREAM_TLS:-}" = 1 ]; then
+        tls="$dir/stream-tls"
+        _containerd_stream_cert "$tls" "$ns_ip" || return 1
+        _containerd_record CONTAINERD_STREAM_CA "$tls/ca.crt"
+    fi
+    containerd_config "$dir" "$ns_ip" "$snapshotter" "$pause_ref" "$netns" "$tls" >"$dir/containerd.toml"
     _containerd_record CONTAINERD_CONFIG "$dir/containerd.toml"
     _containerd_record CONTAINERD_SOCKET "$sock"
     _containerd_record CONTAINERD_LOG "$dir/containerd.log"
@@ -303,8 +311,27 @@ containerd_start() {
 
 # The config, version 2. Only what differs from containerd's defaults, and what must not touch
 # the machine's own containerd paths.
+# _containerd_stream_cert DIR IP: DIR/ca.crt and DIR/stream.{crt,key} (for IP), made with openssl.
+_containerd_stream_cert() {
+    local tls=$1 ip=$2
+    mkdir -p "$tls"
+    (
+        cd "$tls" &&
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+                -subj "/CN=streamsrv bench containerd CA $ip" -keyout ca.key -out ca.crt &&
+            openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+                -subj "/CN=containerd" -keyout stream.key -out stream.csr &&
+            printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth\n' "$ip" >stream.ext &&
+            openssl x509 -req -in stream.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                -extfile stream.ext -out stream.crt
+    ) >/dev/null 2>"$tls/openssl.err" || {
+        log "containerd_start: the stream certificate: $(cat "$tls/openssl.err")"
+        return 1
+    }
+}
+
 containerd_config() {
-    local dir=$1 stream_host=$2 snapshotter=$3 pause_ref=$4 network=$5
+    local dir=$1 stream_host=$2 snapshotter=$3 pause_ref=$4 network=$5 tls=${6:-}
     mkdir -p "$dir/net.d" "$dir/ipam"
     cat >"$dir/net.d/10-streamsrv-containerd.conflist" <<JSON
 {
@@ -346,11 +373,15 @@ disabled_plugins = [
   sandbox_image = "$pause_ref"
   stream_server_address = "$stream_host"
   stream_server_port = "0"
-  enable_tls_streaming = false
+  enable_tls_streaming = $([ -n "$tls" ] && echo true || echo false)
   disable_apparmor = true
   restrict_oom_score_adj = true
   # the pods' network namespaces under state, not in /var/run/netns
   netns_mounts_under_state_dir = true
+
+  [plugins."io.containerd.grpc.v1.cri".x509_key_pair_streaming]
+    tls_cert_file = "${tls:+$tls/stream.crt}"
+    tls_key_file = "${tls:+$tls/stream.key}"
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "$snapshotter"

@@ -102,6 +102,8 @@ class ContainerdCri:
     config_path: Path
     log_path: Path
     pid: int
+    # https stream URLs and their CA (STREAMSRV_CONTAINERD_STREAM_TLS=1), else plain http
+    stream_ca: Path | None = None
 
     @property
     def endpoint(self) -> str:
@@ -141,13 +143,16 @@ def require_containerd() -> None:
     require_docker()
 
 
-def _lib(function: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def _lib(
+    function: str, *args: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", "-c", 'source "$0" && "$@"', str(LIB_SH), function, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -168,12 +173,14 @@ def stop(directory: Path) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def containerd_cri(tmp_dir: Path) -> Iterator[ContainerdCri]:
+def containerd_cri(tmp_dir: Path, *, stream_tls: bool = False) -> Iterator[ContainerdCri]:
     """A private containerd with the CRI plugin, under ``tmp_dir/containerd``; see the module
-    docstring. The images are the test images of the Docker engine (DOCKER_HOST)."""
+    docstring. The images are the test images of the Docker engine (DOCKER_HOST). With
+    ``stream_tls`` its stream server serves https (``stream_ca``)."""
     require_containerd()
     directory = tmp_dir / "containerd"
-    started = _lib("containerd_start", str(directory), BUSYBOX, PAUSE, timeout=180)
+    env = {"STREAMSRV_CONTAINERD_STREAM_TLS": "1"} if stream_tls else {}
+    started = _lib("containerd_start", str(directory), BUSYBOX, PAUSE, timeout=180, env=env)
     if started.returncode != 0:
         stop(directory)
         raise RuntimeError(
@@ -200,6 +207,7 @@ def containerd_cri(tmp_dir: Path) -> Iterator[ContainerdCri]:
             config_path=Path(env["CONTAINERD_CONFIG"]),
             log_path=Path(env["CONTAINERD_LOG"]),
             pid=int(env["CONTAINERD_PID"]),
+            stream_ca=Path(env["CONTAINERD_STREAM_CA"]) if "CONTAINERD_STREAM_CA" in env else None,
         )
     except BaseException:
         stop(directory)

@@ -9,6 +9,7 @@ import http.client
 import ipaddress
 import os
 import signal
+import ssl
 import subprocess
 import time
 import uuid
@@ -148,9 +149,13 @@ async def pods_on_both_networks(cri: ContainerdCri) -> None:
         assert len(await client.list_pod_sandbox()) == 2
 
 
-def http_status(host: str, port: int) -> int:
+def http_status(host: str, port: int, context: ssl.SSLContext | None = None) -> int:
     """GET of a stream URL with a token that does not exist: 404 from the stream server."""
-    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn = (
+        http.client.HTTPSConnection(host, port, timeout=10, context=context)
+        if context is not None
+        else http.client.HTTPConnection(host, port, timeout=10)
+    )
     try:
         conn.request("GET", "/exec/no-such-token")
         return conn.getresponse().status
@@ -175,6 +180,29 @@ def test_stop_after_containerd_crashed(tmp_path: Path) -> None:
 async def one_pod(cri: ContainerdCri) -> None:
     async with CriClient(cri.endpoint, timeout=60) as client:
         await run_pod(client, cri, "crash", api_pb2.POD)
+
+
+@pytest.mark.docker
+def test_stream_tls_serves_https_under_its_own_ca(tmp_path: Path) -> None:
+    """STREAMSRV_CONTAINERD_STREAM_TLS (the bench's equal hops): the stream URLs are https,
+    with a certificate for the stream address that only the instance's CA vouches for."""
+    with containerd_cri(tmp_path, stream_tls=True) as cri:
+        assert cri.stream_ca is not None and cri.stream_ca.is_relative_to(cri.directory)
+        assert "enable_tls_streaming = true" in cri.config_path.read_text()
+
+        async def scenario() -> str:
+            async with CriClient(cri.endpoint) as client:
+                _, container, _ = await run_pod(client, cri, "tls", api_pb2.NODE)
+                return await client.exec(
+                    api_pb2.ExecRequest(container_id=container, cmd=["true"], stdout=True)
+                )
+
+        url = urlsplit(asyncio.run(scenario()))
+        assert (url.scheme, url.hostname, url.port) == ("https", cri.stream_host, cri.stream_port)
+        trusted = ssl.create_default_context(cafile=str(cri.stream_ca))
+        assert http_status(cri.stream_host, cri.stream_port, trusted) == 404
+        with pytest.raises(ssl.SSLCertVerificationError):
+            http_status(cri.stream_host, cri.stream_port, ssl.create_default_context())
 
 
 @pytest.mark.docker
