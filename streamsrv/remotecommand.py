@@ -21,7 +21,7 @@ from .protocol import channels, status
 from .protocol.resize import ResizeDecoder, TerminalSize
 from .recording import Session
 from .requests import ExecRequest, StreamRequest
-from .runtime.base import ByteSink, Pipe, Resizes, StdIO
+from .runtime.base import KILLED, ByteSink, Pipe, Resizes, StdIO
 from .transport import Activity, refuse_websocket, send_message
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,6 @@ def _is_success(body: bytes) -> bool:
 
 def _v1_text(body: bytes) -> bytes:
     return status.v1_error_text(body)
-
-
-#: The exit code of an exec killed because its container stopped (128 + SIGKILL, what a shell
-#: and the kubelet report for a process killed that way).
-KILLED = 137
 
 
 async def run_request(

@@ -342,6 +342,11 @@ class Resizes:
         return self.latest
 
 
+#: The exit code of a process killed by SIGKILL (128 + 9), as a shell and the kubelet report it:
+#: what an exec killed with its container ends with, and a container stopped before it started.
+KILLED = 128 + signal.SIGKILL
+
+
 class FdWriter:
     """Non-blocking writes to a pipe or a pty master; raises BrokenPipeError once the reader
     has gone."""

@@ -55,6 +55,7 @@ from ..pods import (
 from ..protocol.resize import TerminalSize
 from . import ctdclient
 from .base import (
+    KILLED,
     BackendError,
     ByteSink,
     ContainerNotFound,
@@ -84,7 +85,6 @@ log = logging.getLogger(__name__)
 FIRST_SIZE_WAIT = 1.0  # seconds a tty exec waits for the client's first size before it starts
 CHUNK = 1 << 18  # one read from an output FIFO
 PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of each FIFO: fewer wake-ups per MiB (pipe-max-size)
-KILLED = 128 + signal.SIGKILL  # the exit code of a SIGKILLed process
 OUTPUT_DRAIN_WAIT = 5.0  # seconds a container's output may run on after its process exited
 RETRY_WAIT = 1.0  # seconds between waits for a task's exit while containerd does not answer
 _F_SETPIPE_SZ = 1031

@@ -46,6 +46,7 @@ from ..pods import (
 )
 from ..protocol.resize import TerminalSize
 from .base import (
+    KILLED,
     BackendError,
     ByteSink,
     ContainerNotFound,
@@ -400,7 +401,7 @@ class ProcessRuntime:
         proc = c.proc
         if proc is None or proc.returncode is not None:
             if c.state == "created":
-                c.state, c.exit_code, c.finished_at = "exited", 137, _now()
+                c.state, c.exit_code, c.finished_at = "exited", KILLED, _now()
             return
         if grace > 0:
             _kill_group(proc.pid, signal.SIGTERM)
