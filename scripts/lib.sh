@@ -309,8 +309,6 @@ containerd_start() {
     done
 }
 
-# The config, version 2. Only what differs from containerd's defaults, and what must not touch
-# the machine's own containerd paths.
 # _containerd_stream_cert DIR IP: DIR/ca.crt and DIR/stream.{crt,key} (for IP), made with openssl.
 _containerd_stream_cert() {
     local tls=$1 ip=$2
@@ -330,6 +328,8 @@ _containerd_stream_cert() {
     }
 }
 
+# The config, version 2. Only what differs from containerd's defaults, and what must not touch
+# the machine's own containerd paths.
 containerd_config() {
     local dir=$1 stream_host=$2 snapshotter=$3 pause_ref=$4 network=$5 tls=${6:-}
     mkdir -p "$dir/net.d" "$dir/ipam"
