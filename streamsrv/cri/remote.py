@@ -21,8 +21,9 @@ import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from ..errors import BackendError, EngineUnavailable
 from ..pods import (
@@ -44,6 +45,7 @@ from .client import CriClient, CriError
 
 log = logging.getLogger(__name__)
 _Item = TypeVar("_Item", SandboxState, ContainerState)
+_V = TypeVar("_V")
 
 #: The sandbox annotation that carries the manifest the gateway was given.
 ANNOTATION_MANIFEST = "io.streamsrv.pod.manifest"
@@ -54,6 +56,85 @@ _STATES = {
     pb.CONTAINER_RUNNING: "running",
     pb.CONTAINER_EXITED: "exited",
 }
+
+
+#: How many statuses a :class:`StatusCache` keeps at most; past it the oldest go (a node with
+#: more objects than that is asked again, as before the cache).
+STATUS_CACHE_MAX = 4096
+
+
+class StatusCache(Generic[_V]):
+    """Statuses an object keeps while its listed state does not change (docs/cri.md, "What
+    the gateway asks a node").
+
+    Every field the gateway reads from a ContainerStatus is fixed while the container stays in
+    one CRI state: a running container's start time, image and log path until it exits, an
+    exited one's code, reason and end for good (CRI never starts a container twice: a restart
+    is a new container). A sandbox's IP is fixed while it stays ready. So a status is used again
+    while ListContainers or ListPodSandbox still shows its object in the state the status was
+    read in, and asked for again when that state changes: the kubelet keeps such a cache too
+    (its pod cache), so that ``kubectl exec`` costs the node a list, not a status per
+    container, as it did here before."""
+
+    def __init__(self, limit: int = STATUS_CACHE_MAX) -> None:
+        self.limit = limit
+        self._entries: dict[str, tuple[int, _V]] = {}  # id -> (CRI state, value), oldest first
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self._entries
+
+    def get(self, oid: str, state: int) -> _V | None:
+        entry = self._entries.get(oid)
+        return entry[1] if entry is not None and entry[0] == state else None
+
+    def put(self, oid: str, state: int, value: _V) -> None:
+        self._entries.pop(oid, None)
+        self._entries[oid] = (state, value)
+        while len(self._entries) > self.limit:
+            del self._entries[next(iter(self._entries))]
+
+    def forget(self, oid: str) -> None:
+        self._entries.pop(oid, None)
+
+    def keep_only(self, ids: set[str]) -> None:
+        """After a list with no filter: what it did not show is gone."""
+        for oid in [o for o in self._entries if o not in ids]:
+            del self._entries[oid]
+
+
+@dataclass(frozen=True)
+class _Status:
+    """What the gateway reads from a ContainerStatus."""
+
+    state: str
+    image: str
+    image_id: str
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    reason: str | None
+    log_path: str
+
+    @classmethod
+    def of(cls, s: pb.ContainerStatus, listed_image: str) -> _Status:
+        state = _STATES.get(s.state, "unknown")
+        return cls(
+            state=state,
+            image=s.image.image or listed_image,
+            image_id=s.image_ref,
+            exit_code=s.exit_code if state == "exited" else None,
+            started_at=_when(s.started_at),
+            finished_at=_when(s.finished_at),
+            reason=s.reason or None,
+            log_path=s.log_path,
+        )
+
+
+#: The states whose status :class:`StatusCache` keeps (an unknown state is asked each time).
+_CACHED_CONTAINER_STATES = frozenset(_STATES)
 
 
 def _when(ns: int) -> datetime | None:
@@ -87,6 +168,8 @@ class CriRuntime:
         self.node = node
         self.name = "cri"
         self.stream_ssl = stream_ssl
+        self.container_statuses: StatusCache[_Status] = StatusCache()
+        self.sandbox_ips: StatusCache[str] = StatusCache()  # ready sandboxes; "" for no IP
 
     async def identify(self) -> str:
         """``runtime_name runtime_version`` of the endpoint (and the node name, if unset)."""
@@ -192,6 +275,7 @@ class CriRuntime:
     async def remove_pod_sandbox(self, sandbox_id: str) -> None:
         with _errors(sandbox_id):
             await self.client.remove_pod_sandbox(sandbox_id)
+        self.sandbox_ips.forget(sandbox_id)
 
     async def create_container(
         self, sandbox_id: str, pod: PodSpec, container: ContainerSpec
@@ -211,6 +295,7 @@ class CriRuntime:
     async def remove_container(self, container_id: str) -> None:
         with _errors(container_id):
             await self.client.remove_container(container_id)
+        self.container_statuses.forget(container_id)
 
     def _pod(self, sandbox: pb.PodSandbox, containers: Sequence[pb.Container]) -> PodSpec:
         meta = sandbox.metadata
@@ -241,26 +326,41 @@ class CriRuntime:
             containers: list[pb.Container] = []
             if any(ANNOTATION_MANIFEST not in s.annotations for s in sandboxes):
                 containers = await self.client.list_containers()
-            statuses = await asyncio.gather(
-                *(self.client.pod_sandbox_status(s.id) for s in sandboxes),
-                return_exceptions=True,
+            ips = await self._sandbox_ips(sandboxes)
+        if not labels:
+            self.sandbox_ips.keep_only({s.id for s in sandboxes})
+        return [
+            SandboxState(
+                id=s.id,
+                pod=self._pod(s, containers),
+                ready=s.state == pb.SANDBOX_READY,
+                created_at=_when(s.created_at) or datetime.now(UTC),
+                ip=ip,
+                node=self.node,
             )
-        out = []
-        for s, st in zip(sandboxes, statuses, strict=True):
-            ip = None
+            for s, ip in zip(sandboxes, ips, strict=True)
+        ]
+
+    async def _sandbox_ips(self, sandboxes: Sequence[pb.PodSandbox]) -> list[str | None]:
+        """Each sandbox's IP (None: it has none, or its status could not be read): a ready
+        one's from the cache once read, the rest asked."""
+        ips: list[str | None] = []
+        ask: list[int] = []
+        for i, s in enumerate(sandboxes):
+            known = self.sandbox_ips.get(s.id, s.state) if s.state == pb.SANDBOX_READY else None
+            ips.append(known or None)
+            if known is None:
+                ask.append(i)
+        statuses = await asyncio.gather(
+            *(self.client.pod_sandbox_status(sandboxes[i].id) for i in ask),
+            return_exceptions=True,
+        )
+        for i, st in zip(ask, statuses, strict=True):
             if isinstance(st, pb.PodSandboxStatusResponse):
-                ip = st.status.network.ip or None
-            out.append(
-                SandboxState(
-                    id=s.id,
-                    pod=self._pod(s, containers),
-                    ready=s.state == pb.SANDBOX_READY,
-                    created_at=_when(s.created_at) or datetime.now(UTC),
-                    ip=ip,
-                    node=self.node,
-                )
-            )
-        return out
+                ips[i] = st.status.network.ip or None
+                if st.status.state == pb.SANDBOX_READY:
+                    self.sandbox_ips.put(sandboxes[i].id, pb.SANDBOX_READY, st.status.network.ip)
+        return ips
 
     async def list_containers(
         self, labels: Mapping[str, str] | None = None
@@ -269,36 +369,45 @@ class CriRuntime:
             found = await self.client.list_containers(
                 pb.ContainerFilter(label_selector=labels or {})
             )
-            statuses = await asyncio.gather(
-                *(self.client.container_status(c.id) for c in found), return_exceptions=True
+            statuses = await self._container_statuses(found)
+        if not labels:
+            self.container_statuses.keep_only({c.id for c in found})
+        return [
+            ContainerState(
+                id=c.id,
+                name=c.metadata.name,
+                image=st.image,
+                image_id=st.image_id,
+                state=st.state,
+                exit_code=st.exit_code,
+                started_at=st.started_at,
+                finished_at=st.finished_at,
+                reason=st.reason,
+                runtime="cri",
+                labels=dict(c.labels)
+                | (
+                    {LABEL_CONTAINER_ATTEMPT: str(c.metadata.attempt)} if c.metadata.attempt else {}
+                ),
+                log_path=st.log_path,
             )
-        out = []
-        for c, st in zip(found, statuses, strict=True):
-            if not isinstance(st, pb.ContainerStatusResponse):
-                continue  # removed in between
-            s = st.status
-            state = _STATES.get(s.state, "unknown")
-            out.append(
-                ContainerState(
-                    id=c.id,
-                    name=c.metadata.name,
-                    image=s.image.image or c.image.image,
-                    image_id=s.image_ref,
-                    state=state,
-                    exit_code=s.exit_code if state == "exited" else None,
-                    started_at=_when(s.started_at),
-                    finished_at=_when(s.finished_at),
-                    reason=s.reason or None,
-                    runtime="cri",
-                    labels=dict(c.labels)
-                    | (
-                        {LABEL_CONTAINER_ATTEMPT: str(c.metadata.attempt)}
-                        if c.metadata.attempt
-                        else {}
-                    ),
-                    log_path=s.log_path,
-                )
-            )
+            for c, st in zip(found, statuses, strict=True)
+            if st is not None  # removed in between
+        ]
+
+    async def _container_statuses(self, found: Sequence[pb.Container]) -> list[_Status | None]:
+        """Each listed container's status: from the cache while it is in the state it was read
+        in, else asked (None: it was removed in between)."""
+        out: list[_Status | None] = [self.container_statuses.get(c.id, c.state) for c in found]
+        ask = [i for i, st in enumerate(out) if st is None]
+        answers = await asyncio.gather(
+            *(self.client.container_status(found[i].id) for i in ask), return_exceptions=True
+        )
+        for i, answer in zip(ask, answers, strict=True):
+            if isinstance(answer, pb.ContainerStatusResponse):
+                st = _Status.of(answer.status, found[i].image.image)
+                out[i] = st
+                if answer.status.state in _CACHED_CONTAINER_STATES:
+                    self.container_statuses.put(found[i].id, answer.status.state, st)
         return out
 
     # ------------------------------------------------------------------------------ streams
