@@ -1094,7 +1094,7 @@ class CriSideBySide:
             f"Port-forward, kubectl {version}: from the last byte to the end of the forwarded "
             f"connection (not in the rate) took {ms_text(closes[GO_NAME])} on the Go side "
             f"(containerd waits up to 1 s for the other direction before it closes), "
-            + ", ".join(f"{ms_text(closes[n])} on {n}" for n in OUR_NAMES)
+            + ", ".join(f"{ms_text(closes[n])} on {n}" for n in OUR_NAMES if n in closes)
             + "."
         )
 
