@@ -30,6 +30,7 @@ from .transport import (
     Activity,
     ReadPause,
     SpdySession,
+    StreamWebSocket,
     WebSocketTransport,
     accept_spdy,
     header,
@@ -382,7 +383,7 @@ async def serve_websocket(
                 status=400,
                 text=f"at most {ctx.limits.max_portforward_pairs} ports per connection\n",
             )
-    ws = web.WebSocketResponse(
+    ws = StreamWebSocket(
         protocols=(chosen,), max_msg_size=ctx.limits.max_websocket_message, autoping=True
     )
     if ws.can_prepare(request).protocol != chosen:

@@ -22,7 +22,7 @@ from .protocol.resize import ResizeDecoder, TerminalSize
 from .recording import Session
 from .requests import ExecRequest, StreamRequest
 from .runtime.base import KILLED, ByteSink, Pipe, Resizes, StdIO
-from .transport import Activity, refuse_websocket, send_message
+from .transport import Activity, StreamWebSocket, refuse_websocket, send_message
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def serve_websocket(
     chosen = channels.negotiate(offered, EXEC_PROTOCOLS)
     if chosen is None:
         return refuse(ctx, offered, EXEC_PROTOCOLS)
-    ws = web.WebSocketResponse(
+    ws = StreamWebSocket(
         protocols=(chosen,), max_msg_size=ctx.limits.max_websocket_message, autoping=True
     )
     if ws.can_prepare(request).protocol != chosen:  # aiohttp would go on without one

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import WSMsgType, web
+from aiohttp._websocket.helpers import MSG_SIZE
+from aiohttp._websocket.writer import WebSocketWriter
 from aiohttp.test_utils import TestClient, TestServer
 
 from streamsrv.limits import Limits
@@ -18,7 +21,7 @@ from streamsrv.protocol.resize import TerminalSize
 from streamsrv.protocol.spdy import Role, SpdyConnection
 from streamsrv.runtime.base import Resizes
 from streamsrv.server import ExecRequest, StreamServer
-from streamsrv.transport import SpdySession
+from streamsrv.transport import SpdySession, StreamWebSocket, _OneSendFrames
 from tests.conftest import stream_server
 from tests.test_remotecommand import FakeRuntime, collect
 from tests.test_spdy_remotecommand import Client
@@ -485,3 +488,67 @@ async def test_eof_on_a_detached_tls_transport_raises_nothing() -> None:
     session.connection_made(DetachedTlsTransport(session))  # type: ignore[arg-type]
     assert session.eof_received() is False  # old main: AttributeError inside asyncio
     assert any(isinstance(e, spdy.ConnectionTerminated) for e in handler.events)
+
+
+# ------------------------------------------------------------------------------- WebSocket frames
+
+
+class _Recording(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[bytes]]] = []
+
+    def write(self, data: Any) -> None:
+        self.calls.append(("write", [bytes(data)]))
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.calls.append(("writelines", list(list_of_data)))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def wire(self) -> bytes:
+        return b"".join(b for _, bufs in self.calls for b in bufs)
+
+
+class _Protocol:
+    _paused = False
+
+
+@pytest.mark.parametrize("size", [0, 100, 125, 126, MSG_SIZE, MSG_SIZE + 1, 65535, 65536, 300_000])
+async def test_a_large_frame_is_one_send_and_the_same_bytes_as_aiohttps(size: int) -> None:
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    stock, ours = _Recording(), _Recording()
+    await WebSocketWriter(_Protocol(), stock).send_frame(payload, WSMsgType.BINARY)  # type: ignore[arg-type]
+    writer = WebSocketWriter(_Protocol(), ours)  # type: ignore[arg-type]
+    writer.__class__ = _OneSendFrames
+    await writer.send_frame(payload, WSMsgType.BINARY)
+    assert ours.wire() == stock.wire()
+    assert len(ours.calls) == 1
+    if size > MSG_SIZE:
+        assert len(stock.calls) == 2  # what this writer is for: aiohttp's header apart
+        kind, bufs = ours.calls[0]
+        assert kind == "writelines" and bufs[1] is payload  # not copied
+
+
+async def test_stream_websocket_sends_its_frames_with_the_one_send_writer() -> None:
+    sizes = [5, MSG_SIZE + 7, 1 << 20]
+    writers: list[type] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ws = StreamWebSocket()
+        await ws.prepare(request)
+        writers.append(type(ws._writer))
+        for n in sizes:
+            await ws.send_bytes(bytes([n % 251]) * n)
+        await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    async with TestClient(TestServer(app)) as client:
+        ws = await client.ws_connect("/", max_msg_size=2 << 20)
+        got = [await ws.receive_bytes(timeout=30) for _ in sizes]
+        await ws.close()
+    assert writers == [_OneSendFrames]
+    assert got == [bytes([n % 251]) * n for n in sizes]
