@@ -425,7 +425,13 @@ async def cri(args: argparse.Namespace) -> int:
         runtime,
         images,
         state_dir,
-        Config(listen=f"{shown}:{port}", ssl=ssl_ctx, limits=limits, record=record_config(args)),
+        Config(
+            listen=f"{shown}:{port}",
+            ssl=ssl_ctx,
+            limits=limits,
+            record=record_config(args),
+            access_log=args.verbose,
+        ),
         status,
         supports_mounts=mounts,
     )

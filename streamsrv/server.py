@@ -65,6 +65,10 @@ class Config:
     #: Record exec and attach sessions and write an audit line per session there
     #: (docs/recording.md); None records nothing.
     record: RecordConfig | None = None
+    #: aiohttp's access log line per request (``streamsrv serve -v`` and ``cri -v`` turn it
+    #: on). Off by default: each session has its audit line already, the line would carry the
+    #: session's one-time token, and formatting it costs a few percent of a short session.
+    access_log: bool = False
 
 
 def _text(status: int, text: str, **headers: str) -> web.Response:
@@ -257,7 +261,12 @@ class StreamServer:
     async def __aenter__(self) -> StreamServer:
         app = web.Application()
         self.add_routes(app)
-        self._runner = web.AppRunner(app, handle_signals=False, **runner_kwargs(self.limits))
+        self._runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=logging.getLogger("aiohttp.access") if self.config.access_log else None,
+            **runner_kwargs(self.limits),
+        )
         await self._runner.setup()
         host, _, port = self.config.listen.rpartition(":")
         site = GuardedSite(

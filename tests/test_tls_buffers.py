@@ -4,6 +4,7 @@ TLS, loopback)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import mmap
 import os
 import socket
@@ -15,6 +16,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp import web
 
 from streamsrv.certs import CertificateAuthority, server_ssl_context
@@ -197,3 +200,24 @@ async def test_other_tls_connections_of_the_process_keep_asyncios_buffers(
         finally:
             other.close()
             await other.wait_closed()
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+async def test_the_access_log_is_off_unless_asked(
+    access_log: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A StreamServer's own listener logs no aiohttp access line (each would name a session's
+    one-time token) unless its Config asks, as `streamsrv serve -v` / `cri -v` do."""
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
+    config = Config(access_log=access_log)
+    async with (
+        StreamServer(FakeRuntime(), config) as server,  # type: ignore[arg-type]
+        aiohttp.ClientSession() as session,
+        session.post(f"{server.base_url}/exec/not-a-token") as resp,
+    ):
+        assert resp.status == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    if access_log:
+        assert len(lines) == 1 and "/exec/not-a-token" in lines[0], lines
+    else:
+        assert lines == []
