@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -515,17 +516,21 @@ class _Protocol:
     _paused = False
 
 
+@pytest.mark.parametrize("compress", [0, 15])  # 15: permessage-deflate, as a browser asks
 @pytest.mark.parametrize("size", [0, 100, 125, 126, MSG_SIZE, MSG_SIZE + 1, 65535, 65536, 300_000])
-async def test_a_large_frame_is_one_send_and_the_same_bytes_as_aiohttps(size: int) -> None:
-    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+async def test_a_large_frame_is_one_send_and_the_same_bytes_as_aiohttps(
+    size: int, compress: int
+) -> None:
+    payload = random.Random(size).randbytes(size)  # incompressible: stays above MSG_SIZE
     stock, ours = _Recording(), _Recording()
-    await WebSocketWriter(_Protocol(), stock).send_frame(payload, WSMsgType.BINARY)  # type: ignore[arg-type]
-    writer = WebSocketWriter(_Protocol(), ours)  # type: ignore[arg-type]
+    stock_writer = WebSocketWriter(_Protocol(), stock, compress=compress)  # type: ignore[arg-type]
+    await stock_writer.send_frame(payload, WSMsgType.BINARY)
+    writer = WebSocketWriter(_Protocol(), ours, compress=compress)  # type: ignore[arg-type]
     writer.__class__ = _OneSendFrames
     await writer.send_frame(payload, WSMsgType.BINARY)
     assert ours.wire() == stock.wire()
     assert len(ours.calls) == 1
-    if size > MSG_SIZE:
+    if size > MSG_SIZE and not compress:
         assert len(stock.calls) == 2  # what this writer is for: aiohttp's header apart
         kind, bufs = ours.calls[0]
         assert kind == "writelines" and bufs[1] is payload  # not copied
