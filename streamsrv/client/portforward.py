@@ -324,11 +324,13 @@ class Forwarder:
         finally:
             for t in (up_task, down_task):
                 t.cancel()
+            # Both ends are closed before anything is awaited: close() may cancel this task
+            # while it waits for the two pumps, and the pod side would then be left open.
+            pod_w.close()
+            local_w.close()
             for result in await asyncio.gather(up_task, down_task, return_exceptions=True):
                 if isinstance(result, Exception) and not isinstance(result, ConnectionError):
                     self.errors.append(result)
-            pod_w.close()
-            local_w.close()
             with contextlib.suppress(Exception):
                 await local_w.wait_closed()
 
