@@ -10,13 +10,23 @@ never a wall-clock figure.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import gc
+import hashlib
 import json
 import random
+import socket
+import ssl
+import threading
+import warnings
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from soak import fuzz
+from streamsrv.certs import CertificateAuthority, server_ssl_context
 from streamsrv.protocol import spdy
 
 FRAMES = 30_000
@@ -70,6 +80,69 @@ def test_server_reader_counts_goaway_and_resets() -> None:
     for i in range(0, len(stream), 1000):  # any chunking
         scan.feed(stream[i : i + 1000])
     assert (scan.goaway, dict(scan.rst), scan.frames) == (1, {3: 1}, 3)
+
+
+def _close_then_go_silent(
+    listener: socket.socket, ctx: ssl.SSLContext, held: list[ssl.SSLSocket]
+) -> None:
+    """Accept one TLS WebSocket, answer the upgrade, send a close frame, then neither answer
+    the client's close_notify nor close: the slow end of the canary's session, held open."""
+    listener.settimeout(30)
+    conn, _ = listener.accept()
+    conn.settimeout(30)
+    tls = ctx.wrap_socket(conn, server_side=True)
+    held.append(tls)
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += tls.recv(4096)
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    tls.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+    )
+    tls.sendall(b"\x88\x02\x03\xe8")  # close, 1000
+
+
+def test_a_session_on_a_loop_that_ends_leaves_no_socket(tmp_path: Path) -> None:
+    """The canary's session (fuzz.client_session) on its own event loop, which ends as soon as
+    the session does, against a peer that has not answered the TLS close_notify yet: no
+    socket is left for the collector to report (a plain aiohttp session leaves one, with its
+    transport: two ResourceWarnings)."""
+    ca = CertificateAuthority(tmp_path)
+    cert, key = ca.serving_cert(["127.0.0.1"])
+    client_ctx = ssl.create_default_context(cadata=ca.pem.decode())
+    held: list[ssl.SSLSocket] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        peer = threading.Thread(
+            target=_close_then_go_silent, args=(listener, server_ssl_context(cert, key), held)
+        )
+        peer.start()
+        kinds: list[object] = []
+
+        async def session() -> None:
+            async with (
+                fuzz.client_session() as client,
+                client.ws_connect(f"https://127.0.0.1:{port}/", ssl=client_ctx) as ws,
+            ):
+                kinds.append((await ws.receive()).type)
+
+        try:
+            asyncio.run(session())  # a loop of its own, like the canary's thread
+        finally:
+            peer.join(30)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                gc.collect()
+            for tls in held:
+                tls.close()
+    assert kinds == [aiohttp.WSMsgType.CLOSE]
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 @pytest.mark.timeout(900)
