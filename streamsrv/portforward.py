@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import cast
 
 from aiohttp import WSMsgType, web
 
@@ -78,7 +79,7 @@ class EarlyData:
 
 class _Pair:
     __slots__ = (
-        "request_id", "port", "error", "data", "writer", "task", "timer", "eof", "early",
+        "request_id", "port", "error", "data", "link", "task", "timer", "eof", "early",
     )  # fmt: skip
 
     def __init__(self, request_id: str, port: int) -> None:
@@ -86,11 +87,74 @@ class _Pair:
         self.port = port
         self.error: int | None = None
         self.data: int | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.link: _PodLink | None = None
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.eof = False  # the client half-closed the data stream before the dial finished
         self.early = EarlyData()
+
+
+class _PodLink(asyncio.Protocol):
+    """The dialled pod socket of one SPDY pair (docs/architecture.md, "One byte of stdout").
+
+    What the pod sends goes to the session from ``data_received``, one ``bytes`` per read of
+    the transport: no StreamReader (which copies every byte into its buffer and out again)
+    and no task wake-up per chunk. While the session cannot send (its socket's buffer is
+    full), reading the pod pauses until it drains. Reading starts once the data stream's
+    reply is out (:meth:`start`). What the client sends is written to :attr:`transport`;
+    :meth:`drain` waits while the pod is slow to take it.
+    """
+
+    def __init__(self, session: SpdySession, sid: int, account: Session) -> None:
+        self.session = session
+        self.sid = sid
+        self.account = account
+        self.transport: asyncio.Transport | None = None
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pause = ReadPause()  # of the pod, while the session drains
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.pause_reading()  # nothing goes to the client before the reply
+
+    def start(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session.closed.is_set():  # the client is gone: so is this pair
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.account.output(data)
+        session.send_data(self.sid, data)
+        if not session.can_send and self.transport is not None:
+            self.pause.pause_until(self.transport, session.drain)
+
+    def eof_received(self) -> bool:
+        return False  # the pod's half-close ends the pair, as kubelet's copy does
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.debug("port-forward stream %d: the pod side ended: %s", self.sid, exc)
+        if not self.ended.done():
+            self.ended.set_result(None)
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def drain(self) -> None:
+        """Until the pod has taken what was written (below the transport's low water)."""
+        await self._writable.wait()
+        if self.ended.done():
+            raise ConnectionResetError("the pod side is closed")
 
 
 async def dial(
@@ -144,12 +208,12 @@ class SpdyForwarder:
             pair = self.by_stream.get(event.stream_id)
             if pair is None or event.stream_id != pair.data:
                 pass
-            elif pair.writer is not None:
+            elif pair.link is not None and pair.link.transport is not None:
                 self.account.input(event.data)
-                pair.writer.write(event.data)
-                full = pair.writer.transport.get_write_buffer_size() > self.ctx.limits.read_buffer
-                if full:
-                    self.read_pause.pause_until(self.session, pair.writer.drain)
+                transport = pair.link.transport
+                transport.write(event.data)
+                if transport.get_write_buffer_size() > self.ctx.limits.read_buffer:
+                    self.read_pause.pause_until(self.session, pair.link.drain)
             elif not pair.early.settled.is_set():
                 held = pair.early.keep(event.data)
                 if held > self.ctx.limits.read_buffer:
@@ -157,9 +221,11 @@ class SpdyForwarder:
         elif isinstance(event, spdy.StreamEnded):
             pair = self.by_stream.get(event.stream_id)
             if pair is not None and event.stream_id == pair.data:
-                if pair.writer is not None and pair.writer.can_write_eof():
-                    with contextlib.suppress(OSError):
-                        pair.writer.write_eof()  # the client's half-close, passed on
+                link = pair.link
+                if link is not None and link.transport is not None:
+                    if link.transport.can_write_eof():
+                        with contextlib.suppress(OSError, RuntimeError):
+                            link.transport.write_eof()  # the client's half-close, passed on
                 else:
                     pair.eof = True
         elif isinstance(event, spdy.StreamReset):
@@ -242,8 +308,8 @@ class SpdyForwarder:
                 del self.by_stream[sid]
 
     def _drop(self, pair: _Pair) -> None:
-        if pair.writer is not None:
-            pair.writer.close()
+        if pair.link is not None and pair.link.transport is not None:
+            pair.link.transport.close()
         if pair.task is not None:
             pair.task.cancel()
         self._forget(pair)
@@ -263,30 +329,32 @@ class SpdyForwarder:
             self.ctx.metrics.refused["portforward-dial"] += 1
             self._fail(pair)
             return
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.open_connection(sock=sock, limit=CHUNK)
+            transport, link = await loop.create_connection(
+                lambda: _PodLink(session, data, self.account), sock=sock
+            )
         except BaseException:
             sock.close()
             self._fail(pair)
             raise
-        pair.writer = writer
+        pair.link = link
         if early := pair.early.settle():
             self.account.input(early)
-            writer.write(early)
+            transport.write(early)
         self.ctx.metrics.forwarded += 1
         self.account.ports.add(pair.port)
         try:
             session.reply(data)
-            if pair.eof:
-                writer.write_eof()
-            while chunk := await reader.read(CHUNK):
-                self.account.output(chunk)
-                await session.drain()
-                session.send_data(data, chunk)
-        except (ConnectionError, OSError) as exc:
+            if pair.eof and transport.can_write_eof():
+                transport.write_eof()
+            link.start()
+            await link.ended
+        except (ConnectionError, OSError, RuntimeError) as exc:
             log.debug("port-forward %s: the pod side ended: %s", pair.request_id, exc)
         finally:
-            writer.close()
+            transport.close()
+            await link.pause.cancel()
             if not session.closed.is_set():
                 session.end(data)
                 session.end(error)

@@ -274,6 +274,11 @@ class SpdySession(asyncio.Protocol):
         ):
             transport.write(out)
 
+    @property
+    def can_send(self) -> bool:
+        """Whether the transport takes more now (what :meth:`drain` would not wait for)."""
+        return self._writable.is_set() and not self.closed.is_set()
+
     async def drain(self) -> None:
         if self.closed.is_set():
             raise ConnectionResetError("the SPDY connection is closed")
