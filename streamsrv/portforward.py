@@ -224,7 +224,7 @@ class SpdyForwarder:
                 link = pair.link
                 if link is not None and link.transport is not None:
                     if link.transport.can_write_eof():
-                        with contextlib.suppress(OSError, RuntimeError):
+                        with contextlib.suppress(OSError):
                             link.transport.write_eof()  # the client's half-close, passed on
                 else:
                     pair.eof = True
@@ -350,7 +350,7 @@ class SpdyForwarder:
                 transport.write_eof()
             link.start()
             await link.ended
-        except (ConnectionError, OSError, RuntimeError) as exc:
+        except (ConnectionError, OSError) as exc:
             log.debug("port-forward %s: the pod side ended: %s", pair.request_id, exc)
         finally:
             transport.close()

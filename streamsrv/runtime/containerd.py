@@ -153,18 +153,14 @@ class FifoReader:
         self._opened = False  # the FIFO polled readable once: its writer has opened it
 
     async def read(self, n: int = CHUNK) -> bytes:
-        if self._opened:
-            try:
-                return os.read(self.fd, n)
-            except BlockingIOError:
-                pass
         while True:
+            if self._opened:
+                try:
+                    return os.read(self.fd, n)
+                except BlockingIOError:
+                    pass
             await wait_fd(self.fd, readable=True)
             self._opened = True
-            try:
-                return os.read(self.fd, n)
-            except BlockingIOError:
-                continue
 
 
 class _Fifos:
