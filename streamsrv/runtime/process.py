@@ -546,8 +546,8 @@ class ProcessRuntime:
             assert io.stdin is not None and inp is not None
             writer = FdWriter(inp)
             with contextlib.suppress(BrokenPipeError):
-                while data := await io.stdin.read():
-                    await writer.write(data)
+                while chunks := await io.stdin.read_chunks():
+                    await writer.write_chunks(chunks)
                 if tty:
                     await writer.write(b"\x04")  # a terminal has no half-close: EOT
                 else:
@@ -631,9 +631,9 @@ class ProcessRuntime:
             # reading `stty size` from it must see that size.
             await wait_event(sized, FIRST_SIZE_WAIT)
             with contextlib.suppress(BrokenPipeError):
-                while data := await io.stdin.read():
+                while chunks := await io.stdin.read_chunks():
                     async with c.stdin_lock:  # whole chunks from each attached client
-                        await writer.write(data)
+                        await writer.write_chunks(chunks)
         finally:
             if c.spec.stdin_once and fd == c.stdin_fd:
                 self._close_stdin(c)

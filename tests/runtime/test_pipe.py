@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 
-from streamsrv.runtime.base import JOIN_LIMIT, Pipe
+import pytest
+
+from streamsrv.runtime.base import JOIN_LIMIT, WRITEV_LIMIT, FdWriter, Pipe, wait_fd
 
 
 async def test_queued_chunks_are_read_as_one_in_order() -> None:
@@ -50,3 +54,67 @@ async def test_a_reader_waits_for_data_and_sees_eof_after_close() -> None:
     assert await asyncio.wait_for(reader, 2) == b"late"
     pipe.close()
     assert await asyncio.wait_for(pipe.read(), 2) == b""
+
+
+async def test_queued_chunks_are_taken_whole_up_to_the_limit() -> None:
+    pipe = Pipe(limit=10 * WRITEV_LIMIT)
+    taps: list[bytes] = []
+    pipe.tap = taps.append
+    big = b"B" * (2 * WRITEV_LIMIT)
+    for chunk in (b"a", b"bc", b"", b"d" * (WRITEV_LIMIT - 3), b"e", big, b"f"):
+        pipe.feed_nowait(chunk)
+    first = await pipe.read_chunks()
+    assert first == [b"a", b"bc", b"d" * (WRITEV_LIMIT - 3)]  # nothing joined, no empty one
+    assert await pipe.read_chunks() == [b"e"]
+    (alone,) = await pipe.read_chunks()  # larger than the limit: on its own, whole
+    assert alone is big
+    pipe.close()
+    assert await pipe.read_chunks() == [b"f"]
+    assert await pipe.read_chunks() == []
+    assert taps == [*first, b"e", big, b"f"]  # the session's tap sees every chunk once
+
+
+async def test_reading_chunks_resumes_a_paused_source() -> None:
+    pipe = Pipe(limit=10)
+    assert pipe.feed_nowait(b"x" * 6)
+    assert not pipe.feed_nowait(b"y" * 6)
+    waiter = asyncio.create_task(pipe.wait_writable())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    assert await pipe.read_chunks() == [b"x" * 6, b"y" * 6]
+    await asyncio.wait_for(waiter, 2)
+
+
+async def test_chunks_reach_a_full_pipe_in_order_through_partial_writes() -> None:
+    """A pipe far smaller than what is written: writev writes part of a chunk, the writer
+    waits, and goes on from the middle of it."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    chunks = [os.urandom(n) for n in (1, 5000, 3, 70_000, 4095, 4097)]
+    writer = FdWriter(w)
+    got = bytearray()
+    os.set_blocking(r, False)
+
+    async def drain() -> None:
+        while len(got) < sum(map(len, chunks)):
+            await wait_fd(r, readable=True)
+            got.extend(os.read(r, 1000))  # slower than the writer: it keeps finding it full
+
+    try:
+        await asyncio.wait_for(asyncio.gather(writer.write_chunks(list(chunks)), drain()), 30)
+        assert bytes(got) == b"".join(chunks)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+async def test_writing_chunks_to_a_closed_reader_is_a_broken_pipe() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        with pytest.raises(BrokenPipeError):
+            await FdWriter(w).write_chunks([b"a", b"b"])
+        with pytest.raises(BrokenPipeError):  # or an fd closed elsewhere (its number reused)
+            await FdWriter(w, lambda: False).write_chunks([b"a"])
+    finally:
+        os.close(w)
