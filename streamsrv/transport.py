@@ -34,7 +34,7 @@ import contextlib
 import logging
 import struct
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from aiohttp import ClientConnectionResetError, WSMsgType, web
 from aiohttp._websocket.helpers import MSG_SIZE
@@ -45,6 +45,8 @@ from .limits import Limits
 from .protocol import channels, spdy
 
 log = logging.getLogger(__name__)
+
+_In = TypeVar("_In", bytes, int)
 
 
 class SessionHandler(Protocol):
@@ -57,8 +59,12 @@ class SessionHandler(Protocol):
         """No data on any stream for ``Limits.idle_timeout``: end the session."""
 
 
-class SpdySession(asyncio.Protocol):
+class SpdySession(asyncio.BufferedProtocol):
     """A server-side SPDY/3.1 connection on an asyncio transport (raw or a WebSocket tunnel).
+
+    A buffered protocol: a raw or TLS transport reads (or decrypts) the peer's bytes straight
+    into the codec's buffer (:meth:`get_buffer`), where they are parsed; the WebSocket tunnel
+    hands over whole messages (:meth:`data_received`).
 
     Events go to ``handler.on_event`` in arrival order. Handlers answer through the guarded
     helpers (:meth:`reply`, :meth:`send_data`, :meth:`end`, :meth:`reset`), which never raise
@@ -101,7 +107,7 @@ class SpdySession(asyncio.Protocol):
         self._held = 0  # bytes of a partial frame at the last check
         self._progress_at = 0.0  # when the partial frame last grew
 
-    # asyncio.Protocol -----------------------------------------------------------------------
+    # asyncio.BufferedProtocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports do not derive from asyncio's classes.
         self.transport = cast(asyncio.Transport, transport)
@@ -113,8 +119,19 @@ class SpdySession(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed.is_set() or self.failed is not None:
             return
+        self._received(self.conn.receive_data, data)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.closed.is_set() or self.failed is not None:
+            return
+        self._received(self.conn.buffer_updated, nbytes)
+
+    def _received(self, parse: Callable[[_In], list[spdy.Event]], arg: _In) -> None:
         try:
-            events = self.conn.receive_data(data)
+            events = parse(arg)
         except spdy.RemoteProtocolError as exc:
             self.warnings.log(
                 logging.INFO, "spdy-protocol", "SPDY connection ended on a protocol error: %s", exc
@@ -377,7 +394,7 @@ class WebSocketTransport(asyncio.Transport):
     not taking the next message, which lets aiohttp's bounded reader pause the socket.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, protocol: asyncio.Protocol, high_water: int):
+    def __init__(self, ws: web.WebSocketResponse, protocol: SpdySession, high_water: int):
         super().__init__()
         self.ws = ws
         self._protocol = protocol

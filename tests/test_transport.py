@@ -7,7 +7,9 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from aiohttp._websocket.helpers import MSG_SIZE
 from aiohttp._websocket.writer import WebSocketWriter
 from aiohttp.test_utils import TestClient, TestServer
 
+from streamsrv.certs import CertificateAuthority, server_ssl_context
 from streamsrv.limits import Limits
 from streamsrv.protocol import spdy
 from streamsrv.protocol.resize import TerminalSize
@@ -489,6 +492,65 @@ async def test_eof_on_a_detached_tls_transport_raises_nothing() -> None:
     session.connection_made(DetachedTlsTransport(session))  # type: ignore[arg-type]
     assert session.eof_received() is False  # old main: AttributeError inside asyncio
     assert any(isinstance(e, spdy.ConnectionTerminated) for e in handler.events)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_a_socket_reads_into_the_codecs_buffer(tls: bool, tmp_path: Path) -> None:
+    """On a raw or TLS transport, moved to the session as accept_spdy moves it, the peer's
+    bytes are read (decrypted) into the codec's buffer: no ``data_received`` at all."""
+    calls = {"get_buffer": 0, "data_received": 0}
+
+    class Counting(SpdySession):
+        def get_buffer(self, sizehint: int) -> memoryview:
+            calls["get_buffer"] += 1
+            return super().get_buffer(sizehint)
+
+        def data_received(self, data: bytes) -> None:
+            calls["data_received"] += 1
+            super().data_received(data)
+
+    ended = asyncio.Event()
+
+    class Ending(Recorder):
+        def on_event(self, event: spdy.Event) -> None:
+            super().on_event(event)
+            if isinstance(event, spdy.StreamEnded):
+                ended.set()
+
+    handler = Ending()
+    session = Counting(handler, Limits())
+    handler.session = session
+
+    class Starter(asyncio.Protocol):  # the web server's protocol until the upgrade
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.set_protocol(session)
+            session.connection_made(transport)
+
+    server_ctx = client_ctx = None
+    if tls:
+        ca = CertificateAuthority(tmp_path)
+        server_ctx = server_ssl_context(*ca.serving_cert(["127.0.0.1"]))
+        client_ctx = ssl.create_default_context(cadata=ca.pem.decode())
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Starter, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    payload = random.randbytes(300_000)
+    client.send_data(sid, payload, fin=True)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx)
+        writer.write(client.data_to_send())
+        await writer.drain()
+        await asyncio.wait_for(ended.wait(), 30)
+        got = b"".join(e.data for e in handler.events if isinstance(e, spdy.DataReceived))
+        assert got == payload
+        assert calls["get_buffer"] > 0 and calls["data_received"] == 0, calls
+        writer.close()
+    finally:
+        server.close()
+        session.abort()
+        await server.wait_closed()
 
 
 # ------------------------------------------------------------------------------- WebSocket frames

@@ -123,6 +123,8 @@ FLAG_FIN: Final = 0x01
 FLAG_UNIDIRECTIONAL: Final = 0x02  # SYN_STREAM
 FLAG_CLEAR_SETTINGS: Final = 0x01  # SETTINGS
 
+#: What :meth:`SpdyConnection.get_buffer` hands out when asked for no particular size.
+READ_SIZE = 64 * 1024
 _HEADER = struct.Struct(">II")  # both frame kinds: first word, flags << 24 | length
 _CONTROL = struct.Struct(">HHI")  # 0x8000 | version, type, flags << 24 | length
 _U32 = struct.Struct(">I")
@@ -585,6 +587,10 @@ class SpdyConnection:
         self._out: list[bytes | memoryview] = []
         self._buf = bytearray()
         self._need = 8  # bytes the buffered frame needs before it is worth parsing again
+        # get_buffer / buffer_updated: the peer's bytes are read into this, and parsed where
+        # they lie; [_lo, _hi) is a partial frame still waiting for the rest of it.
+        self._arena = bytearray()
+        self._lo = self._hi = 0
         self._error: RemoteProtocolError | None = None
         self._input_closed = False  # a GOAWAY was received, or EOF
         self._eof = False
@@ -624,7 +630,7 @@ class SpdyConnection:
 
         At most ``8 + max_frame_size``: a larger frame fails on its header.
         """
-        return len(self._buf)
+        return len(self._buf) + self._hi - self._lo
 
     def stream_state(self, stream_id: int) -> StreamState:
         """The state of a stream; ``CLOSED`` for one that is gone or never existed.
@@ -882,9 +888,75 @@ class SpdyConnection:
         if self._eof:
             return []
         self._eof = self._input_closed = True
-        unparsed = len(self._buf)
+        unparsed = self.buffered
         self._buf = bytearray()
+        self._arena = bytearray()
+        self._lo = self._hi = 0
         return [ConnectionTerminated(unparsed)]
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Room for the peer's next bytes, at least ``sizehint`` of them (``READ_SIZE`` for a
+        hint under 1): read into it, then hand over the count with :meth:`buffer_updated`.
+
+        The other way in, beside :meth:`receive_data`, for an
+        :class:`asyncio.BufferedProtocol`: bytes read (or decrypted) into the buffer are
+        parsed where they lie, and a partial frame stays put until its rest arrives; only a
+        DATA frame's payload is copied out (into its event). A buffer is valid until the next
+        call of either method. The two ways may be mixed.
+        """
+        want = sizehint if sizehint > 0 else READ_SIZE
+        held = self._hi - self._lo
+        if self._buf:  # left by receive_data: parsed from here on
+            carried, self._buf = self._buf, bytearray()
+        else:
+            carried = None
+        arena = self._arena
+        if carried is not None or len(arena) - self._hi < want:
+            # Room at the end is short: a new arena (never a resize: the transport may still
+            # hold a view of the old one) or, when it is large enough, the partial frame
+            # moved to its start.
+            extra = len(carried) if carried is not None else 0
+            size = held + extra + want
+            if len(arena) < size or len(arena) > max(8 * size, READ_SIZE):
+                # a quarter more than asked for: reads of a stream vary a little in size
+                arena = bytearray(max(size + size // 4, min(READ_SIZE, 4 * size)))
+            arena[:held] = self._arena[self._lo : self._hi]  # the partial frame, if any
+            if carried is not None:
+                arena[held : held + extra] = carried
+            self._arena = arena
+            self._lo, self._hi = 0, held + extra
+        return memoryview(arena)[self._hi :]
+
+    def buffer_updated(self, nbytes: int) -> list[Event]:
+        """``nbytes`` of the peer's were written at the start of the last :meth:`get_buffer`;
+        parse them (as :meth:`receive_data` does) and return the events of complete frames.
+
+        Raises:
+            RemoteProtocolError: as :meth:`receive_data`.
+        """
+        if self._error is not None:
+            raise self._again()
+        if self._input_closed or nbytes <= 0:
+            return []
+        if not 0 < nbytes <= len(self._arena) - self._hi:
+            raise ValueError(f"{nbytes} bytes do not fit the buffer handed out")
+        self._hi += nbytes
+        events: list[Event] = []
+        if self._hi - self._lo < self._need:
+            return events
+        try:
+            with memoryview(self._arena) as whole, whole[self._lo : self._hi] as view:
+                self._lo += self._parse(view, events)
+        except RemoteProtocolError as exc:
+            self._fail(exc, events)
+            raise
+        if self._lo == self._hi:
+            self._lo = self._hi = 0
+            if nbytes < len(self._arena) // 16 and len(self._arena) > READ_SIZE // 4:
+                # A small read into a large arena: the bulk is over; an idle session keeps
+                # no large buffer.
+                self._arena = bytearray()
+        return events
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feed bytes from the peer, in any chunking; return the events of complete frames.
@@ -901,6 +973,9 @@ class SpdyConnection:
             return []
         if isinstance(data, memoryview):
             data = bytes(data)
+        if self._hi > self._lo:  # a partial frame left by buffer_updated: continued here
+            self._buf = bytearray(self._arena[self._lo : self._hi])
+            self._lo = self._hi = 0
         buf = self._buf
         events: list[Event] = []
         try:
@@ -944,6 +1019,8 @@ class SpdyConnection:
         exc.events = tuple(events)
         self._error = exc
         self._buf = bytearray()  # a fresh one: views in the traceback may pin the old one
+        self._arena = bytearray()
+        self._lo = self._hi = 0
         if not self._goaway_sent:
             self._goaway_sent = True
             self._control(GOAWAY, 0, _TWO.pack(self._last_peer_stream_id, exc.goaway_status))

@@ -1505,6 +1505,109 @@ def _feed(wire: bytes, cuts: list[int]) -> tuple[list[Event], bytes, str | None]
     return events, s.data_to_send(), None
 
 
+def _feed_buffered(
+    wire: bytes, reads: list[tuple[int, int, bool]]
+) -> tuple[list[Event], bytes, str | None]:
+    """Feed ``wire`` as a buffered protocol's transport would: each read asks
+    :meth:`get_buffer` with a size hint and fills what it is given, or (``False``) goes
+    through :meth:`receive_data` instead; the two ways mixed."""
+    s = SpdyConnection(Role.SERVER)
+    events: list[Event] = []
+    pos = 0
+    plan = iter(reads)
+    try:
+        while pos < len(wire):
+            take, hint, buffered = next(plan, (len(wire), -1, True))
+            take = max(1, min(take, len(wire) - pos))
+            if not buffered:
+                events += s.receive_data(wire[pos : pos + take])
+                pos += take
+                continue
+            buf = s.get_buffer(hint)
+            assert len(buf) >= (hint if hint > 0 else spdy.READ_SIZE)
+            n = min(take, len(buf))
+            buf[:n] = wire[pos : pos + n]
+            events += s.buffer_updated(n)
+            pos += n
+    except RemoteProtocolError as exc:
+        return events + list(exc.events), s.data_to_send(), str(exc)
+    return events, s.data_to_send(), None
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    script=CLIENT_OPS,
+    reads=st.lists(
+        st.tuples(st.integers(1, 20000), st.integers(-1, 20000), st.booleans()), max_size=30
+    ),
+    tail=st.binary(max_size=40),
+)
+def test_reading_into_the_codecs_buffer_gives_identical_events(
+    script: list[tuple[str, int, list[tuple[str, str]], bytes]],
+    reads: list[tuple[int, int, bool]],
+    tail: bytes,
+) -> None:
+    wire = _client_wire(script)
+    whole = _feed(wire, [])
+    assert _feed_buffered(wire, reads) == whole
+    assert _feed_buffered(wire, [(7, 7, True)] * len(wire)) == whole
+    assert _feed_buffered(wire + tail, reads) == _feed(wire + tail, [])
+
+
+def test_a_partial_frame_stays_in_the_buffer_until_its_rest_arrives() -> None:
+    p = Pair()
+    sid = p.open()
+    p.client.send_data(sid, b"a" * 100)
+    p.client.send_data(sid, b"b" * 100)
+    wire = p.client.data_to_send()
+    buf = p.server.get_buffer(150)
+    buf[:150] = wire[:150]
+    assert p.server.buffer_updated(150) == [DataReceived(sid, b"a" * 100)]
+    assert p.server.buffered == 150 - 108
+    buf = p.server.get_buffer(66)
+    buf[:66] = wire[150:]
+    (event,) = p.server.buffer_updated(66)
+    assert event == DataReceived(sid, b"b" * 100) and type(event.data) is bytes
+    assert p.server.buffered == 0
+    buf = p.server.get_buffer(-1)
+    buf[:100] = b"X" * 100  # the next read reuses the buffer: the event has its own bytes
+    assert event.data == b"b" * 100
+    with pytest.raises(ValueError):
+        p.server.buffer_updated(len(buf) + 1)  # more than was handed out
+
+
+def test_a_small_read_after_a_bulk_one_lets_the_large_buffer_go() -> None:
+    p = Pair()
+    sid = p.open()
+    p.client.send_data(sid, b"x" * 200_000)
+    wire = p.client.data_to_send()
+    buf = p.server.get_buffer(len(wire))
+    buf[: len(wire)] = wire
+    assert len(p.server.buffer_updated(len(wire))) == 7  # 32 KiB frames
+    assert len(p.server.get_buffer(1)) >= len(wire)  # kept while the bulk goes on
+    p.client.send_data(sid, b"k")
+    wire = p.client.data_to_send()
+    buf = p.server.get_buffer(1)
+    buf[: len(wire)] = wire
+    assert p.server.buffer_updated(len(wire)) == [DataReceived(sid, b"k")]
+    assert len(p.server.get_buffer(16)) < 1024  # an interactive session holds no large one
+
+
+def test_a_failure_on_the_buffered_way_drops_the_buffer() -> None:
+    s = SpdyConnection(Role.SERVER)
+    buf = s.get_buffer(8)
+    buf[:7] = hx("80030006 000000")
+    assert s.buffer_updated(7) == []
+    assert s.buffered == 7
+    buf = s.get_buffer(1)
+    buf[:1] = hx("05")  # PING of length 5
+    with pytest.raises(RemoteProtocolError):
+        s.buffer_updated(1)
+    assert s.buffered == 0
+    with pytest.raises(RemoteProtocolError):
+        s.buffer_updated(1)
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     script=CLIENT_OPS,
