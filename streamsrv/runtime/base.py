@@ -388,20 +388,7 @@ class FdWriter:
         os.set_blocking(fd, False)
 
     async def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if not self._alive():
-                raise BrokenPipeError(errno.EPIPE, "the process's input is closed")
-            try:
-                n = os.write(self.fd, view)
-            except BlockingIOError:
-                await wait_fd(self.fd, readable=False)
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EIO:
-                    raise BrokenPipeError(errno.EPIPE, "the terminal is gone") from exc
-                raise
-            view = view[n:]
+        await self.write_chunks([data])
 
     async def write_chunks(self, chunks: Sequence[bytes]) -> None:
         """Write ``chunks`` in order with ``writev`` (nothing joined), waiting whenever the
