@@ -4,10 +4,10 @@ Between the sans-IO codec (:mod:`streamsrv.protocol.spdy`) and the handlers (exe
 port-forward) sits :class:`SpdySession`. It keeps three promises (docs/architecture.md,
 "The transport layer"):
 
-* **Nothing a peer sends raises out of** ``data_received``. A peer's protocol error ends the
-  connection with GOAWAY(PROTOCOL_ERROR); a stream the server will not take is reset; a
-  handler that raises ends its own session (GOAWAY(INTERNAL_ERROR), one log line). Other
-  sessions never notice.
+* **Nothing a peer sends raises out of** ``data_received`` **or** ``buffer_updated``. A
+  peer's protocol error ends the connection with GOAWAY(PROTOCOL_ERROR); a stream the server
+  will not take is reset; a handler that raises ends its own session (GOAWAY(INTERNAL_ERROR),
+  one log line). Other sessions never notice.
 * **Every buffer has a bound.** Streams per connection (``max_streams``, then
   RST_STREAM(REFUSED_STREAM)), frame and header sizes (in the codec), partial frames that stop
   making progress (``progress_timeout``), and sessions with no data (``idle_timeout``).

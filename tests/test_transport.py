@@ -295,6 +295,50 @@ async def test_connection_terminated_is_delivered_after_a_protocol_error_too() -
     assert ended == [spdy.ConnectionTerminated()]
 
 
+def read_into(session: SpdySession, data: bytes, size: int = 5) -> None:
+    """``data`` as a buffered transport hands it over: reads of ``size`` bytes into the
+    session's buffer."""
+    for i in range(0, len(data), size):
+        piece = data[i : i + size]
+        buf = session.get_buffer(len(piece))
+        buf[: len(piece)] = piece
+        session.buffer_updated(len(piece))
+
+
+async def test_nothing_a_peer_sends_raises_out_of_buffer_updated() -> None:
+    """The buffered way in keeps the first promise: events before a bad frame are handled,
+    then GOAWAY(PROTOCOL_ERROR), the connection is closed, and later reads are ignored."""
+    session, transport, handler = make_session()
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    client.send_data(sid, b"before")
+    read_into(session, client.data_to_send() + b"\x80\x03\x00\x05\x00\x00\x00\x00")
+    assert [e for e in handler.events if isinstance(e, spdy.DataReceived)] == [
+        spdy.DataReceived(sid, b"before")
+    ]
+    assert session.failed is not None and transport.aborted
+    goaway = [e for e in peer_events(bytes(transport.out)) if isinstance(e, spdy.GoAwayReceived)]
+    assert [e.status for e in goaway] == [spdy.GoAwayStatus.PROTOCOL_ERROR]
+    read_into(session, b"\x00" * 64)  # after the failure: dropped, nothing raised
+    session.connection_lost(None)
+    ended = [e for e in handler.events if isinstance(e, spdy.ConnectionTerminated)]
+    assert len(ended) == 1
+
+
+async def test_a_partial_frame_read_into_the_buffer_is_watched_for_progress() -> None:
+    session, transport, _ = make_session(Limits(progress_timeout=0.2))
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdin"})
+    read_into(session, client.data_to_send(), size=1000)
+    read_into(session, b"\x00\x00\x00%c\x00\x00\x10\x00partial" % sid)  # 4 KiB declared
+    assert session.conn.buffered == 15
+    for _ in range(100):
+        if transport.closing:
+            break
+        await asyncio.sleep(0.05)
+    assert session.failed == "partial frame made no progress"
+
+
 async def test_resizes_coalesce_to_the_latest() -> None:
     """Old main queued every size (one engine call each): the CVE-2022-23471 class."""
     sizes = Resizes()
