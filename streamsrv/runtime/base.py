@@ -266,20 +266,13 @@ class Pipe:
         Small chunks that queued up while the backend was busy are joined, up to
         ``JOIN_LIMIT`` bytes, so that they go on as one write.
         """
-        while not self._chunks:
-            if self._closed:
-                return b""
-            self._readable.clear()
-            await self._readable.wait()
-        data = self._chunks.popleft()
-        if self._chunks and len(data) < JOIN_LIMIT:
-            parts, size = [data], len(data)
-            while self._chunks and size + len(self._chunks[0]) <= JOIN_LIMIT:
-                parts.append(self._chunks.popleft())
-                size += len(parts[-1])
-            if len(parts) > 1:
-                data = b"".join(parts)
-        self._taken(data)
+        # no queued chunk is empty, so JOIN_LIMIT chunks never fit: no count bound here
+        chunks = await self._take(JOIN_LIMIT, JOIN_LIMIT)
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if self.tap is not None:
+            self.tap(data)
         return data
 
     async def read_chunks(self, limit: int = WRITEV_LIMIT) -> list[bytes]:
@@ -289,28 +282,30 @@ class Pipe:
         For a backend that writes them with one ``writev`` (:meth:`FdWriter.write_chunks`):
         nothing is joined, so no byte is copied on the way to the process's pipe.
         """
+        chunks = await self._take(limit, _IOV_CHUNKS)
+        if self.tap is not None:
+            for chunk in chunks:
+                self.tap(chunk)
+        return chunks
+
+    async def _take(self, limit: int, most: int) -> list[bytes]:
+        """Wait for a chunk; take it and those after it that fit in ``limit`` bytes, at most
+        ``most`` chunks in all (``[]`` once closed and drained)."""
         while not self._chunks:
             if self._closed:
                 return []
             self._readable.clear()
             await self._readable.wait()
-        chunks = [self._chunks.popleft()]
+        queue = self._chunks
+        chunks = [queue.popleft()]
         size = len(chunks[0])
-        while self._chunks and len(chunks) < _IOV_CHUNKS:
-            if size + len(self._chunks[0]) > limit:
-                break
-            chunks.append(self._chunks.popleft())
+        while queue and len(chunks) < most and size + len(queue[0]) <= limit:
+            chunks.append(queue.popleft())
             size += len(chunks[-1])
-        for chunk in chunks:
-            self._taken(chunk)
-        return chunks
-
-    def _taken(self, data: bytes) -> None:
-        self._size -= len(data)
+        self._size -= size
         if self._size <= self._limit:
             self._writable.set()
-        if self.tap is not None:
-            self.tap(data)
+        return chunks
 
 
 class Resizes:
