@@ -1077,20 +1077,50 @@ def test_the_send_side_keeps_to_max_header_count() -> None:
     assert s.stream_state(sid) is StreamState.SYN_RECEIVED
 
 
+@pytest.mark.parametrize("buffered", [False, True])  # receive_data, or read into get_buffer
 @pytest.mark.parametrize("split", [8, 4, 1])
-def test_an_oversized_frame_fails_on_its_header_alone(split: int) -> None:
+def test_an_oversized_frame_fails_on_its_header_alone(split: int, buffered: bool) -> None:
     peer, s = FrameFactory(), SpdyConnection(Role.SERVER)
     s.receive_data(peer.syn_stream(1))
     s.reply_stream(1)
     s.data_to_send()
+
+    def feed(piece: bytes) -> list[Event]:
+        if not buffered:
+            return s.receive_data(piece)
+        s.get_buffer(len(piece))[: len(piece)] = piece
+        return s.buffer_updated(len(piece))
+
     header = hx("00000001 00ffffff")  # DATA on stream 1 declaring 16 MiB, no payload yet
     for i in range(0, 8 - split, split):
-        assert s.receive_data(header[i : i + split]) == []
+        assert feed(header[i : i + split]) == []
         assert s.buffered == i + split
     with pytest.raises(RemoteProtocolError, match="16777215 bytes is larger than max_frame_size"):
-        s.receive_data(header[8 - split :])
+        feed(header[8 - split :])
     assert s.buffered == 0
     assert s.data_to_send() == goaway_bytes(1, 1)
+
+
+@pytest.mark.parametrize("hint", [-1, 1, 1000, 16 * 1024 + 29, 256 * 1024])
+def test_the_read_buffer_is_bounded_by_max_frame_size_and_the_read(hint: int) -> None:
+    """A frame of exactly max_frame_size, read in pieces of ``hint`` bytes: the buffer the
+    codec hands out never holds more than that frame and one read, plus a quarter."""
+    limit = 64 * 1024
+    peer, s = FrameFactory(), SpdyConnection(Role.SERVER, max_frame_size=limit)
+    s.receive_data(peer.syn_stream(1))
+    s.reply_stream(1)
+    wire = peer.data(1, b"p" * limit) * 3
+    largest, pos, got = 0, 0, []
+    while pos < len(wire):
+        buf = s.get_buffer(hint)
+        largest = max(largest, len(s._arena))
+        n = min(len(buf), len(wire) - pos)
+        buf[:n] = wire[pos : pos + n]
+        got += s.buffer_updated(n)
+        pos += n
+    assert got == [DataReceived(1, b"p" * limit)] * 3
+    read = hint if hint > 0 else spdy.READ_SIZE
+    assert largest <= max(((8 + limit + read) * 5) // 4, spdy.READ_SIZE), largest
 
 
 @pytest.mark.parametrize("control", [False, True])
