@@ -92,11 +92,15 @@ PF_SIZE = 512 << 20
 PY_SIZE = 64 << 20
 DD_OUT = f"dd if=/dev/zero bs=65536 count={OUT_SIZE // 65536} 2>/dev/null"
 DD_IN = "dd of=/dev/null bs=65536 2>/dev/null"
-#: Row 10's stdin consumer: dd's record counts go to stdout, which stays open until dd has read
-#: to the end. containerd 1.6's stream server ends an exec's stdin once the process's stdout and
-#: stderr are closed: with DD_IN it delivered 0 bytes and kubectl exited 0 in 0.2 s (seen
-#: 2026-12-02, "0+0 records in"), so its stdin rows measured nothing.
-DD_IN_REPORTED = "dd of=/dev/null bs=65536 2>&1"
+#: Row 10's stdin consumer. containerd 1.6's stream server ends an exec's stdin as soon as the
+#: process's stdout or stderr ends (`ExecIO.Attach`: the copy of either output, once done, closes
+#: the client's stdin stream), and busybox dd moves its `of=` file onto fd 1, so dd alone ends
+#: stdout at once (seen 2026-12-03 with containerd's debug log: "Finish piping stdout" 30-50 ms
+#: after the exec started, then "stdin closed", and the process got a few blocks or none). The
+#: shell stays (dd is not its last command, so it does not exec it) and holds both outputs open
+#: until dd has read to the end; dd's record counts go to stderr, which `timed` adds to the
+#: report. docs/benchmarks.md, 2026-12-03 (evening).
+DD_IN_OPEN = ["sh", "-c", "dd of=/dev/null bs=65536; exit $?"]
 
 
 def dd_read_all(report: bytes, size: int) -> bool:
@@ -148,7 +152,7 @@ def timed(
     cmd: list[str], stdin_path: Path | None = None, tail: bytearray | None = None
 ) -> tuple[float, int]:
     """Seconds to run ``cmd`` and the bytes it wrote to stdout (read as fast as possible);
-    ``tail`` gets the last 4 KiB of that stdout."""
+    ``tail`` gets the last 4 KiB of that stdout, then what it wrote to stderr."""
     stdin = stdin_path.open("rb") if stdin_path else subprocess.DEVNULL
     try:
         start = time.perf_counter()
@@ -166,7 +170,10 @@ def timed(
         if stdin_path:
             stdin.close()  # type: ignore[union-attr]
     assert proc.stderr is not None
-    err = proc.stderr.read().decode(errors="replace")
+    err_bytes = proc.stderr.read()
+    if tail is not None:
+        tail += err_bytes
+    err = err_bytes.decode(errors="replace")
     assert code == 0, f"{cmd[:3]}... exited {code}: {err[-500:]}"
     return elapsed, total
 
@@ -908,7 +915,7 @@ class CriSideBySide:
             "-c",
             f"dd if=/dev/zero bs=65536 count={CRI_OUT_SIZE // 65536} 2>/dev/null",
         ]
-        in_cmd = ["sh", "-c", DD_IN_REPORTED]
+        in_cmd = DD_IN_OPEN
         for version in CRI_VERSIONS:
             for side in sides:  # one session each first: nothing measured pays for a first time
                 subprocess.run(side.kubectl(version, "exec", self.pod, "-c", "main", "--", "true"),
