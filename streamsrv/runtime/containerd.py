@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 FIRST_SIZE_WAIT = 1.0  # seconds a tty exec waits for the client's first size before it starts
 CHUNK = 1 << 18  # one read from an output FIFO
 PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ of each FIFO: fewer wake-ups per MiB (pipe-max-size)
+#: Seconds from an exec's end to DeleteProcess (``_forget_exec``): after its session's status.
+FORGET_DELAY = 0.1
 OUTPUT_DRAIN_WAIT = 5.0  # seconds a container's output may run on after its process exited
 RETRY_WAIT = 1.0  # seconds between waits for a task's exit while containerd does not answer
 _F_SETPIPE_SZ = 1031
@@ -769,6 +771,7 @@ class ContainerdRuntime:
         )
         started = False
         pid = 0
+        waiter: asyncio.Future[int] | None = None
         try:
             await self.api.task(
                 "Exec",
@@ -784,6 +787,10 @@ class ContainerdRuntime:
                 empty_pb2.Empty,
             )
             self._execs.add((c.id, exec_id))
+            # The wait goes out before Start, as containerd's own client orders them: a short
+            # command has often exited by the time Start returns, and its exit then needs no
+            # call of ours after Start (docs/containerd.md, "The data path").
+            waiter = asyncio.ensure_future(self.api.wait(c.id, exec_id))
             try:
                 pid = (
                     await self.api.task(
@@ -804,12 +811,8 @@ class ContainerdRuntime:
             started = True
             if first is not None and io.resize is not None:
                 io.resize.delivered(first)
-            waiter = asyncio.ensure_future(self.api.wait(c.id, exec_id))
-            try:
-                await self._exec_io(c, exec_id, io, tty, fifos, waiter)
-                code = waiter.result()
-            finally:
-                waiter.cancel()
+            await self._exec_io(c, exec_id, io, tty, fifos, waiter)
+            code = waiter.result()
             if code == KILLED:  # with its container? (the shim kills a container's execs)
                 await self._note_stop(c)
             return code
@@ -820,6 +823,8 @@ class ContainerdRuntime:
                     await asyncio.shield(self.api.kill(c.id, signal.SIGKILL, exec_id))
             raise
         finally:
+            if waiter is not None and not waiter.cancel() and not waiter.cancelled():
+                waiter.exception()  # retrieved: when Start failed too, its failure is the one told
             fifos.close()
             if (c.id, exec_id) in self._execs:
                 self._execs.discard((c.id, exec_id))
@@ -836,6 +841,9 @@ class ContainerdRuntime:
                 c.stop_seen = got.process.exit_status
 
     async def _forget_exec(self, cid: str, exec_id: str) -> None:
+        # Not in the loop iteration the exit came in: a gRPC call started there runs before
+        # the session's own steps to its status and delays the status by the call's setup.
+        await asyncio.sleep(FORGET_DELAY)
         with contextlib.suppress(BackendError):
             await self.api.delete_process(cid, exec_id)
 

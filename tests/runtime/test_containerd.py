@@ -15,6 +15,8 @@ from streamsrv.podmanager import PodManager
 from streamsrv.pods import parse_pod
 from streamsrv.runtime.base import EngineUnavailable, ImageNotFound, Pipe, StdIO
 from streamsrv.runtime.containerd import ContainerdImages, ContainerdRuntime
+from streamsrv.runtime.ctdapi import tasks_pb2
+from streamsrv.runtime.ctdclient import NotFound
 from streamsrv.runtime.volumes import VolumeHost, mounts_under
 from tests.conftest import BUSYBOX, PAUSE, pod_manifest, sleeper, unique
 
@@ -79,6 +81,55 @@ async def test_fifos_are_removed_after_each_exec(ctd: tuple, tmp_path: Path) -> 
         assert out.data == b"abc"
     # the container's own FIFOs stay while it runs; the execs' directories are gone
     assert sorted(p.name for p in (tmp_path / "io" / cid).iterdir()) == before
+
+
+async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_after(
+    ctd: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exit of an exec is waited for from before ``Tasks.Start`` returns, so a short
+    command's exit needs no call after Start; the exec's process is still deleted from
+    containerd afterwards (``DeleteProcess``, once the session has its status)."""
+    rt, _ = ctd
+    pod = await PodManager(rt).create(parse_pod(pod_manifest(unique("wait"), sleeper())))
+    cid = pod.container_id("main")
+    assert cid
+    order: list[str] = []
+    exec_ids: list[str] = []
+    real_wait, real_task = rt.api.wait, rt.api.task
+
+    async def wait(container_id: str, exec_id: str = "") -> int:
+        if exec_id:
+            order.append("wait")
+            exec_ids.append(exec_id)
+        return await real_wait(container_id, exec_id)
+
+    async def task(name: str, request: object, response: type, **kw: object) -> object:
+        got = await real_task(name, request, response, **kw)
+        if isinstance(request, tasks_pb2.StartRequest) and request.exec_id:
+            order.append("started")
+        return got
+
+    monkeypatch.setattr(rt.api, "wait", wait)
+    monkeypatch.setattr(rt.api, "task", task)
+    out = Buffer()
+    assert await rt.exec(cid, ["sh", "-c", "echo hi; exit 3"], StdIO(stdout=out), tty=False) == 3
+    assert out.data == b"hi\n"
+    assert order == ["wait", "started"]
+
+    async def known() -> bool:
+        try:
+            await real_task(
+                "Get", tasks_pb2.GetRequest(container_id=cid, exec_id=exec_ids[0]),
+                tasks_pb2.GetResponse,
+            )  # fmt: skip
+        except NotFound:
+            return False
+        return True
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while await known():
+        assert asyncio.get_running_loop().time() < deadline, "the exec's process was never deleted"
+        await asyncio.sleep(0.05)
 
 
 async def test_output_reaches_the_log_file_and_stop_waits_for_it(
