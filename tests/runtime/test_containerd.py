@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from streamsrv.podmanager import PodManager
 from streamsrv.pods import parse_pod
-from streamsrv.runtime.base import EngineUnavailable, ImageNotFound, Pipe, StdIO
+from streamsrv.runtime.base import KILLED, EngineUnavailable, ImageNotFound, Pipe, StdIO
 from streamsrv.runtime.containerd import ContainerdImages, ContainerdRuntime
 from streamsrv.runtime.ctdapi import tasks_pb2
 from streamsrv.runtime.ctdclient import NotFound
@@ -130,6 +131,40 @@ async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_af
     while await known():
         assert asyncio.get_running_loop().time() < deadline, "the exec's process was never deleted"
         await asyncio.sleep(0.05)
+
+
+async def test_an_exec_killed_with_its_container_tells_how_the_container_ended_at_once(
+    ctd: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """containerd's shim kills a container's execs with it, and an exec can end before our
+    own wait on the container's task has returned. The exec then asks containerd how the
+    container ended (``stop_seen``), so that ``container_stopped`` already says it and the
+    session's status names the container's end rather than a bare 137."""
+    rt, _ = ctd
+    real_wait = rt.api.wait
+    released = asyncio.Event()
+
+    async def wait(container_id: str, exec_id: str = "") -> int:
+        if not exec_id:  # the containers' own waits return only once the test is done
+            await released.wait()
+        return await real_wait(container_id, exec_id)
+
+    monkeypatch.setattr(rt.api, "wait", wait)
+    try:
+        pod = await PodManager(rt).create(parse_pod(pod_manifest(unique("kill"), sleeper())))
+        cid = pod.container_id("main")
+        assert cid
+        out = Buffer()
+        cmd = ["sh", "-c", "echo up; exec sleep 100000"]
+        run = asyncio.ensure_future(rt.exec(cid, cmd, StdIO(stdout=out), tty=False))
+        await until("the exec runs", lambda: out.data == b"up\n" or run.done())
+        assert await rt.container_stopped(cid) is None
+        await rt.api.kill(cid, signal.SIGKILL)
+        assert await asyncio.wait_for(run, 60) == KILLED
+        why = await rt.container_stopped(cid)
+        assert why is not None and "exited with code 137" in why, why
+    finally:
+        released.set()
 
 
 async def test_output_reaches_the_log_file_and_stop_waits_for_it(
