@@ -16,10 +16,10 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import BackendError as BackendError  # the one error of every runtime call
 from ..errors import EngineUnavailable as EngineUnavailable  # the engine cannot be reached
@@ -474,6 +474,45 @@ async def pump_output(
                     listeners.remove(listener)
 
     await asyncio.gather(*(one(r, s) for r, s in outputs))
+
+
+async def attach_until_exit(
+    listeners: Listeners,
+    io: StdIO,
+    exited: asyncio.Event,
+    sizes: Coroutine[Any, Any, None] | None,
+    stdin: Coroutine[Any, Any, None] | None,
+    *,
+    stdin_ends_it: bool,
+) -> None:
+    """One attach to a container whose output :func:`pump_output` fans out: ``io``'s sinks
+    get the output until the container has exited, or, with ``stdin_ends_it`` (a terminal's
+    ``stdinOnce``), until ``stdin`` (the copy of this client's input) has ended. ``sizes``
+    applies the client's terminal sizes meanwhile. Both are stopped at the end, however it
+    comes (the client leaving included)."""
+    listener = (io.stdout, io.stderr)
+    listeners.append(listener)
+    helpers: list[asyncio.Task[Any]] = []
+    if sizes is not None:
+        helpers.append(asyncio.create_task(sizes))
+    ended = asyncio.create_task(exited.wait())
+    helpers.append(ended)
+    waits: list[asyncio.Task[Any]] = [ended]
+    if stdin is not None:
+        feeder = asyncio.create_task(stdin)
+        helpers.append(feeder)
+        if stdin_ends_it:
+            waits.append(feeder)
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        with contextlib.suppress(ValueError):
+            listeners.remove(listener)
+        for t in helpers:
+            t.cancel()
+        for t in helpers:
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await t
 
 
 @dataclass(slots=True)

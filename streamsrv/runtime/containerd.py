@@ -66,6 +66,7 @@ from .base import (
     LogFile,
     Resizes,
     StdIO,
+    attach_until_exit,
     check_container,
     connect_first,
     kill_tree,
@@ -928,32 +929,18 @@ class ContainerdRuntime:
         """Share the container's output, and its terminal or stdin, until it ends (the
         process runtime's rules: ``stdinOnce`` closes stdin when this client's input ends)."""
         c = self._running(container_id)
-        listener = (io.stdout, io.stderr)
-        c.listeners.append(listener)
-        helpers: list[asyncio.Task[Any]] = []
         sized = asyncio.Event()
+        sizes = None
         if io.resize is not None and c.spec.tty:
-            helpers.append(asyncio.create_task(self._attach_sizes(c, io.resize, sized)))
+            sizes = self._attach_sizes(c, io.resize, sized)
         else:
             sized.set()
-        exited = asyncio.create_task(c.exited.wait())
-        helpers.append(exited)
-        waits: list[asyncio.Task[Any]] = [exited]
+        stdin = None
         if io.stdin is not None and c.stdin_fd is not None:
-            feeder = asyncio.create_task(self._attach_stdin(c, c.stdin_fd, io, sized))
-            helpers.append(feeder)
-            if c.spec.stdin_once and c.spec.tty:
-                waits.append(feeder)
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            with contextlib.suppress(ValueError):
-                c.listeners.remove(listener)
-            for t in helpers:
-                t.cancel()
-            for t in helpers:
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await t
+            stdin = self._attach_stdin(c, c.stdin_fd, io, sized)
+        await attach_until_exit(
+            c.listeners, io, c.exited, sizes, stdin, stdin_ends_it=c.spec.stdin_once and c.spec.tty
+        )
 
     async def _attach_sizes(self, c: _Container, sizes: Resizes, sized: asyncio.Event) -> None:
         try:

@@ -55,6 +55,7 @@ from .base import (
     LogFile,
     Resizes,
     StdIO,
+    attach_until_exit,
     check_container,
     connect_first,
     loopback_sockets,
@@ -589,38 +590,25 @@ class ProcessRuntime:
         the terminal staying open. Without ``stdinOnce`` stdin stays open for the next client.
         """
         c = self._running(container_id)
-        listener = (io.stdout, io.stderr)
-        c.listeners.append(listener)
-        helpers: list[asyncio.Task[Any]] = []
         sized = asyncio.Event()  # the terminal has this client's first size, or never will
+        sizes = None
         if io.resize is not None and c.master is not None:
             master = c.master
-            helpers.append(
-                asyncio.create_task(
-                    _apply_sizes(master, io.resize, sized, lambda: c.master == master)
-                )
-            )
+            sizes = _apply_sizes(master, io.resize, sized, lambda: c.master == master)
         else:
             sized.set()
         target = c.master if c.master is not None else c.stdin_fd
-        exited = asyncio.create_task(c.exited.wait())
-        helpers.append(exited)
-        waits: list[asyncio.Task[Any]] = [exited]
+        stdin = None
         if io.stdin is not None and target is not None:
-            feeder = asyncio.create_task(self._attach_stdin(c, target, io, sized))
-            helpers.append(feeder)
-            if c.spec.stdin_once and target == c.master:
-                waits.append(feeder)
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            with contextlib.suppress(ValueError):
-                c.listeners.remove(listener)
-            for t in helpers:
-                t.cancel()
-            for t in helpers:
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await t
+            stdin = self._attach_stdin(c, target, io, sized)
+        await attach_until_exit(
+            c.listeners,
+            io,
+            c.exited,
+            sizes,
+            stdin,
+            stdin_ends_it=c.spec.stdin_once and target is not None and target == c.master,
+        )
 
     async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: asyncio.Event) -> None:
         assert io.stdin is not None
