@@ -607,7 +607,7 @@ class ProcessRuntime:
             c.exited,
             sizes,
             stdin,
-            stdin_ends_it=c.spec.stdin_once and target is not None and target == c.master,
+            stdin_ends_it=c.spec.stdin_once and target == c.master,
         )
 
     async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: asyncio.Event) -> None:
