@@ -96,8 +96,7 @@ class CriDaemon:
             server = make_server(service)
             old = os.umask(0o177)  # the socket is made 0600
             try:
-                server.add_insecure_port(f"unix://{path}")
-                await server.start()
+                await server.start_unix(str(path))
             finally:
                 os.umask(old)
             log.info("CRI v1 on unix://%s; streams at %s", path, streams.base_url)

@@ -51,6 +51,7 @@ from ..runtime.base import (
 from ..runtime.images import ImageInfo, ImageStore, normalize_ref
 from ..server import CacheFull, StreamServer
 from . import api_pb2 as pb
+from .grpcserver import GrpcServer, Handler, RpcFailure
 from .store import ContainerRecord, SandboxRecord, Store
 
 log = logging.getLogger(__name__)
@@ -811,20 +812,17 @@ IMAGE_METHODS: dict[str, tuple[type[Message], str]] = {
 }
 
 
-def _handler(
-    rpc: str, fn: Callable[[Any], Awaitable[Message]], req_type: type[Message]
-) -> grpc.RpcMethodHandler[Any, Any]:
-    async def call(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Message:
+def _handler(rpc: str, fn: Callable[[Any], Awaitable[Message]], req_type: type[Message]) -> Handler:
+    async def call(data: bytes) -> bytes:
         try:
             request = req_type.FromString(data)
         except DecodeError:  # as Go's gRPC answers it: never the decoder's exception
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
+            raise RpcFailure(
+                grpc.StatusCode.INTERNAL.value[0],
                 f"grpc: error unmarshalling request: not a {req_type.__name__}",
-            )
-            raise AssertionError("abort returned") from None
+            ) from None
         try:
-            return await fn(request)
+            return (await fn(request)).SerializeToString()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -833,53 +831,24 @@ def _handler(
                 log.exception("CRI %s failed", rpc)
             else:
                 log.debug("CRI %s: %s %s", rpc, failure.code.name, failure.message)
-            await context.abort(failure.code, failure.message)
-            raise AssertionError("abort returned") from None
+            raise RpcFailure(failure.code.value[0], failure.message) from None
 
-    return grpc.unary_unary_rpc_method_handler(
-        call,
-        response_serializer=lambda m: m.SerializeToString(),
-    )
+    return call
 
 
-class _Unimplemented(grpc.GenericRpcHandler):
-    """Every method not served: UNIMPLEMENTED with a message that names it."""
-
-    def service(
-        self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        method = handler_call_details.method
-
-        async def refuse(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-            await context.abort(
-                grpc.StatusCode.UNIMPLEMENTED, f"streamsrv does not implement {method}"
-            )
-            raise AssertionError("abort returned")
-
-        return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-def handlers(service: CriService) -> list[grpc.GenericRpcHandler]:
-    out: list[grpc.GenericRpcHandler] = []
-    for name, table in ((RUNTIME_SERVICE, RUNTIME_METHODS), (IMAGE_SERVICE, IMAGE_METHODS)):
-        methods = {
-            rpc: _handler(rpc, getattr(service, attr), req_type)
-            for rpc, (req_type, attr) in table.items()
-        }
-        out.append(grpc.method_handlers_generic_handler(name, methods))
-    out.append(_Unimplemented())
-    return out
+def handlers(service: CriService) -> dict[str, Handler]:
+    """Every method served, by its path (``/runtime.v1.RuntimeService/Version``)."""
+    return {
+        f"/{name}/{rpc}": _handler(rpc, getattr(service, attr), req_type)
+        for name, table in ((RUNTIME_SERVICE, RUNTIME_METHODS), (IMAGE_SERVICE, IMAGE_METHODS))
+        for rpc, (req_type, attr) in table.items()
+    }
 
 
 MAX_MESSAGE = 16 << 20  # ExecSync output, as the kubelet's client allows
 
 
-def make_server(service: CriService) -> grpc.aio.Server:
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", 2 * MAX_MESSAGE + 4096),
-        ]
-    )
-    server.add_generic_rpc_handlers(handlers(service))
-    return server
+def make_server(service: CriService) -> GrpcServer:
+    """The gRPC server of ``service``: a method it does not serve is UNIMPLEMENTED, with a
+    message that names it."""
+    return GrpcServer(handlers(service), max_message=MAX_MESSAGE, max_send=2 * MAX_MESSAGE + 4096)

@@ -1,0 +1,194 @@
+"""GrpcServer on a unix socket, driven by grpcio's own client: deadlines, cancellation,
+failures, big messages, garbage and stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import grpc.aio
+import pytest
+
+from streamsrv.cri import grpcwire
+from streamsrv.cri.grpcserver import GrpcServer, RpcFailure
+
+HANG = 30  # a generous bound on anything that should take milliseconds
+
+
+class Calls:
+    """Handlers that say what happened to them."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    async def echo(self, data: bytes) -> bytes:
+        return data[::-1]
+
+    async def slow(self, data: bytes) -> bytes:
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        self.finished.set()
+        return b"done"
+
+    async def refuse(self, data: bytes) -> bytes:
+        raise RpcFailure(grpcwire.NOT_FOUND, f"no such thing: {data.decode()} ✓")
+
+    async def crash(self, data: bytes) -> bytes:
+        raise RuntimeError("bug")
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[str, Calls, GrpcServer]]:
+    calls = Calls()
+    server = GrpcServer(
+        {
+            "/t.S/Echo": calls.echo,
+            "/t.S/Slow": calls.slow,
+            "/t.S/Refuse": calls.refuse,
+            "/t.S/Crash": calls.crash,
+        },
+        max_message=1 << 20,
+        max_send=4 << 20,
+    )
+    path = tmp_path / "g.sock"
+    await server.start_unix(str(path))
+    try:
+        yield f"unix://{path}", calls, server
+    finally:
+        await server.stop(1)
+
+
+def method(channel: grpc.aio.Channel, name: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
+    return channel.unary_unary(
+        f"/t.S/{name}", request_serializer=lambda b: b, response_deserializer=lambda b: b
+    )
+
+
+async def test_a_call_round_trips(served: tuple[str, Calls, GrpcServer]) -> None:
+    endpoint, _, _ = served
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        assert await method(ch, "Echo")(b"abc", timeout=HANG) == b"cba"
+        big = bytes(range(256)) * 4096  # 1 MiB: many frames and window updates each way
+        assert await method(ch, "Echo")(big, timeout=HANG) == big[::-1]
+
+
+async def test_failures_keep_their_code_and_message(served: tuple[str, Calls, GrpcServer]) -> None:
+    endpoint, _, _ = served
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(ch, "Refuse")(b"x", timeout=HANG)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.details() == "no such thing: x ✓"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(ch, "Crash")(b"x", timeout=HANG)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(ch, "Nope")(b"x", timeout=HANG)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "/t.S/Nope" in (err.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(ch, "Echo")(b"x" * ((1 << 20) + 1), timeout=HANG)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await method(ch, "Echo")(b"still", timeout=HANG) == b"llits"
+
+
+async def test_a_deadline_cancels_the_handler(served: tuple[str, Calls, GrpcServer]) -> None:
+    endpoint, calls, _ = served
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await method(ch, "Slow")(b"", timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.wait_for(calls.cancelled.wait(), HANG)
+        assert not calls.finished.is_set()
+
+
+async def test_a_client_that_gives_up_cancels_the_handler(
+    served: tuple[str, Calls, GrpcServer],
+) -> None:
+    endpoint, calls, server = served
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        call = method(ch, "Slow")(b"", timeout=HANG)
+        await asyncio.wait_for(calls.started.wait(), HANG)
+        call.cancel()
+        await asyncio.wait_for(calls.cancelled.wait(), HANG)
+        assert await method(ch, "Echo")(b"ab", timeout=HANG) == b"ba"
+    (conn,) = server.connections or [None]
+    assert conn is None or not conn.calls
+
+
+async def test_a_client_gone_mid_call_cancels_the_handler(
+    served: tuple[str, Calls, GrpcServer],
+) -> None:
+    endpoint, calls, server = served
+    ch = grpc.aio.insecure_channel(endpoint)
+    pending = asyncio.ensure_future(method(ch, "Slow")(b"", timeout=HANG))
+    await asyncio.wait_for(calls.started.wait(), HANG)
+    await ch.close()
+    await asyncio.wait_for(calls.cancelled.wait(), HANG)
+    with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):  # closed under it
+        await pending
+    for _ in range(HANG * 10):
+        if not server.connections:
+            break
+        await asyncio.sleep(0.1)
+    assert not server.connections
+
+
+async def test_garbage_closes_that_connection_only(
+    served: tuple[str, Calls, GrpcServer], tmp_path: Path
+) -> None:
+    endpoint, _, _ = served
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        assert await method(ch, "Echo")(b"12", timeout=HANG) == b"21"
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "g.sock"))
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(range(256)) * 64)
+        await asyncio.wait_for(reader.read(), HANG)  # closed by the server
+        writer.close()
+        assert await method(ch, "Echo")(b"34", timeout=HANG) == b"43"
+
+
+async def test_stop_lets_a_running_call_finish_within_grace(tmp_path: Path) -> None:
+    calls = Calls()
+    server = GrpcServer({"/t.S/Slow": calls.slow}, max_message=100, max_send=100)
+    path = tmp_path / "g.sock"
+    await server.start_unix(str(path))
+    async with grpc.aio.insecure_channel(f"unix://{path}") as ch:
+        call = method(ch, "Slow")(b"", timeout=HANG)
+        await asyncio.wait_for(calls.started.wait(), HANG)
+        stopping = asyncio.ensure_future(server.stop(HANG))
+        await asyncio.sleep(0.2)
+        assert not stopping.done()
+        with pytest.raises(OSError):  # no new connection is taken
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(str(path))
+            finally:
+                s.close()
+        calls.release.set()
+        assert await call == b"done"
+        await asyncio.wait_for(stopping, HANG)
+
+
+async def test_stop_answers_what_outlasts_grace_unavailable(tmp_path: Path) -> None:
+    calls = Calls()
+    server = GrpcServer({"/t.S/Slow": calls.slow}, max_message=100, max_send=100)
+    path = tmp_path / "g.sock"
+    await server.start_unix(str(path))
+    async with grpc.aio.insecure_channel(f"unix://{path}") as ch:
+        call = method(ch, "Slow")(b"", timeout=HANG)
+        await asyncio.wait_for(calls.started.wait(), HANG)
+        await asyncio.wait_for(server.stop(0.2), HANG)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert calls.cancelled.is_set()
