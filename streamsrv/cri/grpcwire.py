@@ -10,7 +10,8 @@ too; the gRPC layer on top (the 5-byte message prefix, ``grpc-timeout``, status 
 ours, after the gRPC over HTTP/2 specification (``PROTOCOL-HTTP2.md`` in grpc/grpc).
 
 Limits: a request message over ``max_message`` bytes is refused (RESOURCE_EXHAUSTED) and its
-bytes are dropped as they come; a response over ``max_send`` is refused likewise; the client
+bytes are dropped as they come, as is the call whose bytes take what the connection holds over
+``max_buffered``; a response over ``max_send`` is refused likewise; the client
 may open at most :data:`MAX_CONCURRENT_STREAMS` calls at once and send header blocks of at most
 :data:`MAX_HEADER_LIST_SIZE` bytes (HTTP/2 SETTINGS, enforced by ``h2``). A response waits in
 memory only while the client's flow-control window is shut, and is dropped if the client
@@ -109,9 +110,13 @@ class UnaryConnection:
     """One client connection: feed it bytes with :meth:`receive`, answer each :class:`Call` with
     :meth:`respond` or :meth:`fail`, and send :meth:`data_to_send` after each."""
 
-    def __init__(self, *, max_message: int, max_send: int) -> None:
+    def __init__(self, *, max_message: int, max_send: int, max_buffered: int = 0) -> None:
         self.max_message = max_message
         self.max_send = max_send
+        #: Request bytes the connection holds at once, over all its calls (2 messages' worth
+        #: unless given): past it, the call whose bytes went over is refused.
+        self.max_buffered = max_buffered or 2 * (max_message + _PREFIX.size)
+        self.buffered = 0
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
@@ -133,6 +138,8 @@ class UnaryConnection:
             },
         )
         self._h2.initiate_connection()
+        # h2 applies it once the client has acknowledged our SETTINGS; from the first byte here
+        self._h2.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
         self._h2.increment_flow_control_window(WINDOW - 65535)
         self._streams: dict[int, _Stream] = {}
         self.refusing = False  # stopping: new calls are refused (REFUSED_STREAM), open ones end
@@ -151,6 +158,7 @@ class UnaryConnection:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:  # h2 has queued a GOAWAY
             self._streams.clear()
+            self.buffered = 0
             raise ConnectionFailed(str(exc) or type(exc).__name__) from exc
         out: list[Event] = []
         for ev in events:
@@ -163,7 +171,7 @@ class UnaryConnection:
                 if call is not None:
                     out.append(call)
             elif isinstance(ev, h2.events.StreamReset):
-                if self._streams.pop(ev.stream_id, None) is not None:
+                if self._drop(ev.stream_id) is not None:
                     out.append(Cancelled(ev.stream_id))
             elif isinstance(ev, h2.events.TrailersReceived):  # a request has no trailers
                 self._refuse(ev.stream_id, INTERNAL, "grpc: unexpected trailers in a request")
@@ -198,7 +206,12 @@ class UnaryConnection:
         st = self._streams.get(sid)
         if st is None or not ev.data:
             return
+        if self.buffered + len(ev.data) > self.max_buffered:
+            limit = f"{self.max_buffered} bytes"
+            self._refuse(sid, RESOURCE_EXHAUSTED, f"grpc: the connection's requests exceed {limit}")
+            return
         st.body += ev.data
+        self.buffered += len(ev.data)
         if len(st.body) >= _PREFIX.size:
             compressed, length = _PREFIX.unpack_from(st.body)
             if compressed:
@@ -220,6 +233,7 @@ class UnaryConnection:
         if len(body) < _PREFIX.size or len(body) != _PREFIX.size + _PREFIX.unpack_from(body)[1]:
             self._refuse(sid, INTERNAL, "grpc: the request is not exactly one message")
             return None
+        self.buffered -= len(body)
         st.body = bytearray()
         return Call(sid, st.method, bytes(memoryview(body)[_PREFIX.size :]), st.timeout)
 
@@ -244,7 +258,7 @@ class UnaryConnection:
 
     def fail(self, stream_id: int, code: int, message: str) -> None:
         """Answer a call with a status and no message (gRPC's trailers-only response)."""
-        if self._streams.pop(stream_id, None) is None:
+        if self._drop(stream_id) is None:
             return
         self._h2.send_headers(
             stream_id, [*_RESPONSE_HEADERS, *self._status(code, message)], end_stream=True
@@ -274,11 +288,17 @@ class UnaryConnection:
         self._end_early(sid, [(b":status", status)])
 
     def _end_early(self, sid: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self._streams.pop(sid, None)
+        self._drop(sid)
         self._h2.send_headers(sid, headers, end_stream=True)
         stream = self._h2.streams.get(sid)
         if stream is not None and not stream.closed:  # the client is still sending: stop it
             self._h2.reset_stream(sid, h2.errors.ErrorCodes.NO_ERROR)
+
+    def _drop(self, sid: int) -> _Stream | None:
+        st = self._streams.pop(sid, None)
+        if st is not None:
+            self.buffered -= len(st.body)
+        return st
 
     def _send(self, sid: int, st: _Stream) -> None:
         data = st.pending
@@ -292,7 +312,7 @@ class UnaryConnection:
             data = data[room:]
         st.pending = None
         self._h2.send_headers(sid, self._status(OK, ""), end_stream=True)
-        self._streams.pop(sid, None)
+        self._drop(sid)
 
     def _flush_pending(self) -> None:
         for sid, st in list(self._streams.items()):

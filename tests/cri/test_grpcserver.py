@@ -12,7 +12,7 @@ import grpc
 import grpc.aio
 import pytest
 
-from streamsrv.cri import grpcwire
+from streamsrv.cri import grpcserver, grpcwire
 from streamsrv.cri.grpcserver import GrpcServer, RpcFailure
 
 HANG = 30  # a generous bound on anything that should take milliseconds
@@ -192,3 +192,17 @@ async def test_stop_answers_what_outlasts_grace_unavailable(tmp_path: Path) -> N
             await call
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert calls.cancelled.is_set()
+
+
+async def test_a_connection_over_the_limit_is_closed_and_the_others_go_on(
+    served: tuple[str, Calls, GrpcServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint, _, server = served
+    monkeypatch.setattr(grpcserver, "MAX_CONNECTIONS", 1)
+    async with grpc.aio.insecure_channel(endpoint) as ch:
+        assert await method(ch, "Echo")(b"12", timeout=HANG) == b"21"
+        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "g.sock"))
+        assert await asyncio.wait_for(reader.read(), HANG) == b""  # closed at once, no SETTINGS
+        writer.close()
+        assert len(server.connections) == 1
+        assert await method(ch, "Echo")(b"34", timeout=HANG) == b"43"

@@ -247,6 +247,39 @@ def test_while_stopping_new_calls_are_refused_and_open_ones_answered() -> None:
     assert any(isinstance(e, h2.events.ConnectionTerminated) for e in p.events)
 
 
+def test_what_the_connection_holds_of_unfinished_requests_is_bounded() -> None:
+    p = Pair(max_message=1000)
+    assert p.server.max_buffered == 2 * 1005
+    sids = []
+    for _ in range(2):
+        sids.append(sid := p.client.get_next_available_stream_id())
+        p.client.send_headers(sid, request_headers())
+        p.client.send_data(sid, struct.pack(">BI", 0, 1000) + b"a" * 900)
+    first, second = sids
+    p.pump()
+    assert p.server.buffered == 1810
+    third = p.client.get_next_available_stream_id()
+    p.client.send_headers(third, request_headers())
+    p.client.send_data(third, struct.pack(">BI", 0, 1000) + b"a" * 300)
+    assert p.pump() == []
+    assert p.answer(third)[0][b"grpc-status"] == b"%d" % grpcwire.RESOURCE_EXHAUSTED
+    assert p.server.buffered == 1810  # the refused call's bytes are not kept
+    p.client.send_data(first, b"b" * 100, end_stream=True)
+    assert p.pump() == [Call(first, PATH, b"a" * 900 + b"b" * 100, None)]
+    assert p.server.buffered == 905
+    p.client.reset_stream(second)
+    assert p.pump() == [Cancelled(second)]
+    assert p.server.buffered == 0
+
+
+def test_a_header_list_over_the_limit_fails_the_connection() -> None:
+    p = Pair()
+    sid = p.client.get_next_available_stream_id()
+    p.client.send_headers(sid, [*request_headers(), ("x-big", "a" * grpcwire.MAX_HEADER_LIST_SIZE)])
+    with pytest.raises(ConnectionFailed):
+        p.pump()
+
+
 def test_the_settings_advertise_the_limits() -> None:
     p = Pair()
     remote = p.client.remote_settings
@@ -298,6 +331,7 @@ def test_the_calls_do_not_depend_on_how_the_bytes_are_cut(
         events += server.receive(data[last:cut])
         last = cut
     assert events == [Call(s, PATH, m, None) for s, m in zip(sids, messages, strict=True)]
+    assert server.buffered == 0
 
 
 @settings(max_examples=300)
