@@ -4,6 +4,7 @@ failures, big messages, garbage and stopping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -157,7 +158,11 @@ async def test_garbage_closes_that_connection_only(
         assert await method(ch, "Echo")(b"34", timeout=HANG) == b"43"
 
 
-async def test_stop_lets_a_running_call_finish_within_grace(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def a_slow_call(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[GrpcServer, Calls, grpc.aio.UnaryUnaryCall[bytes, bytes], Path]]:
+    """A server of its own with one call running in its handler."""
     calls = Calls()
     server = GrpcServer({"/t.S/Slow": calls.slow}, max_message=100, max_send=100)
     path = tmp_path / "g.sock"
@@ -165,6 +170,11 @@ async def test_stop_lets_a_running_call_finish_within_grace(tmp_path: Path) -> N
     async with grpc.aio.insecure_channel(f"unix://{path}") as ch:
         call = method(ch, "Slow")(b"", timeout=HANG)
         await asyncio.wait_for(calls.started.wait(), HANG)
+        yield server, calls, call, path
+
+
+async def test_stop_lets_a_running_call_finish_within_grace(tmp_path: Path) -> None:
+    async with a_slow_call(tmp_path) as (server, calls, call, path):
         stopping = asyncio.ensure_future(server.stop(HANG))
         await asyncio.sleep(0.2)
         assert not stopping.done()
@@ -180,13 +190,7 @@ async def test_stop_lets_a_running_call_finish_within_grace(tmp_path: Path) -> N
 
 
 async def test_stop_answers_what_outlasts_grace_unavailable(tmp_path: Path) -> None:
-    calls = Calls()
-    server = GrpcServer({"/t.S/Slow": calls.slow}, max_message=100, max_send=100)
-    path = tmp_path / "g.sock"
-    await server.start_unix(str(path))
-    async with grpc.aio.insecure_channel(f"unix://{path}") as ch:
-        call = method(ch, "Slow")(b"", timeout=HANG)
-        await asyncio.wait_for(calls.started.wait(), HANG)
+    async with a_slow_call(tmp_path) as (server, calls, call, _):
         await asyncio.wait_for(server.stop(0.2), HANG)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call

@@ -10,6 +10,7 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import hpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -347,3 +348,210 @@ def test_garbage_either_makes_events_or_fails_the_connection(junk: bytes, keep: 
     except ConnectionFailed:
         return
     server.data_to_send()
+
+
+# ---------------------------------------------------------------------- HTTP/2 itself, by hand
+
+
+def raw_frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
+    n = len(payload)
+    return struct.pack(">BHBBI", n >> 16, n & 0xFFFF, kind, flags, sid) + payload
+
+
+def started() -> UnaryConnection:
+    """A connection past the client's preface and first SETTINGS."""
+    server = UnaryConnection(max_message=1 << 20, max_send=1 << 20)
+    assert server.receive(grpcwire.PREFACE + raw_frame(4, 0, 0)) == []
+    server.data_to_send()
+    return server
+
+
+def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    out = []
+    while data:
+        hi, lo, kind, flags, sid = struct.unpack_from(">BHBBI", data)
+        n = (hi << 16) | lo
+        out.append((kind, flags, sid, data[9 : 9 + n]))
+        data = data[9 + n :]
+    return out
+
+
+def goaway_code(server: UnaryConnection) -> int:
+    (kind, _, _, payload), *_ = [f for f in frames(server.data_to_send()) if f[0] == 7]
+    assert kind == 7
+    return int.from_bytes(payload[4:8], "big")
+
+
+def test_a_ping_is_answered_with_its_payload() -> None:
+    server = started()
+    server.receive(raw_frame(6, 0, 0, b"12345678"))
+    assert frames(server.data_to_send()) == [(6, 1, 0, b"12345678")]
+    server.receive(raw_frame(6, 1, 0, b"12345678"))  # an ACK is not answered
+    assert server.data_to_send() == b""
+
+
+def test_settings_are_acknowledged_and_a_smaller_window_holds_the_answer_back() -> None:
+    p = Pair()
+    sid = p.call()
+    p.pump()
+    p.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 10})
+    p.pump()
+    assert any(isinstance(e, h2.events.SettingsAcknowledged) for e in p.events)
+    p.server.respond(sid, b"y" * 100)
+    p.pump()
+    got = sum(len(e.data or b"") for e in p.events if isinstance(e, h2.events.DataReceived))
+    assert got == 10
+    p.client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535})
+    p.pump()
+    assert p.answer(sid)[1] == frame(b"y" * 100)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (raw_frame(6, 0, 0, b"12345678"), grpcwire.PROTOCOL_ERROR),  # not SETTINGS first
+        (raw_frame(4, 0, 0, b"\x00\x04\x80\x00\x00\x00"), grpcwire.FLOW_CONTROL_ERROR),
+        (raw_frame(4, 0, 0, b"\x00\x05\x00\x00\x00\x01"), grpcwire.PROTOCOL_ERROR),
+        (raw_frame(4, 0, 0, b"\x00"), grpcwire.FRAME_SIZE_ERROR),
+        (raw_frame(4, 0, 1), grpcwire.PROTOCOL_ERROR),
+    ],
+    ids=["first frame a PING", "window too big", "frame size too small", "short", "on a stream"],
+)
+def test_bad_settings_fail_the_connection(data: bytes, code: int) -> None:
+    server = UnaryConnection(max_message=100, max_send=100)
+    server.data_to_send()
+    with pytest.raises(ConnectionFailed):
+        server.receive(grpcwire.PREFACE + data)
+    assert goaway_code(server) == code
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (raw_frame(0, 0, 0, b"x"), grpcwire.PROTOCOL_ERROR),  # DATA on stream 0
+        (raw_frame(0, 0, 3, b"x"), grpcwire.PROTOCOL_ERROR),  # on an idle stream
+        (raw_frame(1, 4, 2, b"\x83"), grpcwire.PROTOCOL_ERROR),  # an even stream
+        (raw_frame(1, 4, 1, b"\xff\xff\xff\xff\x0f"), grpcwire.COMPRESSION_ERROR),
+        (raw_frame(9, 4, 1, b"\x83"), grpcwire.PROTOCOL_ERROR),  # CONTINUATION alone
+        (raw_frame(1, 0, 1, b"\x83") + raw_frame(6, 0, 0, b"12345678"), grpcwire.PROTOCOL_ERROR),
+        (raw_frame(3, 0, 7, b"\x00\x00\x00\x08"), grpcwire.PROTOCOL_ERROR),  # reset of idle
+        (raw_frame(5, 4, 1, b"\x00\x00\x00\x02"), grpcwire.PROTOCOL_ERROR),  # PUSH_PROMISE
+        (raw_frame(8, 0, 0, b"\x00\x00\x00\x00"), grpcwire.PROTOCOL_ERROR),  # increment 0
+        (raw_frame(8, 0, 0, b"\x7f\xff\xff\xff"), grpcwire.FLOW_CONTROL_ERROR),
+        (raw_frame(0, 8, 1, b"\x05abc"), grpcwire.PROTOCOL_ERROR),  # padding past the end
+        (b"\x00\x40\x01" + b"\x00" * 6, grpcwire.FRAME_SIZE_ERROR),  # 16385 bytes announced
+    ],
+    ids=[
+        "data on 0",
+        "data idle",
+        "even stream",
+        "bad hpack",
+        "lone continuation",
+        "frame inside a header block",
+        "reset idle",
+        "push promise",
+        "zero window update",
+        "window overflow",
+        "bad padding",
+        "frame too big",
+    ],
+)
+def test_broken_http2_fails_the_connection_with_its_code(data: bytes, code: int) -> None:
+    server = started()
+    if data.startswith(raw_frame(0, 8, 1)[:5]):  # the padded DATA needs its stream open
+        server.receive(raw_frame(1, 4, 1, bytes([0x83, 0x86, 0x84])))
+        server.data_to_send()
+    with pytest.raises(ConnectionFailed):
+        server.receive(data)
+    assert goaway_code(server) == code
+    assert server.receive(raw_frame(6, 0, 0, b"12345678")) == []  # nothing more is read
+
+
+def test_a_header_block_can_come_in_pieces_and_padded() -> None:
+    enc = hpack.Encoder()
+    block = enc.encode(request_headers())
+    server = started()
+    padded = bytes([3]) + block[:10] + b"\x00\x00\x00"
+    server.receive(raw_frame(1, 0x08, 1, padded))  # PADDED, no END_HEADERS
+    server.receive(raw_frame(9, 0, 1, block[10:20]))
+    server.receive(raw_frame(9, 4, 1, block[20:]))
+    data = bytes([2]) + frame(b"msg") + b"\x00\x00"
+    assert server.receive(raw_frame(0, 0x09, 1, data)) == [Call(1, PATH, b"msg", None)]
+
+
+def test_past_the_stream_limit_new_calls_are_refused() -> None:
+    server = started()
+    enc = hpack.Encoder()
+    for sid in range(1, 2 * grpcwire.MAX_CONCURRENT_STREAMS + 3, 2):
+        server.receive(raw_frame(1, 4, sid, enc.encode(request_headers())))
+    assert server.open_calls == grpcwire.MAX_CONCURRENT_STREAMS
+    resets = [(sid, p) for kind, _, sid, p in frames(server.data_to_send()) if kind == 3]
+    last = 2 * grpcwire.MAX_CONCURRENT_STREAMS + 1
+    assert resets == [(last, b"\x00\x00\x00\x07")]  # REFUSED_STREAM
+
+
+def test_the_windows_are_given_back_as_data_comes() -> None:
+    server = started()
+    enc = hpack.Encoder()
+    server.receive(raw_frame(1, 4, 1, enc.encode(request_headers())))
+    server.data_to_send()
+    chunk = b"x" * 16384
+    updates: dict[int, int] = {}
+    for i in range(grpcwire.WINDOW // len(chunk)):  # a whole window's worth, on one stream
+        data = struct.pack(">BI", 0, grpcwire.WINDOW - 5) + chunk[5:] if i == 0 else chunk
+        server.receive(raw_frame(0, 0, 1, data))
+        for kind, _, sid, payload in frames(server.data_to_send()):
+            if kind == 8:
+                updates[sid] = updates.get(sid, 0) + int.from_bytes(payload, "big")
+    assert updates == {0: grpcwire.WINDOW, 1: grpcwire.WINDOW}
+
+
+def test_data_after_the_end_of_a_request_resets_its_call() -> None:
+    p = Pair()
+    sid = p.call()
+    assert len(p.pump()) == 1
+    events = p.server.receive(raw_frame(0, 0, sid, b"late"))
+    assert events == [Cancelled(sid)]
+    assert (3, 0, sid, b"\x00\x00\x00\x05") in frames(p.server.data_to_send())  # STREAM_CLOSED
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=12),
+            st.integers(min_value=0, max_value=255),
+            st.integers(min_value=0, max_value=9),
+            st.binary(max_size=40),
+        ),
+        max_size=25,
+    )
+)
+def test_any_frames_make_events_or_fail_the_connection(
+    seq: list[tuple[int, int, int, bytes]],
+) -> None:
+    """Well-framed frames of any type, flags, stream and payload: events, or ConnectionFailed
+    with a GOAWAY; never another exception, and the bookkeeping stays consistent."""
+    server = started()
+    enc = hpack.Encoder()
+    try:
+        for kind, flags, sid, payload in seq:
+            if kind == 1 and payload[:1] == b"\x00":  # sometimes a real request's headers
+                payload = enc.encode(request_headers())
+            for ev in server.receive(raw_frame(kind, flags, sid, payload)):
+                if isinstance(ev, Call):
+                    server.respond(ev.stream_id, b"r")
+            assert server.buffered == sum(len(s.body) for s in server._streams.values())
+    except ConnectionFailed:
+        assert goaway_code(server) >= 0
+        return
+    server.data_to_send()
+
+
+def test_a_header_block_in_endless_pieces_fails_the_connection() -> None:
+    server = started()
+    server.receive(raw_frame(1, 0, 1, b"\x83"))
+    with pytest.raises(ConnectionFailed):
+        for _ in range(3 * grpcwire.MAX_HEADER_LIST_SIZE // 1000):
+            server.receive(raw_frame(9, 0, 1, b"\x83" * 1000))
+    assert goaway_code(server) == grpcwire.ENHANCE_YOUR_CALM
