@@ -22,8 +22,10 @@ Run through `scripts/bench` (which starts a private engine and builds the images
      on that same containerd (its own namespace) and `streamsrv cri --runtime docker`, each
      behind its own `streamsrv serve --cri-endpoint` gateway with the same pod: exec stdout
      256 MiB, exec stdin 128 MiB, port-forward 128 MiB to the client and `exec -- true` p50 (10
-     runs), kubectl 1.27 and 1.33, the two nodes in turn (A B A B). It touches no pod but its
-     own (rows 1-9 clear the engine: scripts/bench gives them a private one).
+     runs), kubectl 1.27 and 1.33, the two nodes in turn (A B A B); and the CRI calls alone:
+     ListPodSandbox and ListContainers for the pod at once, BENCH_CRI_CALLS pairs per run, p50
+     and the node process's CPU per pair. It touches no pod but its own (rows 1-9 clear the
+     engine: scripts/bench gives them a private one).
 Medians of RUNS runs with min-max. Ratios are ours / baseline for throughput (higher is better)
 and baseline / ours for times. Figures only: nothing here asserts a time.
 
@@ -32,7 +34,7 @@ Row 10: BENCH_CRI_STDOUT_MIB, BENCH_CRI_STDIN_MIB, BENCH_CRI_PF_MIB, BENCH_CRI_L
 BENCH_CRI_HOPS: what the gateways speak to the nodes' stream servers: `https` (the default:
 both sides https, containerd with enable_tls_streaming and a certificate the bench makes, ours
 with its own CA), `http` (both plain) or `mixed` (containerd plain, ours https: the defaults of
-each). BENCH_CRI_PARTS=stdout,stdin,portforward,latency picks measurements; BENCH_CRI_DOCKER=0
+each). BENCH_CRI_PARTS=stdout,stdin,portforward,latency,calls picks measurements; BENCH_CRI_DOCKER=0
 leaves the Docker node out. BENCH_CRI_PLAIN_HTTP=1 is an older name of BENCH_CRI_HOPS=http.
 """
 
@@ -185,6 +187,11 @@ def summary(values: list[float]) -> tuple[float, float, float]:
 def rate_text(values: list[float]) -> str:
     med, lo, hi = summary(values)
     return f"{med / 1e6:.0f} MB/s ({lo / 1e6:.0f}-{hi / 1e6:.0f})"
+
+
+def us_text(values: list[float]) -> str:
+    med, lo, hi = summary(values)
+    return f"{med * 1e6:.0f} us ({lo * 1e6:.0f}-{hi * 1e6:.0f})"
 
 
 def ms_text(values: list[float]) -> str:
@@ -616,6 +623,7 @@ CRI_OUT_SIZE = int(os.environ.get("BENCH_CRI_STDOUT_MIB", "256")) << 20
 CRI_IN_SIZE = int(os.environ.get("BENCH_CRI_STDIN_MIB", "128")) << 20
 CRI_PF_SIZE = int(os.environ.get("BENCH_CRI_PF_MIB", "128")) << 20
 CRI_LATENCY_RUNS = int(os.environ.get("BENCH_CRI_LATENCY_RUNS", "10"))
+CRI_CALLS = int(os.environ.get("BENCH_CRI_CALLS", "2000"))
 CRI_VERSIONS = ("1.27", "1.33")
 #: What the gateways speak to each node's stream server (module docstring).
 CRI_HOPS = os.environ.get("BENCH_CRI_HOPS") or (
@@ -626,7 +634,9 @@ assert CRI_HOPS in ("https", "http", "mixed"), f"BENCH_CRI_HOPS={CRI_HOPS}: http
 CRI_PLAIN_HTTP = CRI_HOPS == "http"
 #: containerd's stream server over https (by default plain http).
 CRI_GO_TLS = CRI_HOPS == "https"
-CRI_PARTS = set(os.environ.get("BENCH_CRI_PARTS", "stdout,stdin,portforward,latency").split(","))
+CRI_PARTS = set(
+    os.environ.get("BENCH_CRI_PARTS", "stdout,stdin,portforward,latency,calls").split(",")
+)
 CRI_DOCKER = os.environ.get("BENCH_CRI_DOCKER", "1") != "0"
 GO_NAME = "Go stream server (containerd 1.6)"
 CTD_NAME = "streamsrv cri (containerd)"
@@ -696,6 +706,7 @@ class CriSide:
     gateway: Server
     stream_pid: int  # the process that serves the node's stream URLs
     engine: Callable[[], list[int]]  # the engine processes under it (read before each run)
+    endpoint: str = ""  # the node's CRI socket (the `calls` part)
 
     def kubectl(self, version: str, *args: str) -> list[str]:
         return [kubectl_path(version), "--kubeconfig", str(self.gateway.kubeconfig),
@@ -748,7 +759,7 @@ class CriSideBySide:
             assert Path(proc_table()[ctd.pid][1].split()[0]).name == "containerd", ctd.pid
             assert (ctd.stream_ca is not None) == CRI_GO_TLS
             go_gateway = self._gateway(stack, "go-gateway", ctd.endpoint, ctd.stream_ca)
-            go = CriSide(GO_NAME, go_gateway, ctd.pid, partial(shim_pids, ctd.socket))
+            go = CriSide(GO_NAME, go_gateway, ctd.pid, partial(shim_pids, ctd.socket), ctd.endpoint)
             plain = ["--stream-plain-http"] if CRI_PLAIN_HTTP else []
             ctd.ctr("images", "import", "--snapshotter", ctd.snapshotter,
                     str(self._image_tar()), namespace=CTD_NAMESPACE)  # fmt: skip
@@ -770,7 +781,7 @@ class CriSideBySide:
             )
             ours_ctd = CriSide(
                 CTD_NAME, ctd_gateway, on_ctd.proc.pid,
-                partial(self._containerd_engine, ctd.pid, ctd.socket),
+                partial(self._containerd_engine, ctd.pid, ctd.socket), on_ctd.endpoint,
             )  # fmt: skip
             sides = [go, ours_ctd]
             if CRI_DOCKER:
@@ -782,7 +793,9 @@ class CriSideBySide:
                 assert cri.stream_url.startswith("http://" if CRI_PLAIN_HTTP else "https://")
                 ca = None if CRI_PLAIN_HTTP else cri.ca_file
                 gateway = self._gateway(stack, "ours-gateway", cri.endpoint, ca)
-                sides.append(CriSide(OURS_NAME, gateway, cri.proc.pid, self._docker_engine))
+                sides.append(
+                    CriSide(OURS_NAME, gateway, cri.proc.pid, self._docker_engine, cri.endpoint)
+                )
             for side in sides:
                 r = side.gateway.cli("pod", "run", "-f", str(manifest))
                 assert r.returncode == 0, f"{side.name}: pod run: {r.stderr}"
@@ -932,6 +945,8 @@ class CriSideBySide:
             self._portforward(sides, version)
         for version in CRI_VERSIONS if "latency" in CRI_PARTS else ():
             self._latency(sides, version)
+        if "calls" in CRI_PARTS:
+            self._calls(sides)
 
     def _settled(
         self, side: CriSide, kind: str, before: dict[str, int], count: int
@@ -1124,6 +1139,58 @@ class CriSideBySide:
             f"exec start `true` p50, {CRI_LATENCY_RUNS} runs",
             version, transports, times, ms_text, times=True,
         )  # fmt: skip
+
+    def _calls(self, sides: tuple[CriSide, ...]) -> None:
+        """CRI calls themselves: ListPodSandbox and ListContainers for the pod, sent at once
+        (the gateway's pod lookup; the kubelet's relist sends the same pair), CRI_CALLS pairs
+        per run on each node in turn; the latency of a pair, and the node process's CPU."""
+        lat: dict[str, list[float]] = {side.name: [] for side in sides}
+        cpu: dict[str, list[float]] = {side.name: [] for side in sides}
+        for _ in range(RUNS):
+            for side in sides:
+                p50, spent = asyncio.run(self._call_pairs(side))
+                lat[side.name].append(p50)
+                cpu[side.name].append(spent)
+        what = f"CRI ListPodSandbox + ListContainers at once, {CRI_CALLS} pairs per run"
+        for name in OUR_NAMES:
+            if name not in lat:
+                continue
+            for label, values, text in (
+                ("p50 per pair", lat, us_text),
+                ("node process CPU per pair", cpu, us_text),
+            ):
+                go_m, ours_m = statistics.median(values[GO_NAME]), statistics.median(values[name])
+                line = (
+                    f"| CRI side by side: {what}, {label} | {name}: {text(values[name])} | "
+                    f"{GO_NAME}: {text(values[GO_NAME])} | {go_m / ours_m:.2f} |"
+                )
+                print(line, flush=True)
+                self.rows.append(line)
+
+    async def _call_pairs(self, side: CriSide) -> tuple[float, float]:
+        from streamsrv.cri import api_pb2 as pb
+        from streamsrv.cri.client import CriClient
+        from streamsrv.pods import pod_filter
+
+        labels = pod_filter("default", self.pod)
+        async with CriClient(side.endpoint) as cri:
+
+            async def pair() -> None:
+                await asyncio.gather(
+                    cri.list_pod_sandbox(pb.PodSandboxFilter(label_selector=labels)),
+                    cri.list_containers(pb.ContainerFilter(label_selector=labels)),
+                )
+
+            for _ in range(50):  # the connection made and warm
+                await pair()
+            times = []
+            before = cpu_seconds(side.stream_pid)
+            for _ in range(CRI_CALLS):
+                start = time.perf_counter()
+                await pair()
+                times.append(time.perf_counter() - start)
+            spent = cpu_seconds(side.stream_pid) - before
+        return statistics.median(times), spent / CRI_CALLS
 
 
 MANIFEST = f"""apiVersion: v1
