@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from streamsrv.cri import grpcserver, grpcwire
 from streamsrv.cri.grpcserver import GrpcServer, RpcFailure
+from tests.conftest import missing
 
 HANG = 30  # a generous bound on anything that should take milliseconds
 
@@ -210,3 +212,45 @@ async def test_a_connection_over_the_limit_is_closed_and_the_others_go_on(
         writer.close()
         assert len(server.connections) == 1
         assert await method(ch, "Echo")(b"34", timeout=HANG) == b"43"
+
+
+async def test_go_grpc_client_round_trips_and_reads_our_statuses(tmp_path: Path) -> None:
+    """grpc-go's HTTP/2 (Huffman-coded headers, its own SETTINGS and WINDOW_UPDATEs) on the
+    other end, as the kubelet's and crictl's: containerd's `ctr` asks our server for
+    containerd's Version (answered), then for a method we do not serve (its status read)."""
+    ctr = shutil.which("ctr")
+    if ctr is None:
+        missing("no ctr (Debian's containerd package; scripts/test installs it)")
+    assert ctr is not None
+
+    async def version(data: bytes) -> bytes:
+        assert data == b""  # VersionRequest is google.protobuf.Empty
+        name = "streamsrv-über".encode()
+        return b"\x0a" + bytes([len(name)]) + name + b"\x12\x03abc"  # version, revision
+
+    server = GrpcServer(
+        {"/containerd.services.version.v1.Version/Version": version},
+        max_message=1 << 20,
+        max_send=1 << 20,
+    )
+    path = tmp_path / "g.sock"
+    await server.start_unix(str(path))
+    try:
+
+        async def run(*args: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                ctr, "--address", str(path), "--timeout", "20s", *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), HANG)
+            return proc.returncode or 0, out.decode()
+
+        # `ctr version` asks Version, then Introspection's Server, which we do not serve
+        code, out = await run("version")
+        assert "Server:\n  Version:  streamsrv-über\n  Revision: abc" in out, out
+        assert code != 0
+        unserved = "/containerd.services.introspection.v1.Introspection/Server"
+        assert f"streamsrv does not implement {unserved}: not implemented" in out
+    finally:
+        await server.stop(1)
+    assert not server.connections
