@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
-from . import grpcwire
+from ..rpc import http2
 from .grpcwire import Call, Cancelled, ConnectionFailed, UnaryConnection
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ MAX_CONNECTIONS: Final = 128
 
 
 class RpcFailure(Exception):
-    """A call's answer is this status (a grpcwire code) and message, not a response."""
+    """A call's answer is this status (a code of :mod:`streamsrv.rpc.http2`) and message, not
+    a response."""
 
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -97,7 +98,7 @@ class _Connection(asyncio.Protocol):
         if handler is None:
             self.wire.fail(
                 call.stream_id,
-                grpcwire.UNIMPLEMENTED,
+                http2.UNIMPLEMENTED,
                 f"{self.server.name} does not implement {call.method}",
             )
             return
@@ -112,16 +113,16 @@ class _Connection(asyncio.Protocol):
                 async with asyncio.timeout(call.timeout):
                     response = await handler(call.message)
             except TimeoutError:
-                self.wire.fail(sid, grpcwire.DEADLINE_EXCEEDED, "Deadline Exceeded")
+                self.wire.fail(sid, http2.DEADLINE_EXCEEDED, "Deadline Exceeded")
             except RpcFailure as exc:
                 self.wire.fail(sid, exc.code, exc.message)
             except asyncio.CancelledError:
                 if self.calls.get(sid) is not None:  # the server is stopping, not the client
-                    self.wire.fail(sid, grpcwire.UNAVAILABLE, "the server is stopping")
+                    self.wire.fail(sid, http2.UNAVAILABLE, "the server is stopping")
                 raise
             except Exception:
                 log.exception("CRI %s failed", call.method)
-                self.wire.fail(sid, grpcwire.INTERNAL, "internal error")
+                self.wire.fail(sid, http2.INTERNAL, "internal error")
             else:
                 self.wire.respond(sid, response)
         finally:

@@ -14,8 +14,9 @@ import grpc
 import grpc.aio
 import pytest
 
-from streamsrv.cri import grpcserver, grpcwire
+from streamsrv.cri import grpcserver
 from streamsrv.cri.grpcserver import GrpcServer, RpcFailure
+from streamsrv.rpc import http2
 from tests.conftest import missing
 
 HANG = 30  # a generous bound on anything that should take milliseconds
@@ -44,7 +45,7 @@ class Calls:
         return b"done"
 
     async def refuse(self, data: bytes) -> bytes:
-        raise RpcFailure(grpcwire.NOT_FOUND, f"no such thing: {data.decode()} ✓")
+        raise RpcFailure(http2.NOT_FOUND, f"no such thing: {data.decode()} ✓")
 
     async def crash(self, data: bytes) -> bytes:
         raise RuntimeError("bug")

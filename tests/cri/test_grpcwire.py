@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from streamsrv.cri import grpcwire
 from streamsrv.cri.grpcwire import Call, Cancelled, ConnectionFailed, UnaryConnection
+from streamsrv.rpc import http2
 
 PATH = "/runtime.v1.RuntimeService/Version"
 
@@ -102,7 +103,7 @@ def test_a_failure_is_a_trailers_only_answer_with_its_message_percent_encoded() 
     p = Pair()
     sid = p.call()
     p.pump()
-    p.server.fail(sid, grpcwire.NOT_FOUND, 'sandbox "ü" 100%\n')
+    p.server.fail(sid, http2.NOT_FOUND, 'sandbox "ü" 100%\n')
     p.pump()
     headers, data, trailers = p.answer(sid)
     assert data == b"" and headers is trailers
@@ -128,7 +129,7 @@ def test_a_bad_timeout_is_refused_and_the_connection_goes_on() -> None:
     bad = p.call(b"m", **{"grpc-timeout": "soon"})
     good = p.call(b"ok")
     assert p.pump() == [Call(good, PATH, b"ok", None)]
-    assert p.answer(bad)[0][b"grpc-status"] == b"%d" % grpcwire.INTERNAL
+    assert p.answer(bad)[0][b"grpc-status"] == b"%d" % http2.INTERNAL
 
 
 def test_a_message_over_the_limit_is_refused_as_its_prefix_arrives() -> None:
@@ -138,7 +139,7 @@ def test_a_message_over_the_limit_is_refused_as_its_prefix_arrives() -> None:
     p.client.send_data(sid, struct.pack(">BI", 0, 101) + b"x" * 50)
     assert p.pump() == []
     headers, _, _ = p.answer(sid)
-    assert headers[b"grpc-status"] == b"%d" % grpcwire.RESOURCE_EXHAUSTED
+    assert headers[b"grpc-status"] == b"%d" % http2.RESOURCE_EXHAUSTED
     assert b"larger than max (101 vs. 100)" in headers[b"grpc-message"]
     assert p.server.open_calls == 0  # nothing of it is kept
     reset = [e for e in p.events if isinstance(e, h2.events.StreamReset)]
@@ -150,11 +151,11 @@ def test_a_message_over_the_limit_is_refused_as_its_prefix_arrives() -> None:
 @pytest.mark.parametrize(
     ("body", "code"),
     [
-        (frame(b"a", compressed=1), grpcwire.UNIMPLEMENTED),
-        (frame(b"a") + frame(b"b"), grpcwire.UNIMPLEMENTED),
-        (b"", grpcwire.INTERNAL),
-        (b"\x00\x00\x00", grpcwire.INTERNAL),
-        (frame(b"abc")[:-1], grpcwire.INTERNAL),
+        (frame(b"a", compressed=1), http2.UNIMPLEMENTED),
+        (frame(b"a") + frame(b"b"), http2.UNIMPLEMENTED),
+        (b"", http2.INTERNAL),
+        (b"\x00\x00\x00", http2.INTERNAL),
+        (frame(b"abc")[:-1], http2.INTERNAL),
     ],
     ids=["compressed", "two messages", "none", "a short prefix", "a short message"],
 )
@@ -216,7 +217,7 @@ def test_a_reset_call_is_cancelled_and_its_answer_dropped() -> None:
     p.client.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
     assert p.pump() == [Cancelled(sid)]
     p.server.respond(sid, b"late")
-    p.server.fail(sid, grpcwire.INTERNAL, "late")
+    p.server.fail(sid, http2.INTERNAL, "late")
     assert p.server.data_to_send() == b""
 
 
@@ -227,7 +228,7 @@ def test_an_answer_over_max_send_is_refused() -> None:
     p.server.respond(sid, b"x" * ((1 << 20) + 1))
     p.pump()
     headers, data, _ = p.answer(sid)
-    assert data == b"" and headers[b"grpc-status"] == b"%d" % grpcwire.RESOURCE_EXHAUSTED
+    assert data == b"" and headers[b"grpc-status"] == b"%d" % http2.RESOURCE_EXHAUSTED
 
 
 def test_while_stopping_new_calls_are_refused_and_open_ones_answered() -> None:
@@ -263,7 +264,7 @@ def test_what_the_connection_holds_of_unfinished_requests_is_bounded() -> None:
     p.client.send_headers(third, request_headers())
     p.client.send_data(third, struct.pack(">BI", 0, 1000) + b"a" * 300)
     assert p.pump() == []
-    assert p.answer(third)[0][b"grpc-status"] == b"%d" % grpcwire.RESOURCE_EXHAUSTED
+    assert p.answer(third)[0][b"grpc-status"] == b"%d" % http2.RESOURCE_EXHAUSTED
     assert p.server.buffered == 1810  # the refused call's bytes are not kept
     p.client.send_data(first, b"b" * 100, end_stream=True)
     assert p.pump() == [Call(first, PATH, b"a" * 900 + b"b" * 100, None)]
@@ -361,7 +362,7 @@ def raw_frame(kind: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
 def started() -> UnaryConnection:
     """A connection past the client's preface and first SETTINGS."""
     server = UnaryConnection(max_message=1 << 20, max_send=1 << 20)
-    assert server.receive(grpcwire.PREFACE + raw_frame(4, 0, 0)) == []
+    assert server.receive(http2.PREFACE + raw_frame(4, 0, 0)) == []
     server.data_to_send()
     return server
 
@@ -409,11 +410,11 @@ def test_settings_are_acknowledged_and_a_smaller_window_holds_the_answer_back() 
 @pytest.mark.parametrize(
     ("data", "code"),
     [
-        (raw_frame(6, 0, 0, b"12345678"), grpcwire.PROTOCOL_ERROR),  # not SETTINGS first
-        (raw_frame(4, 0, 0, b"\x00\x04\x80\x00\x00\x00"), grpcwire.FLOW_CONTROL_ERROR),
-        (raw_frame(4, 0, 0, b"\x00\x05\x00\x00\x00\x01"), grpcwire.PROTOCOL_ERROR),
-        (raw_frame(4, 0, 0, b"\x00"), grpcwire.FRAME_SIZE_ERROR),
-        (raw_frame(4, 0, 1), grpcwire.PROTOCOL_ERROR),
+        (raw_frame(6, 0, 0, b"12345678"), http2.PROTOCOL_ERROR),  # not SETTINGS first
+        (raw_frame(4, 0, 0, b"\x00\x04\x80\x00\x00\x00"), http2.FLOW_CONTROL_ERROR),
+        (raw_frame(4, 0, 0, b"\x00\x05\x00\x00\x00\x01"), http2.PROTOCOL_ERROR),
+        (raw_frame(4, 0, 0, b"\x00"), http2.FRAME_SIZE_ERROR),
+        (raw_frame(4, 0, 1), http2.PROTOCOL_ERROR),
     ],
     ids=["first frame a PING", "window too big", "frame size too small", "short", "on a stream"],
 )
@@ -421,25 +422,25 @@ def test_bad_settings_fail_the_connection(data: bytes, code: int) -> None:
     server = UnaryConnection(max_message=100, max_send=100)
     server.data_to_send()
     with pytest.raises(ConnectionFailed):
-        server.receive(grpcwire.PREFACE + data)
+        server.receive(http2.PREFACE + data)
     assert goaway_code(server) == code
 
 
 @pytest.mark.parametrize(
     ("data", "code"),
     [
-        (raw_frame(0, 0, 0, b"x"), grpcwire.PROTOCOL_ERROR),  # DATA on stream 0
-        (raw_frame(0, 0, 3, b"x"), grpcwire.PROTOCOL_ERROR),  # on an idle stream
-        (raw_frame(1, 4, 2, b"\x83"), grpcwire.PROTOCOL_ERROR),  # an even stream
-        (raw_frame(1, 4, 1, b"\xff\xff\xff\xff\x0f"), grpcwire.COMPRESSION_ERROR),
-        (raw_frame(9, 4, 1, b"\x83"), grpcwire.PROTOCOL_ERROR),  # CONTINUATION alone
-        (raw_frame(1, 0, 1, b"\x83") + raw_frame(6, 0, 0, b"12345678"), grpcwire.PROTOCOL_ERROR),
-        (raw_frame(3, 0, 7, b"\x00\x00\x00\x08"), grpcwire.PROTOCOL_ERROR),  # reset of idle
-        (raw_frame(5, 4, 1, b"\x00\x00\x00\x02"), grpcwire.PROTOCOL_ERROR),  # PUSH_PROMISE
-        (raw_frame(8, 0, 0, b"\x00\x00\x00\x00"), grpcwire.PROTOCOL_ERROR),  # increment 0
-        (raw_frame(8, 0, 0, b"\x7f\xff\xff\xff"), grpcwire.FLOW_CONTROL_ERROR),
-        (raw_frame(0, 8, 1, b"\x05abc"), grpcwire.PROTOCOL_ERROR),  # padding past the end
-        (b"\x00\x40\x01" + b"\x00" * 6, grpcwire.FRAME_SIZE_ERROR),  # 16385 bytes announced
+        (raw_frame(0, 0, 0, b"x"), http2.PROTOCOL_ERROR),  # DATA on stream 0
+        (raw_frame(0, 0, 3, b"x"), http2.PROTOCOL_ERROR),  # on an idle stream
+        (raw_frame(1, 4, 2, b"\x83"), http2.PROTOCOL_ERROR),  # an even stream
+        (raw_frame(1, 4, 1, b"\xff\xff\xff\xff\x0f"), http2.COMPRESSION_ERROR),
+        (raw_frame(9, 4, 1, b"\x83"), http2.PROTOCOL_ERROR),  # CONTINUATION alone
+        (raw_frame(1, 0, 1, b"\x83") + raw_frame(6, 0, 0, b"12345678"), http2.PROTOCOL_ERROR),
+        (raw_frame(3, 0, 7, b"\x00\x00\x00\x08"), http2.PROTOCOL_ERROR),  # reset of idle
+        (raw_frame(5, 4, 1, b"\x00\x00\x00\x02"), http2.PROTOCOL_ERROR),  # PUSH_PROMISE
+        (raw_frame(8, 0, 0, b"\x00\x00\x00\x00"), http2.PROTOCOL_ERROR),  # increment 0
+        (raw_frame(8, 0, 0, b"\x7f\xff\xff\xff"), http2.FLOW_CONTROL_ERROR),
+        (raw_frame(0, 8, 1, b"\x05abc"), http2.PROTOCOL_ERROR),  # padding past the end
+        (b"\x00\x40\x01" + b"\x00" * 6, http2.FRAME_SIZE_ERROR),  # 16385 bytes announced
     ],
     ids=[
         "data on 0",
@@ -497,13 +498,13 @@ def test_the_windows_are_given_back_as_data_comes() -> None:
     server.data_to_send()
     chunk = b"x" * 16384
     updates: dict[int, int] = {}
-    for i in range(grpcwire.WINDOW // len(chunk)):  # a whole window's worth, on one stream
-        data = struct.pack(">BI", 0, grpcwire.WINDOW - 5) + chunk[5:] if i == 0 else chunk
+    for i in range(http2.WINDOW // len(chunk)):  # a whole window's worth, on one stream
+        data = struct.pack(">BI", 0, http2.WINDOW - 5) + chunk[5:] if i == 0 else chunk
         server.receive(raw_frame(0, 0, 1, data))
         for kind, _, sid, payload in frames(server.data_to_send()):
             if kind == 8:
                 updates[sid] = updates.get(sid, 0) + int.from_bytes(payload, "big")
-    assert updates == {0: grpcwire.WINDOW, 1: grpcwire.WINDOW}
+    assert updates == {0: http2.WINDOW, 1: http2.WINDOW}
 
 
 def test_data_after_the_end_of_a_request_resets_its_call() -> None:
@@ -554,4 +555,4 @@ def test_a_header_block_in_endless_pieces_fails_the_connection() -> None:
     with pytest.raises(ConnectionFailed):
         for _ in range(3 * grpcwire.MAX_HEADER_LIST_SIZE // 1000):
             server.receive(raw_frame(9, 0, 1, b"\x83" * 1000))
-    assert goaway_code(server) == grpcwire.ENHANCE_YOUR_CALM
+    assert goaway_code(server) == http2.ENHANCE_YOUR_CALM
