@@ -9,7 +9,7 @@ moves those bytes over a unix socket and runs the handlers.
 It is the server's half of the part of HTTP/2 (RFC 9113) a unary gRPC server needs: stream
 states, the requests' flow control and limits, the answers. Frames, SETTINGS, PING,
 WINDOW_UPDATE and header blocks are :mod:`streamsrv.rpc.http2`'s, shared with the client
-(:mod:`streamsrv.rpc.wire`). The gRPC layer (the 5-byte message prefix, ``grpc-timeout``,
+(:mod:`streamsrv.rpc.clientwire`). The gRPC layer (the 5-byte message prefix, ``grpc-timeout``,
 status trailers) follows the gRPC over HTTP/2 specification (``PROTOCOL-HTTP2.md`` in
 grpc/grpc). A general HTTP/2 library (h2) did the same job first; it cost twice the CPU per
 call (docs/benchmarks.md).

@@ -192,6 +192,11 @@ class Http2Connection:
         self._frame(SETTINGS, 0, 0, payload)
         self._frame(WINDOW_UPDATE, 0, 0, U32.pack(WINDOW - 65535))
 
+    @property
+    def settings_seen(self) -> bool:
+        """The peer's first SETTINGS has come (its limits are known)."""
+        return self._settings_seen
+
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
         self._out.clear()

@@ -1,0 +1,334 @@
+"""A gRPC client channel: :mod:`streamsrv.rpc.clientwire` over asyncio (docs/cri.md, "The
+gRPC client").
+
+One HTTP/2 connection at a time, made on the first call to a unix socket or a TCP address
+(plain text: the CRI and containerd's API are served on local sockets), and made again on the
+next call once it is lost or the server sends GOAWAY. A call that cannot connect fails at once
+with UNAVAILABLE (no waiting for the server to come back). Every failure is an
+:class:`RpcError` with gRPC's code: the server's status, DEADLINE_EXCEEDED when the call's
+deadline passes (the server is told too, by ``grpc-timeout``, and the stream is reset),
+UNAVAILABLE when the connection is lost under it, CANCELLED once the channel is closed. A task
+cancelled while it waits for its call resets the call's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
+
+from . import http2
+from .clientwire import ClientConnection, Closed, Message
+from .http2 import CANCELLED, DEADLINE_EXCEEDED, INTERNAL, OK, RESOURCE_EXHAUSTED, UNAVAILABLE
+
+#: The default bound of a message either way (grpc's default receive limit is 4 MiB; the
+#: kubelet allows 16 MiB for the CRI, where an ExecSync answer holds a command's output).
+MAX_MESSAGE: Final = 16 << 20
+#: Seconds a new connection may take to send its SETTINGS (grpc-go's connect timeout).
+HANDSHAKE_TIMEOUT: Final = 20.0
+
+
+class RpcError(Exception):
+    """A call failed with gRPC status ``code`` (:mod:`streamsrv.rpc.http2`'s numbers; ``name``
+    is its name, ``"NOT_FOUND"``) and ``details``."""
+
+    def __init__(self, code: int, details: str) -> None:
+        super().__init__(f"{http2.STATUS_NAMES[code] if code < 17 else code}: {details}")
+        self.code = code
+        self.details = details
+
+    @property
+    def name(self) -> str:
+        return http2.STATUS_NAMES[self.code] if 0 <= self.code < 17 else str(self.code)
+
+
+def parse_target(target: str) -> tuple[str, str, int]:
+    """``unix:///path``, ``unix:path`` or ``/path`` as ``("unix", path, 0)`` (and
+    ``unix-abstract:name`` as the abstract socket's ``"\\0name"``); ``host:port`` (or
+    ``tcp://host:port``, ``[v6]:port``) as ``("tcp", host, port)``."""
+    if target.startswith("unix-abstract:"):
+        return "unix", "\0" + target.removeprefix("unix-abstract:"), 0
+    if target.startswith("unix://"):
+        return "unix", target.removeprefix("unix://"), 0
+    if target.startswith("unix:"):
+        return "unix", target.removeprefix("unix:"), 0
+    if target.startswith("/"):
+        return "unix", target, 0
+    rest = target.removeprefix("tcp://").rstrip("/")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"not a gRPC target: {target!r} (want unix://PATH or HOST:PORT)")
+    return "tcp", host.removeprefix("[").removesuffix("]"), int(port)
+
+
+class _Call:
+    __slots__ = ("messages", "status", "waiter")
+
+    def __init__(self) -> None:
+        self.messages: collections.deque[bytes] = collections.deque()
+        self.status: tuple[int, str] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, max_message: int) -> None:
+        self.wire = ClientConnection(max_message=max_message)
+        self.transport: asyncio.Transport | None = None
+        self.calls: dict[int, _Call] = {}
+        self.lost = False
+        self.why = ""
+        self.room: asyncio.Event = asyncio.Event()  # a call may start (within max_calls)
+        self.room.set()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and self.wire.usable
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.wire.receive(data)
+        except http2.ConnectionFailed as exc:
+            self._deliver(exc.events)  # type: ignore[arg-type]
+            self.flush()
+            self._lose(f"the server broke HTTP/2: {exc}")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self._deliver(events)
+        self.flush()
+        if not self.ready.done() and self.wire.settings_seen:
+            self.ready.set_result(None)
+
+    def _deliver(self, events: Sequence[Message | Closed]) -> None:
+        for ev in events:
+            call = self.calls.get(ev.stream_id)
+            if call is None:
+                continue
+            if isinstance(ev, Message):
+                call.messages.append(ev.data)
+            else:
+                del self.calls[ev.stream_id]
+                call.status = (ev.code, ev.details)
+                self.room.set()
+            call.wake()
+        if not self.wire.usable:
+            self.room.set()  # callers waiting for room go to a new connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(f"the connection was lost ({exc or 'closed by the server'})")
+
+    def _lose(self, why: str) -> None:
+        self.lost = True
+        self.why = why
+        if not self.ready.done():
+            self.ready.set_result(None)
+        calls, self.calls = self.calls, {}
+        for call in calls.values():
+            call.status = (UNAVAILABLE, why)
+            call.wake()
+        self.room.set()
+
+    def flush(self) -> None:
+        data = self.wire.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def start(self, path: bytes, request: bytes, timeout: float | None, metadata: bytes) -> int:
+        sid = self.wire.start(path, request, timeout=timeout, metadata=metadata)
+        self.calls[sid] = _Call()
+        if not self.wire.room:
+            self.room.clear()
+        self.flush()
+        return sid
+
+    def cancel(self, sid: int) -> None:
+        if self.calls.pop(sid, None) is not None:
+            self.wire.cancel(sid)
+            self.room.set()
+            self.flush()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.wire.close()
+            self.flush()
+            self.transport.close()
+        self._lose("the channel was closed")
+
+
+def _close_made(made: asyncio.Future[_Connection]) -> None:
+    if not made.cancelled() and made.exception() is None:
+        made.result().close()
+
+
+class Channel:
+    """Calls to one gRPC server (``target``: see :func:`parse_target`), made lazily.
+
+    ``metadata`` is sent with every call (``containerd-namespace``, say); ``max_message`` bounds
+    a message either way. Usable from one event loop; ``close()`` ends every open call with
+    CANCELLED and any later call fails likewise.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        metadata: Sequence[tuple[str, str]] = (),
+        max_message: int = MAX_MESSAGE,
+    ) -> None:
+        self.target = target
+        self.kind, self.host, self.port = parse_target(target)
+        self.max_message = max_message
+        self._metadata = b"".join(
+            http2.literal(key.lower().encode(), value.encode()) for key, value in metadata
+        )
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Future[_Connection] | None = None
+        self._closed = False
+
+    async def close(self) -> None:
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+        if self._connecting is not None:  # a connection on its way is closed when it comes
+            self._connecting.add_done_callback(_close_made)
+
+    async def _connection(self) -> _Connection:
+        while True:
+            if self._closed:
+                raise RpcError(CANCELLED, "the channel is closed")
+            conn = self._conn
+            if conn is not None and conn.usable:
+                if conn.wire.room:
+                    return conn
+                conn.room.clear()
+                await conn.room.wait()
+                continue
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            connecting = self._connecting
+            try:
+                conn = await asyncio.shield(connecting)
+            finally:
+                if self._connecting is connecting and connecting.done():
+                    self._connecting = None
+            if self._closed:
+                conn.close()
+                continue
+            self._conn = conn
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            if self.kind == "unix":
+                _, conn = await loop.create_unix_connection(
+                    lambda: _Connection(self.max_message), self.host
+                )
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self.max_message), self.host, self.port
+                )
+        except OSError as exc:
+            raise RpcError(UNAVAILABLE, f"cannot connect to {self.target}: {exc}") from None
+        # Calls start once the server's SETTINGS have come, as grpc-go's do: they say how
+        # many calls it takes at once. (The wait is one round trip per connection.)
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await conn.ready
+        except TimeoutError:
+            conn.close()
+            why = f"{self.target} sent no HTTP/2 SETTINGS in {HANDSHAKE_TIMEOUT:g} s"
+            raise RpcError(UNAVAILABLE, why) from None
+        except BaseException:
+            conn.close()
+            raise
+        if conn.lost:
+            raise RpcError(UNAVAILABLE, conn.why)
+        return conn
+
+    async def _start(
+        self, path: str, request: bytes, deadline: float | None
+    ) -> tuple[_Connection, int, _Call]:
+        if len(request) > self.max_message:
+            size = f"({len(request)} vs. {self.max_message})"
+            raise RpcError(RESOURCE_EXHAUSTED, f"trying to send message larger than max {size}")
+        conn = await self._connection()
+        try:
+            sid = conn.start(path.encode(), request, deadline, self._metadata)
+        except ValueError as exc:
+            raise RpcError(INTERNAL, str(exc)) from None
+        return conn, sid, conn.calls[sid]
+
+    async def unary(self, path: str, request: bytes, *, deadline: float | None = None) -> bytes:
+        """Call ``path`` (``/package.Service/Method``) with one message; its one answer.
+        ``deadline``: seconds from now (None: none)."""
+        try:
+            async with asyncio.timeout(deadline):
+                conn, sid, call = await self._start(path, request, deadline)
+                try:
+                    while call.status is None:
+                        await call.wait()
+                finally:
+                    if call.status is None:  # cancelled or past the deadline
+                        conn.cancel(sid)
+        except TimeoutError:
+            raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        code, details = call.status
+        if code != OK:
+            raise RpcError(code, details)
+        if len(call.messages) != 1:
+            raise RpcError(INTERNAL, f"{len(call.messages)} messages in a unary call's answer")
+        return call.messages[0]
+
+    async def stream(
+        self, path: str, request: bytes, *, deadline: float | None = None
+    ) -> AsyncIterator[bytes]:
+        """Call a server-streaming ``path``; its messages as they come. Leaving the loop early
+        cancels the call."""
+        loop = asyncio.get_running_loop()
+        when = None if deadline is None else loop.time() + deadline
+        try:
+            async with asyncio.timeout_at(when):
+                conn, sid, call = await self._start(path, request, deadline)
+        except TimeoutError:
+            raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        try:
+            while True:
+                while call.messages:
+                    data = call.messages.popleft()
+                    conn.wire.consumed(sid, len(data))
+                    conn.flush()
+                    yield data
+                if call.status is not None:
+                    break
+                try:
+                    async with asyncio.timeout_at(when):
+                        await call.wait()
+                except TimeoutError:
+                    raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        finally:
+            if call.status is None:
+                with contextlib.suppress(Exception):
+                    conn.cancel(sid)
+        code, details = call.status
+        if code != OK:
+            raise RpcError(code, details)

@@ -1,0 +1,328 @@
+"""rpc.channel over real sockets: against grpcio's server (an independent gRPC) and ours, and
+against servers that misbehave or go away."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from streamsrv.cri.grpcserver import GrpcServer, RpcFailure
+from streamsrv.rpc import channel, http2
+from streamsrv.rpc.channel import Channel, RpcError, parse_target
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture
+async def grpcio_server(tmp_path: Path) -> AsyncIterator[tuple[str, list[Any]]]:
+    """A grpc.aio server: Echo answers the request reversed with the metadata it saw,
+    Count streams N messages of N*1000 bytes."""
+    seen: list[Any] = []
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        seen.append(dict(context.invocation_metadata() or ()))
+        return request[::-1]
+
+    async def count(
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        for i in range(int(request)):
+            yield bytes([i % 256]) * (i * 1000)
+
+    handler = grpc.method_handlers_generic_handler(
+        "t.S",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Count": grpc.unary_stream_rpc_method_handler(count),
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    path = tmp_path / "grpcio.sock"
+    server.add_insecure_port(f"unix://{path}")
+    await server.start()
+    try:
+        yield f"unix://{path}", seen
+    finally:
+        await server.stop(None)
+
+
+class Ours:
+    """Our GrpcServer with a handler that can be held and watched."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.started = asyncio.Event()
+        self.cancelled = asyncio.Event()
+        self.release = asyncio.Event()
+        self.server = self._make()
+
+    def _make(self) -> GrpcServer:
+        async def echo(data: bytes) -> bytes:
+            return data
+
+        async def hold(data: bytes) -> bytes:
+            self.started.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+            return b"released"
+
+        async def refuse(data: bytes) -> bytes:
+            raise RpcFailure(http2.NOT_FOUND, f"no {data.decode()} ✓")
+
+        handlers = {"/t.S/Echo": echo, "/t.S/Hold": hold, "/t.S/Refuse": refuse}
+        return GrpcServer(handlers, max_message=32 << 20, max_send=32 << 20)
+
+    async def start(self) -> None:
+        self.server = self._make()
+        await self.server.start_unix(self.path)
+
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.server.stop(grace)
+        Path(self.path).unlink(missing_ok=True)  # noqa: ASYNC240
+
+
+@pytest.fixture
+async def ours(tmp_path: Path) -> AsyncIterator[Ours]:
+    server = Ours(tmp_path / "ours.sock")
+    await server.start()
+    try:
+        yield server
+    finally:
+        server.release.set()
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("target", "parsed"),
+    [
+        ("unix:///run/x.sock", ("unix", "/run/x.sock", 0)),
+        ("unix:rel.sock", ("unix", "rel.sock", 0)),
+        ("/run/x.sock", ("unix", "/run/x.sock", 0)),
+        ("unix-abstract:cri", ("unix", "\0cri", 0)),
+        ("127.0.0.1:9000", ("tcp", "127.0.0.1", 9000)),
+        ("tcp://localhost:9000/", ("tcp", "localhost", 9000)),
+        ("[::1]:9000", ("tcp", "::1", 9000)),
+    ],
+)
+def test_targets(target: str, parsed: tuple[str, str, int]) -> None:
+    assert parse_target(target) == parsed
+
+
+@pytest.mark.parametrize("target", ["localhost", ":9000", "host:port", "npipe:x"])
+def test_targets_that_do_not_parse(target: str) -> None:
+    with pytest.raises(ValueError, match="not a gRPC target"):
+        parse_target(target)
+
+
+async def test_grpcio_server_unary_with_metadata_and_big_messages(
+    grpcio_server: tuple[str, list[Any]],
+) -> None:
+    target, seen = grpcio_server
+    ch = Channel(target, metadata=[("containerd-namespace", "k8s.io")])
+    try:
+        assert await ch.unary("/t.S/Echo", b"hello", deadline=10) == b"olleh"
+        assert seen[0]["containerd-namespace"] == "k8s.io"
+        big = os.urandom(3 << 20)  # above the 64 KiB windows grpc starts with
+        assert await ch.unary("/t.S/Echo", big, deadline=10) == big[::-1]
+        got = await asyncio.gather(*(ch.unary("/t.S/Echo", b"%d" % i) for i in range(300)))
+        assert got == [(b"%d" % i)[::-1] for i in range(300)]
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Nothing", b"")
+        assert info.value.name == "UNIMPLEMENTED"
+    finally:
+        await ch.close()
+
+
+async def test_grpcio_server_streaming(grpcio_server: tuple[str, list[Any]]) -> None:
+    target, _ = grpcio_server
+    ch = Channel(target)
+    try:
+        sizes = [len(m) async for m in ch.stream("/t.S/Count", b"60", deadline=20)]
+        assert sizes == [i * 1000 for i in range(60)]  # 1.8 MB: past the stream's window
+        # leaving early cancels the call; the channel goes on
+        async for m in ch.stream("/t.S/Count", b"60"):
+            if len(m) > 3000:
+                break
+        assert await ch.unary("/t.S/Echo", b"ab") == b"ba"
+    finally:
+        await ch.close()
+
+
+async def test_a_message_over_the_limit_either_way(grpcio_server: tuple[str, list[Any]]) -> None:
+    target, _ = grpcio_server
+    ch = Channel(target, max_message=1000)
+    try:
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x" * 1001)
+        assert info.value.code == http2.RESOURCE_EXHAUSTED
+        with pytest.raises(RpcError) as info:
+            async for _ in ch.stream("/t.S/Count", b"3"):
+                pass
+        assert info.value.code == http2.RESOURCE_EXHAUSTED
+        assert "larger than max (2000 vs. 1000)" in info.value.details
+        assert await ch.unary("/t.S/Echo", b"ok") == b"ko"
+    finally:
+        await ch.close()
+
+
+async def test_our_server_status_deadline_and_cancel(ours: Ours) -> None:
+    ch = Channel(ours.path)
+    try:
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Refuse", b"sandbox")
+        assert (info.value.code, info.value.details) == (http2.NOT_FOUND, "no sandbox ✓")
+        # the deadline: ours ends the call, and the server's handler is cancelled
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Hold", b"", deadline=0.3)
+        assert info.value.code == http2.DEADLINE_EXCEEDED
+        await asyncio.wait_for(ours.cancelled.wait(), 10)
+        # a task cancelled while it waits resets its stream: the handler is cancelled too
+        ours.started.clear()
+        ours.cancelled.clear()
+        task = asyncio.ensure_future(ch.unary("/t.S/Hold", b""))
+        await asyncio.wait_for(ours.started.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(ours.cancelled.wait(), 10)
+        assert await ch.unary("/t.S/Echo", b"same connection") == b"same connection"
+    finally:
+        await ch.close()
+
+
+async def test_more_calls_than_the_server_takes_at_once_wait_for_room(ours: Ours) -> None:
+    ch = Channel(ours.path)
+    try:
+        held = [asyncio.ensure_future(ch.unary("/t.S/Hold", b"")) for _ in range(300)]
+        await asyncio.wait_for(ours.started.wait(), 10)
+        await asyncio.sleep(0.2)
+        conn = ch._conn
+        assert conn is not None and conn.wire.max_calls == 256
+        assert conn.wire.open_calls == 256  # the other 44 wait, none is refused
+        ours.release.set()
+        assert await asyncio.wait_for(asyncio.gather(*held), 30) == [b"released"] * 300
+    finally:
+        await ch.close()
+
+
+async def test_nothing_listening_then_a_server_then_it_goes_and_comes_back(
+    tmp_path: Path,
+) -> None:
+    server = Ours(tmp_path / "later.sock")
+    ch = Channel(server.path)
+    before = _fds()
+    try:
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x", deadline=5)
+        assert info.value.code == http2.UNAVAILABLE  # at once, no waiting for a server
+        await server.start()
+        assert await ch.unary("/t.S/Echo", b"up") == b"up"
+        held = asyncio.ensure_future(ch.unary("/t.S/Hold", b""))
+        await asyncio.wait_for(server.started.wait(), 10)
+        await server.stop(grace=0)  # the call under way is answered UNAVAILABLE
+        with pytest.raises(RpcError) as info:
+            await held
+        assert info.value.code == http2.UNAVAILABLE
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x")
+        assert info.value.code == http2.UNAVAILABLE
+        await server.start()
+        assert await ch.unary("/t.S/Echo", b"again") == b"again"
+    finally:
+        await ch.close()
+        await server.stop()
+    await asyncio.sleep(0.05)
+    assert _fds() <= before
+
+
+async def test_a_connection_lost_mid_call_fails_that_call_unavailable(tmp_path: Path) -> None:
+    path = str(tmp_path / "drop.sock")
+    got = asyncio.Event()
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        got.set()
+        writer.transport.abort()
+
+    server = await asyncio.start_unix_server(drop, path)
+    ch = Channel(path)
+    try:
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x", deadline=10)
+        assert info.value.code == http2.UNAVAILABLE and "lost" in info.value.details
+    finally:
+        await ch.close()
+        server.close()
+
+
+async def test_a_server_that_does_not_speak_http2(tmp_path: Path) -> None:
+    path = str(tmp_path / "junk.sock")
+
+    async def junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # until our side closes
+        writer.close()
+
+    server = await asyncio.start_unix_server(junk, path)
+    ch = Channel(path)
+    try:
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x", deadline=10)
+        assert info.value.code == http2.UNAVAILABLE and "broke HTTP/2" in info.value.details
+    finally:
+        await ch.close()
+        server.close()
+
+
+async def test_close_ends_open_calls_and_later_ones(ours: Ours) -> None:
+    ch = Channel(ours.path)
+    held = asyncio.ensure_future(ch.unary("/t.S/Hold", b""))
+    await asyncio.wait_for(ours.started.wait(), 10)
+    await ch.close()
+    with pytest.raises(RpcError) as info:
+        await held
+    assert info.value.code == http2.UNAVAILABLE
+    with pytest.raises(RpcError) as info:
+        await ch.unary("/t.S/Echo", b"x")
+    assert info.value.code == http2.CANCELLED
+    await asyncio.wait_for(ours.cancelled.wait(), 10)  # the server saw the connection go
+
+
+async def test_a_server_that_never_sends_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "mute.sock")
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_unix_server(mute, path)
+    monkeypatch.setattr(channel, "HANDSHAKE_TIMEOUT", 1.0)
+    ch = Channel(path)
+    try:
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x", deadline=0.3)
+        assert info.value.code == http2.DEADLINE_EXCEEDED
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x")
+        assert info.value.code == http2.UNAVAILABLE and "no HTTP/2 SETTINGS" in info.value.details
+    finally:
+        await ch.close()
+        server.close()
