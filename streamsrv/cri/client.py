@@ -8,9 +8,10 @@ async with CriClient("unix:///run/streamsrv/cri.sock") as cri:
 
 Every method takes and returns the generated ``api_pb2`` messages (or, where the response holds
 one value, that value). Any failure of a call, the peer's status or our own (deadline,
-connection refused, closed client), is raised as :class:`CriError`: callers never see a raw grpc
-exception. This module uses grpc and ``api_pb2`` only (and ``streamsrv.errors`` for the root
-of :class:`CriError`), nothing of the server.
+connection refused, closed client), is raised as :class:`CriError`. The calls go through our
+own gRPC client (:mod:`streamsrv.rpc.channel`, docs/cri.md "The gRPC client"); this module
+uses it and ``api_pb2`` only (and ``streamsrv.errors`` for the root of :class:`CriError`),
+nothing of the server.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Final, Literal, Self, TypeAlias, TypeVar
 
-import grpc
-import grpc.aio
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from streamsrv.cri import api_pb2
 from streamsrv.errors import StreamsrvError
+from streamsrv.rpc.channel import Channel, RpcError
+from streamsrv.rpc.http2 import CANCELLED, INTERNAL, STATUS_NAMES
 
 RUNTIME_SERVICE: Final = "runtime.v1.RuntimeService"
 IMAGE_SERVICE: Final = "runtime.v1.ImageService"
@@ -75,10 +76,6 @@ def grpc_target(endpoint: str) -> str:
     return endpoint
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
-
-
 def _image_spec(image: api_pb2.ImageSpec | str) -> api_pb2.ImageSpec:
     return api_pb2.ImageSpec(image=image) if isinstance(image, str) else image
 
@@ -97,14 +94,12 @@ class CriClient:
         self.endpoint = endpoint
         self.target = grpc_target(endpoint)
         self.timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: Channel | None = None
         self._closed = False
-        self._callables: dict[str, grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
 
     async def close(self) -> None:
         self._closed = True
         channel, self._channel = self._channel, None
-        self._callables.clear()
         if channel is not None:
             await channel.close()
 
@@ -119,27 +114,6 @@ class CriClient:
     ) -> None:
         await self.close()
 
-    def _callable(
-        self, path: str, response_type: type[Message]
-    ) -> grpc.aio.UnaryUnaryMultiCallable[Message, Message]:
-        stub = self._callables.get(path)
-        if stub is None:
-            if self._channel is None:
-                self._channel = grpc.aio.insecure_channel(
-                    self.target,
-                    options=[
-                        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ],
-                )
-            stub = self._channel.unary_unary(
-                path,
-                request_serializer=_serialize,
-                response_deserializer=response_type.FromString,
-            )
-            self._callables[path] = stub
-        return stub
-
     async def call(
         self,
         service: str,
@@ -153,19 +127,17 @@ class CriClient:
         ``response_type``: any method, served or not (e.g. to check UNIMPLEMENTED)."""
         path = f"/{service}/{method}"
         if self._closed:
-            raise CriError(path, grpc.StatusCode.CANCELLED.name, "the CRI client is closed")
+            raise CriError(path, STATUS_NAMES[CANCELLED], "the CRI client is closed")
         timeout = self.timeout if deadline is DEFAULT else deadline
+        if self._channel is None:
+            self._channel = Channel(self.target, max_message=MAX_MESSAGE_BYTES)
         try:
-            response = await self._callable(path, response_type)(request, timeout=timeout)
-        except grpc.RpcError as e:
-            code = e.code() if isinstance(e, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
-            details = (e.details() if isinstance(e, grpc.aio.AioRpcError) else None) or str(e)
-            raise CriError(path, code.name, details) from None
-        except grpc.aio.UsageError as e:  # the channel was closed under a call
-            raise CriError(path, grpc.StatusCode.CANCELLED.name, str(e)) from None
-        if not isinstance(response, response_type):  # cannot happen: FromString made it
-            raise CriError(path, grpc.StatusCode.INTERNAL.name, "unexpected response type")
-        return response
+            data = await self._channel.unary(path, request.SerializeToString(), deadline=timeout)
+            return response_type.FromString(data)
+        except RpcError as e:
+            raise CriError(path, e.name, e.details) from None
+        except DecodeError as e:
+            raise CriError(path, STATUS_NAMES[INTERNAL], f"an undecodable answer: {e}") from None
 
     async def _runtime(
         self, method: str, request: Message, response_type: type[_R], deadline: Deadline

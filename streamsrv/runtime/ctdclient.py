@@ -1,6 +1,7 @@
 """containerd's own gRPC API, the part the containerd runtime calls (docs/containerd.md).
 
-:class:`Containerd` is a thin asyncio client: one grpc.aio channel to containerd's socket,
+:class:`Containerd` is a thin asyncio client: one channel (:mod:`streamsrv.rpc.channel`, our own
+gRPC client) to containerd's socket,
 every call in one containerd namespace (the ``containerd-namespace`` header), each failure
 raised as :class:`~streamsrv.errors.BackendError` (``NotFound`` for a missing object,
 :class:`~streamsrv.errors.EngineUnavailable` when containerd does not answer). The messages are
@@ -19,12 +20,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-import grpc
-import grpc.aio
 from google.protobuf import any_pb2, empty_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from ..errors import BackendError, EngineUnavailable
+from ..rpc import http2
+from ..rpc.channel import Channel, RpcError
 from .ctdapi import (
     containers_pb2,
     content_pb2,
@@ -67,60 +68,44 @@ class Containerd:
     def __init__(self, address: str = DEFAULT_ADDRESS, namespace: str = DEFAULT_NAMESPACE) -> None:
         self.address = address
         self.namespace = namespace
-        target = address if address.startswith("unix:") else "unix://" + address
-        self._channel = grpc.aio.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 16 << 20),
-                # after containerd restarts, calls fail fast until the channel reconnects: at
-                # most a second later (gRPC's default backoff grows to 2 minutes)
-                ("grpc.initial_reconnect_backoff_ms", 100),
-                ("grpc.min_reconnect_backoff_ms", 100),
-                ("grpc.max_reconnect_backoff_ms", 1000),
-            ],
+        # A call fails at once (UNAVAILABLE) while containerd is down; the next call after it
+        # is back connects again.
+        self._channel = Channel(
+            address if address.startswith("unix:") else "unix://" + address,
+            metadata=[("containerd-namespace", namespace)],
         )
-        self._metadata = (("containerd-namespace", namespace),)
-        self._calls: dict[str, Any] = {}
 
     async def close(self) -> None:
         await self._channel.close()
-
-    def _unary(self, method: str, response: type[_R]) -> Any:
-        call = self._calls.get(method)
-        if call is None:
-            call = self._channel.unary_unary(
-                method,
-                request_serializer=_serialize,
-                response_deserializer=response.FromString,
-            )
-            self._calls[method] = call
-        return call
 
     async def call(
         self, method: str, request: Message, response: type[_R], deadline: float | None = 60.0
     ) -> _R:
         """``/containerd.services.SERVICE.v1.NAME/METHOD`` with ``request``."""
         try:
-            result: _R = await self._unary(method, response)(
-                request, metadata=self._metadata, timeout=deadline
-            )
-        except grpc.aio.AioRpcError as exc:
+            data = await self._channel.unary(method, request.SerializeToString(), deadline=deadline)
+            return response.FromString(data)
+        except RpcError as exc:
             raise _error(method, exc) from None
-        return result
+        except DecodeError as exc:
+            raise BackendError(
+                f"containerd {_what(method)}: an undecodable answer: {exc}"
+            ) from None
 
     async def stream(
         self, method: str, request: Message, response: type[_R], deadline: float | None = 60.0
     ) -> AsyncIterator[_R]:
-        call = self._channel.unary_stream(
-            method,
-            request_serializer=_serialize,
-            response_deserializer=response.FromString,
-        )(request, metadata=self._metadata, timeout=deadline)
         try:
-            async for item in call:
-                yield item
-        except grpc.aio.AioRpcError as exc:
+            async for data in self._channel.stream(
+                method, request.SerializeToString(), deadline=deadline
+            ):
+                yield response.FromString(data)
+        except RpcError as exc:
             raise _error(method, exc) from None
+        except DecodeError as exc:
+            raise BackendError(
+                f"containerd {_what(method)}: an undecodable answer: {exc}"
+            ) from None
 
     # ----------------------------------------------------------------------------- services
 
@@ -270,16 +255,15 @@ class Containerd:
         return list(got.tasks)
 
 
-def _serialize(message: Message) -> bytes:
-    return message.SerializeToString()
+def _what(method: str) -> str:
+    return method.rsplit(".", 1)[-1]  # Tasks/Exec
 
 
-def _error(method: str, exc: grpc.aio.AioRpcError) -> BackendError:
-    code, details = exc.code(), exc.details() or ""
-    what = method.rsplit(".", 1)[-1]  # Tasks/Exec
-    if code == grpc.StatusCode.NOT_FOUND:
+def _error(method: str, exc: RpcError) -> BackendError:
+    code, details, what = exc.code, exc.details, _what(method)
+    if code == http2.NOT_FOUND:
         return NotFound(f"containerd {what}: {details}")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+    if code in (http2.UNAVAILABLE, http2.DEADLINE_EXCEEDED):
         return EngineUnavailable(f"containerd is not answering ({what}: {details})")
     return BackendError(f"containerd {what}: {details}")
 
