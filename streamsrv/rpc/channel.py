@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
@@ -64,16 +63,24 @@ def parse_target(target: str) -> tuple[str, str, int]:
 
 
 class _Call:
-    __slots__ = ("messages", "status", "waiter")
+    __slots__ = ("messages", "status", "waiter", "expired")
 
     def __init__(self) -> None:
         self.messages: collections.deque[bytes] = collections.deque()
         self.status: tuple[int, str] | None = None
         self.waiter: asyncio.Future[None] | None = None
+        self.expired = False  # the deadline passed first (the stream is still to be reset)
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    def expire(self) -> None:
+        """The deadline's timer (one ``call_at`` handle: cheaper than a timeout scope)."""
+        if self.status is None:
+            self.status = (DEADLINE_EXCEEDED, "Deadline Exceeded")
+            self.expired = True
+            self.wake()
 
     async def wait(self) -> None:
         self.waiter = asyncio.get_running_loop().create_future()
@@ -88,6 +95,7 @@ class _Connection(asyncio.Protocol):
         self.wire = ClientConnection(max_message=max_message)
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, _Call] = {}
+        self.timers: dict[int, asyncio.TimerHandle] = {}  # the calls' deadlines
         self.lost = False
         self.why = ""
         self.room: asyncio.Event = asyncio.Event()  # a call may start (within max_calls)
@@ -139,6 +147,9 @@ class _Connection(asyncio.Protocol):
     def _lose(self, why: str) -> None:
         self.lost = True
         self.why = why
+        timers, self.timers = self.timers, {}
+        for timer in timers.values():
+            timer.cancel()
         if not self.ready.done():
             self.ready.set_result(None)
         calls, self.calls = self.calls, {}
@@ -266,33 +277,52 @@ class Channel:
         return conn
 
     async def _start(
-        self, path: str, request: bytes, deadline: float | None
+        self, path: str, request: bytes, when: float | None
     ) -> tuple[_Connection, int, _Call]:
+        """The call started on a connection, its deadline (loop time ``when``) told to the
+        server and set as the call's timer."""
         if len(request) > self.max_message:
             size = f"({len(request)} vs. {self.max_message})"
             raise RpcError(RESOURCE_EXHAUSTED, f"trying to send message larger than max {size}")
-        conn = await self._connection()
+        loop = asyncio.get_running_loop()
+        conn = self._conn
+        if conn is None or not conn.usable or not conn.wire.room:
+            try:
+                async with asyncio.timeout_at(when):
+                    conn = await self._connection()
+            except TimeoutError:
+                raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        left = None if when is None else when - loop.time()
         try:
-            sid = conn.start(path.encode(), request, deadline, self._metadata)
+            sid = conn.start(path.encode(), request, left, self._metadata)
         except ValueError as exc:
             raise RpcError(INTERNAL, str(exc)) from None
-        return conn, sid, conn.calls[sid]
+        call = conn.calls[sid]
+        if when is not None:
+            conn.timers[sid] = loop.call_at(when, call.expire)
+        return conn, sid, call
+
+    @staticmethod
+    def _finish(conn: _Connection, sid: int, call: _Call) -> tuple[int, str]:
+        """After the wait for ``call``: its timer stopped, its stream reset unless the server
+        ended it (cancelled, or past the deadline); its status."""
+        timer = conn.timers.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        if call.status is None or call.expired:
+            conn.cancel(sid)
+        return call.status or (CANCELLED, "cancelled")
 
     async def unary(self, path: str, request: bytes, *, deadline: float | None = None) -> bytes:
         """Call ``path`` (``/package.Service/Method``) with one message; its one answer.
         ``deadline``: seconds from now (None: none)."""
+        when = None if deadline is None else asyncio.get_running_loop().time() + deadline
+        conn, sid, call = await self._start(path, request, when)
         try:
-            async with asyncio.timeout(deadline):
-                conn, sid, call = await self._start(path, request, deadline)
-                try:
-                    while call.status is None:
-                        await call.wait()
-                finally:
-                    if call.status is None:  # cancelled or past the deadline
-                        conn.cancel(sid)
-        except TimeoutError:
-            raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-        code, details = call.status
+            while call.status is None:
+                await call.wait()
+        finally:
+            code, details = self._finish(conn, sid, call)
         if code != OK:
             raise RpcError(code, details)
         if len(call.messages) != 1:
@@ -304,31 +334,19 @@ class Channel:
     ) -> AsyncIterator[bytes]:
         """Call a server-streaming ``path``; its messages as they come. Leaving the loop early
         cancels the call."""
-        loop = asyncio.get_running_loop()
-        when = None if deadline is None else loop.time() + deadline
-        try:
-            async with asyncio.timeout_at(when):
-                conn, sid, call = await self._start(path, request, deadline)
-        except TimeoutError:
-            raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        when = None if deadline is None else asyncio.get_running_loop().time() + deadline
+        conn, sid, call = await self._start(path, request, when)
         try:
             while True:
-                while call.messages:
+                while call.messages and not call.expired:
                     data = call.messages.popleft()
                     conn.wire.consumed(sid, len(data))
                     conn.flush()
                     yield data
                 if call.status is not None:
                     break
-                try:
-                    async with asyncio.timeout_at(when):
-                        await call.wait()
-                except TimeoutError:
-                    raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+                await call.wait()
         finally:
-            if call.status is None:
-                with contextlib.suppress(Exception):
-                    conn.cancel(sid)
-        code, details = call.status
+            code, details = self._finish(conn, sid, call)
         if code != OK:
             raise RpcError(code, details)

@@ -132,6 +132,7 @@ class ClientConnection(Http2Connection):
         # headers come first: RFC 9113 8.3), then these
         self._head = b"\x83\x86" + literal(1, authority)
         self._tail = literal(31, b"application/grpc") + literal(b"te", b"trailers")
+        self._paths: dict[bytes, bytes] = {}  # the headers up to the metadata, by path
 
     @property
     def open_calls(self) -> int:
@@ -161,7 +162,12 @@ class ClientConnection(Http2Connection):
         """
         if not self.usable:
             raise ValueError("the connection takes no new call")
-        block = self._head + literal(4, path) + self._tail + metadata  # 4: :path
+        head = self._paths.get(path)
+        if head is None:
+            head = self._head + literal(4, path) + self._tail  # 4: :path
+            if len(self._paths) < 256:
+                self._paths[path] = head
+        block = head + metadata
         if timeout is not None:
             block += literal(b"grpc-timeout", format_timeout(timeout))
         if len(block) > MAX_FRAME:
