@@ -25,7 +25,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import grpc
 from google.protobuf.message import DecodeError, Message
 
 from .. import __version__
@@ -40,6 +39,7 @@ from ..pods import (
     VolumeMount,
 )
 from ..requests import AttachRequest, ExecRequest, InvalidRequest, Origin, PortForwardRequest
+from ..rpc.http2 import Status
 from ..runtime.base import (
     BackendError,
     ContainerNotFound,
@@ -71,18 +71,18 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 class CriFailure(Exception):
     """A call's answer as a gRPC status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: Status, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
 
 
 def not_found(what: str, ref: str) -> CriFailure:
-    return CriFailure(grpc.StatusCode.NOT_FOUND, f'{what} "{ref}" not found')
+    return CriFailure(Status.NOT_FOUND, f'{what} "{ref}" not found')
 
 
 def invalid(message: str) -> CriFailure:
-    return CriFailure(grpc.StatusCode.INVALID_ARGUMENT, message)
+    return CriFailure(Status.INVALID_ARGUMENT, message)
 
 
 def _status_of(exc: BaseException) -> CriFailure:
@@ -90,18 +90,18 @@ def _status_of(exc: BaseException) -> CriFailure:
     if isinstance(exc, CriFailure):
         return exc
     if isinstance(exc, ContainerNotFound):
-        return CriFailure(grpc.StatusCode.NOT_FOUND, str(exc))
+        return CriFailure(Status.NOT_FOUND, str(exc))
     if isinstance(exc, ImageNotFound):
-        return CriFailure(grpc.StatusCode.NOT_FOUND, str(exc))
+        return CriFailure(Status.NOT_FOUND, str(exc))
     if isinstance(exc, (InvalidPod, InvalidRequest)):
-        return CriFailure(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return CriFailure(Status.INVALID_ARGUMENT, str(exc))
     if isinstance(exc, CacheFull):
-        return CriFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return CriFailure(Status.RESOURCE_EXHAUSTED, str(exc))
     if isinstance(exc, EngineUnavailable):
-        return CriFailure(grpc.StatusCode.UNAVAILABLE, str(exc))
+        return CriFailure(Status.UNAVAILABLE, str(exc))
     if isinstance(exc, BackendError):
-        return CriFailure(grpc.StatusCode.UNKNOWN, str(exc))
-    return CriFailure(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        return CriFailure(Status.UNKNOWN, str(exc))
+    return CriFailure(Status.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
 def _ns(when: datetime | None) -> int:
@@ -234,7 +234,7 @@ class CriService:
         if key in self._making:
             holder = "one being made"
         if holder is not None:
-            raise CriFailure(grpc.StatusCode.ALREADY_EXISTS, f"{shown} is reserved for {holder}")
+            raise CriFailure(Status.ALREADY_EXISTS, f"{shown} is reserved for {holder}")
         self._making.add(key)  # the caller did not await since it looked: nobody got in between
         try:
             yield
@@ -483,7 +483,7 @@ class CriService:
         image = await self.images.image_status(cfg.image.image)
         if image is None:
             raise CriFailure(
-                grpc.StatusCode.NOT_FOUND, f'failed to resolve image "{cfg.image.image}": not found'
+                Status.NOT_FOUND, f'failed to resolve image "{cfg.image.image}": not found'
             )
         scfg = self._sandbox_config(sandbox)
         log_path = ""
@@ -627,7 +627,7 @@ class CriService:
         stopped = await self.runtime.container_stopped(rec.id)
         if stopped is not None:
             raise CriFailure(
-                grpc.StatusCode.FAILED_PRECONDITION,
+                Status.FAILED_PRECONDITION,
                 f"container {rec.id} is not running: {stopped}",
             )
         return rec
@@ -645,7 +645,7 @@ class CriService:
                 code = await self.runtime.exec(rec.id, list(req.cmd), io, tty=False)
         except TimeoutError:
             raise CriFailure(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+                Status.DEADLINE_EXCEEDED,
                 f"command {list(req.cmd)[:3]} timed out after {req.timeout} s",
             ) from None
         if got.cut:
@@ -702,7 +702,7 @@ class CriService:
     async def port_forward(self, req: pb.PortForwardRequest) -> pb.PortForwardResponse:
         rec = self._sandbox(req.pod_sandbox_id)
         if rec.stopped:
-            raise CriFailure(grpc.StatusCode.FAILED_PRECONDITION, f"sandbox {rec.id} is not ready")
+            raise CriFailure(Status.FAILED_PRECONDITION, f"sandbox {rec.id} is not ready")
         for port in req.port:
             if not 0 < port < 65536:
                 raise invalid(f"port {port} is not a valid port")
@@ -818,7 +818,7 @@ def _handler(rpc: str, fn: Callable[[Any], Awaitable[Message]], req_type: type[M
             request = req_type.FromString(data)
         except DecodeError:  # as Go's gRPC answers it: never the decoder's exception
             raise RpcFailure(
-                grpc.StatusCode.INTERNAL.value[0],
+                Status.INTERNAL,
                 f"grpc: error unmarshalling request: not a {req_type.__name__}",
             ) from None
         try:
@@ -827,11 +827,11 @@ def _handler(rpc: str, fn: Callable[[Any], Awaitable[Message]], req_type: type[M
             raise
         except Exception as exc:
             failure = _status_of(exc)
-            if failure.code is grpc.StatusCode.INTERNAL:
+            if failure.code is Status.INTERNAL:
                 log.exception("CRI %s failed", rpc)
             else:
                 log.debug("CRI %s: %s %s", rpc, failure.code.name, failure.message)
-            raise RpcFailure(failure.code.value[0], failure.message) from None
+            raise RpcFailure(int(failure.code), failure.message) from None
 
     return call
 
