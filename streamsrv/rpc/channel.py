@@ -63,13 +63,14 @@ def parse_target(target: str) -> tuple[str, str, int]:
 
 
 class _Call:
-    __slots__ = ("messages", "status", "waiter", "expired")
+    __slots__ = ("messages", "status", "waiter", "expired", "unprocessed")
 
     def __init__(self) -> None:
         self.messages: collections.deque[bytes] = collections.deque()
         self.status: tuple[int, str] | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.expired = False  # the deadline passed first (the stream is still to be reset)
+        self.unprocessed = False  # the server did not take it: it may be sent again
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -98,6 +99,7 @@ class _Connection(asyncio.Protocol):
         self.timers: dict[int, asyncio.TimerHandle] = {}  # the calls' deadlines
         self.lost = False
         self.why = ""
+        self.retired = False  # replaced by a new connection: closed once its calls are done
         self.room: asyncio.Event = asyncio.Event()  # a call may start (within max_calls)
         self.room.set()
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -136,10 +138,23 @@ class _Connection(asyncio.Protocol):
             else:
                 del self.calls[ev.stream_id]
                 call.status = (ev.code, ev.details)
+                call.unprocessed = ev.unprocessed
                 self.room.set()
             call.wake()
         if not self.wire.usable:
             self.room.set()  # callers waiting for room go to a new connection
+            if self.retired and not self.calls:
+                self.close()
+
+    def pause_writing(self) -> None:
+        # the server does not read: read nothing more either (PING or SETTINGS floods would
+        # queue answers), until it does
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lose(f"the connection was lost ({exc or 'closed by the server'})")
@@ -176,6 +191,12 @@ class _Connection(asyncio.Protocol):
             self.wire.cancel(sid)
             self.room.set()
             self.flush()
+
+    def retire(self) -> None:
+        """No new call comes here (it went away): close it once its open calls are done."""
+        self.retired = True
+        if not self.calls:
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -234,6 +255,8 @@ class Channel:
                 conn.room.clear()
                 await conn.room.wait()
                 continue
+            if conn is not None and not conn.retired:
+                conn.retire()
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             connecting = self._connecting
@@ -317,12 +340,15 @@ class Channel:
         """Call ``path`` (``/package.Service/Method``) with one message; its one answer.
         ``deadline``: seconds from now (None: none)."""
         when = None if deadline is None else asyncio.get_running_loop().time() + deadline
-        conn, sid, call = await self._start(path, request, when)
-        try:
-            while call.status is None:
-                await call.wait()
-        finally:
-            code, details = self._finish(conn, sid, call)
+        for _ in range(2):  # once more if the server did not take it
+            conn, sid, call = await self._start(path, request, when)
+            try:
+                while call.status is None:
+                    await call.wait()
+            finally:
+                code, details = self._finish(conn, sid, call)
+            if not call.unprocessed:
+                break
         if code != OK:
             raise RpcError(code, details)
         if len(call.messages) != 1:

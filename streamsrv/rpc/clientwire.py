@@ -88,11 +88,14 @@ class Message:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """Call ``stream_id`` is over, with this status (OK: every message has come)."""
+    """Call ``stream_id`` is over, with this status (OK: every message has come).
+    ``unprocessed``: the server did not take the call (it refused the stream, or its GOAWAY
+    names an earlier last stream), so it may be sent again, as gRPC's clients do."""
 
     stream_id: int
     code: int
     details: str
+    unprocessed: bool = False
 
 
 Event = Message | Closed
@@ -302,18 +305,30 @@ class ClientConnection(Http2Connection):
     def _on_reset(self, sid: int, code: int, out: list[object]) -> None:
         if self._known(sid) is None:
             return
-        why = "the server refused the call" if code == REFUSED_STREAM else "the server reset"
-        self._end(sid, _RESET_CODES.get(code, INTERNAL), f"{why} (HTTP/2 code {code})", out, True)
+        refused = code == REFUSED_STREAM
+        what = "the server refused the call" if refused else "the server reset"
+        why = f"{what} (HTTP/2 code {code})"
+        self._end(sid, _RESET_CODES.get(code, INTERNAL), why, out, True, unprocessed=refused)
 
     def _on_goaway(self, last_sid: int, out: list[object]) -> None:
         self.going_away = True
         for sid in [sid for sid in self._streams if sid > last_sid]:
-            self._end(sid, UNAVAILABLE, "the server went away before taking the call", out, True)
+            why = "the server went away before taking the call"
+            self._end(sid, UNAVAILABLE, why, out, True, unprocessed=True)
 
-    def _end(self, sid: int, code: int, details: str, out: list[object], ended: bool) -> None:
+    def _end(
+        self,
+        sid: int,
+        code: int,
+        details: str,
+        out: list[object],
+        ended: bool,
+        *,
+        unprocessed: bool = False,
+    ) -> None:
         """The call is over with this status; if the server's half is still open, it is told
         to stop (RST_STREAM CANCEL)."""
         self._streams.pop(sid, None)
         if not ended:
             self._reset(sid, CANCEL)
-        out.append(Closed(sid, code, details))
+        out.append(Closed(sid, code, details, unprocessed))

@@ -11,6 +11,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from streamsrv.cri.grpcserver import GrpcServer, RpcFailure
@@ -326,3 +329,61 @@ async def test_a_server_that_never_sends_its_settings(
     finally:
         await ch.close()
         server.close()
+
+
+class _GoingAway(asyncio.Protocol):
+    """An h2 server whose first connection answers the first call with a GOAWAY that does not
+    take it, and whose later connections answer every call with its request."""
+
+    connections = 0
+    transports: list[asyncio.Transport] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.transports.append(transport)
+        type(self).connections += 1
+        self.first = type(self).connections == 1
+        self.h2 = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        self.h2.initiate_connection()
+        self.body: dict[int, bytes] = {}
+        transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for ev in self.h2.receive_data(data):
+            if isinstance(ev, h2.events.DataReceived) and ev.stream_id is not None:
+                self.body[ev.stream_id] = self.body.get(ev.stream_id, b"") + (ev.data or b"")
+                self.h2.acknowledge_received_data(ev.flow_controlled_length or 0, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id is not None:
+                sid = ev.stream_id
+                if self.first:
+                    self.h2.close_connection(last_stream_id=0)
+                else:
+                    grpc_ok = [(":status", "200"), ("content-type", "application/grpc")]
+                    self.h2.send_headers(sid, grpc_ok)
+                    self.h2.send_data(sid, self.body[sid])
+                    self.h2.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+        self.transport.write(self.h2.data_to_send())
+
+
+async def test_a_call_the_server_did_not_take_is_sent_again_on_a_new_connection(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "away.sock")
+    _GoingAway.connections = 0
+    _GoingAway.transports = []
+    server = await asyncio.get_running_loop().create_unix_server(_GoingAway, path)
+    ch = Channel(path)
+    try:
+        assert await ch.unary("/t.S/Echo", b"twice", deadline=10) == b"twice"
+        assert _GoingAway.connections == 2
+        await asyncio.sleep(0.1)
+        # the connection that went away was closed by us once nothing ran on it
+        assert _GoingAway.transports[0].is_closing()
+    finally:
+        await ch.close()
+        server.close()
+        for t in _GoingAway.transports:
+            t.close()

@@ -265,6 +265,10 @@ def test_a_reset_stream_ends_its_call(code: int, status: int) -> None:
     p.server.reset_stream(sid, code)
     events = p.pump()
     assert [(e.stream_id, e.code) for e in events if isinstance(e, Closed)] == [(sid, status)]
+    # only a refused stream was not taken by the server: that call may be sent again
+    assert [e.unprocessed for e in events if isinstance(e, Closed)] == [
+        code == h2.errors.ErrorCodes.REFUSED_STREAM
+    ]
     p.answer(other, b"still")
     assert p.pump() == [Message(other, b"still"), Closed(other, http2.OK, "")]
 
@@ -285,8 +289,8 @@ def test_goaway_ends_the_calls_it_did_not_take_and_no_new_call_starts() -> None:
     p.pump()
     goaway = frame(http2.GOAWAY, 0, 0, struct.pack(">II", taken, 0))
     events = p.client.receive(goaway)  # by hand: h2 sends nothing more after its own GOAWAY
-    assert [(e.stream_id, e.code) for e in events if isinstance(e, Closed)] == [
-        (dropped, http2.UNAVAILABLE)
+    assert events == [
+        Closed(dropped, http2.UNAVAILABLE, "the server went away before taking the call", True)
     ]
     assert not p.client.usable
     with pytest.raises(ValueError, match="no new call"):
