@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Final
 
 from ..rpc import http2
+from ..rpc.aio import ReadsWhileHeard
 from .grpcwire import Call, Cancelled, ConnectionFailed, UnaryConnection
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class RpcFailure(Exception):
         self.message = message
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(ReadsWhileHeard):
     def __init__(self, server: GrpcServer) -> None:
         self.server = server
         self.wire = UnaryConnection(max_message=server.max_message, max_send=server.max_send)
@@ -78,14 +79,6 @@ class _Connection(asyncio.Protocol):
             elif isinstance(ev, Cancelled) and (task := self.calls.pop(ev.stream_id, None)):
                 task.cancel()
         self._flush()
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)

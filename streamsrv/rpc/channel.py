@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 from . import http2
+from .aio import ReadsWhileHeard
 from .clientwire import ClientConnection, Closed, Message
 from .http2 import CANCELLED, DEADLINE_EXCEEDED, INTERNAL, OK, RESOURCE_EXHAUSTED, UNAVAILABLE
 
@@ -91,7 +92,7 @@ class _Call:
             self.waiter = None
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(ReadsWhileHeard):
     def __init__(self, max_message: int) -> None:
         self.wire = ClientConnection(max_message=max_message)
         self.transport: asyncio.Transport | None = None
@@ -145,16 +146,6 @@ class _Connection(asyncio.Protocol):
             self.room.set()  # callers waiting for room go to a new connection
             if self.retired and not self.calls:
                 self.close()
-
-    def pause_writing(self) -> None:
-        # the server does not read: read nothing more either (PING or SETTINGS floods would
-        # queue answers), until it does
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lose(f"the connection was lost ({exc or 'closed by the server'})")

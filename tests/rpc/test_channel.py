@@ -253,41 +253,33 @@ async def test_nothing_listening_then_a_server_then_it_goes_and_comes_back(
     assert _fds() <= before
 
 
-async def test_a_connection_lost_mid_call_fails_that_call_unavailable(tmp_path: Path) -> None:
-    path = str(tmp_path / "drop.sock")
-    got = asyncio.Event()
+async def _drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(100)
+    writer.transport.abort()
 
-    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(100)
-        got.set()
-        writer.transport.abort()
 
-    server = await asyncio.start_unix_server(drop, path)
+async def _junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    await writer.drain()
+    await reader.read()  # until our side closes
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("serve", "why"),
+    [(_drop, "the connection was lost"), (_junk, "the server broke HTTP/2")],
+    ids=["connection lost mid-call", "not HTTP/2"],
+)
+async def test_a_server_gone_or_broken_fails_the_call_unavailable(
+    tmp_path: Path, serve: Any, why: str
+) -> None:
+    path = str(tmp_path / "bad.sock")
+    server = await asyncio.start_unix_server(serve, path)
     ch = Channel(path)
     try:
         with pytest.raises(RpcError) as info:
             await ch.unary("/t.S/Echo", b"x", deadline=10)
-        assert info.value.code == http2.UNAVAILABLE and "lost" in info.value.details
-    finally:
-        await ch.close()
-        server.close()
-
-
-async def test_a_server_that_does_not_speak_http2(tmp_path: Path) -> None:
-    path = str(tmp_path / "junk.sock")
-
-    async def junk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
-        await writer.drain()
-        await reader.read()  # until our side closes
-        writer.close()
-
-    server = await asyncio.start_unix_server(junk, path)
-    ch = Channel(path)
-    try:
-        with pytest.raises(RpcError) as info:
-            await ch.unary("/t.S/Echo", b"x", deadline=10)
-        assert info.value.code == http2.UNAVAILABLE and "broke HTTP/2" in info.value.details
+        assert info.value.code == http2.UNAVAILABLE and why in info.value.details
     finally:
         await ch.close()
         server.close()
