@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -255,3 +256,39 @@ async def test_go_grpc_client_round_trips_and_reads_our_statuses(tmp_path: Path)
     finally:
         await server.stop(1)
     assert not server.connections
+
+
+PING = struct.pack(">BHBBI", 0, 8, 6, 0, 0) + b"12345678"  # a PING frame, each one answered
+
+
+async def test_a_ping_flood_from_a_client_that_does_not_read_keeps_the_servers_buffer_bounded(
+    served: tuple[str, Calls, GrpcServer],
+) -> None:
+    """Every PING is answered; while the client does not read, the server stops reading, so
+    its answers waiting to be sent stay bounded (asyncio's 64 KiB mark and one read's worth)."""
+    target, _, server = served
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, target.removeprefix("unix://"))
+    try:
+        await loop.sock_sendall(sock, http2.PREFACE + struct.pack(">BHBBI", 0, 0, 4, 0, 0))
+        flood = PING * 4096  # 68 KiB of PINGs at a time
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                while sent < 64 << 20:
+                    await loop.sock_sendall(sock, flood)
+                    sent += len(flood)
+        (conn,) = server.connections
+        assert conn.transport is not None
+        held = conn.transport.get_write_buffer_size()
+        # it stopped reading: the client's sends block well before 64 MiB
+        assert sent < 64 << 20
+        assert held < 1 << 20, f"{held} bytes of answers held after {sent} bytes of PINGs"
+        # a client that does that is still only that client's problem
+        async with grpc.aio.insecure_channel(target) as channel:
+            assert await method(channel, "Echo")(b"ok", timeout=HANG) == b"ko"
+    finally:
+        sock.close()

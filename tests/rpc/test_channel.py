@@ -4,7 +4,10 @@ against servers that misbehave or go away."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -379,3 +382,43 @@ async def test_a_call_the_server_did_not_take_is_sent_again_on_a_new_connection(
         server.close()
         for t in _GoingAway.transports:
             t.close()
+
+
+async def test_a_ping_flood_from_a_server_that_does_not_read_keeps_our_buffer_bounded(
+    tmp_path: Path,
+) -> None:
+    """Every PING is answered; while the server does not read, the channel's connection stops
+    reading, so the answers waiting to be sent stay bounded."""
+    loop = asyncio.get_running_loop()
+    path = str(tmp_path / "flood.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    listener.setblocking(False)
+    ch = Channel(path)
+    call = asyncio.ensure_future(ch.unary("/t.S/Echo", b"x", deadline=30))
+    peer, _ = await loop.sock_accept(listener)
+    try:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await loop.sock_sendall(peer, struct.pack(">BHBBI", 0, 0, 4, 0, 0))  # SETTINGS
+        ping = struct.pack(">BHBBI", 0, 8, 6, 0, 0) + b"12345678"
+        flood = ping * 4096
+        sent = 0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                while sent < 64 << 20:
+                    await loop.sock_sendall(peer, flood)
+                    sent += len(flood)
+        conn = ch._conn
+        assert conn is not None and conn.transport is not None
+        held = conn.transport.get_write_buffer_size()
+        assert sent < 64 << 20  # it stopped reading: the server's sends block
+        assert held < 1 << 20, f"{held} bytes of answers held after {sent} bytes of PINGs"
+        assert not call.done()
+    finally:
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await call
+        await ch.close()
+        peer.close()
+        listener.close()
