@@ -150,7 +150,7 @@ class _Connection(ReadsWhileHeard):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lose(f"the connection was lost ({exc or 'closed by the server'})")
 
-    def _lose(self, why: str) -> None:
+    def _lose(self, why: str, code: int = UNAVAILABLE) -> None:
         self.lost = True
         self.why = why
         timers, self.timers = self.timers, {}
@@ -160,7 +160,7 @@ class _Connection(ReadsWhileHeard):
             self.ready.set_result(None)
         calls, self.calls = self.calls, {}
         for call in calls.values():
-            call.status = (UNAVAILABLE, why)
+            call.status = (code, why)
             call.wake()
         self.room.set()
 
@@ -194,7 +194,7 @@ class _Connection(ReadsWhileHeard):
             self.wire.close()
             self.flush()
             self.transport.close()
-        self._lose("the channel was closed")
+        self._lose("the channel was closed", CANCELLED)
 
 
 def _close_made(made: asyncio.Future[_Connection]) -> None:
@@ -207,7 +207,7 @@ class Channel:
 
     ``metadata`` is sent with every call (``containerd-namespace``, say); ``max_message`` bounds
     a message either way. Usable from one event loop; ``close()`` ends every open call with
-    CANCELLED and any later call fails likewise.
+    CANCELLED, and any later call fails likewise.
     """
 
     def __init__(
@@ -248,9 +248,15 @@ class Channel:
                 continue
             if conn is not None and not conn.retired:
                 conn.retire()
-            if self._connecting is None:
-                self._connecting = asyncio.ensure_future(self._connect())
             connecting = self._connecting
+            if connecting is not None and connecting.done():
+                # made while no caller waited for it: a connection to use, or a failure that
+                # was nobody's (the next call connects afresh)
+                self._connecting = None
+                if connecting.cancelled() or connecting.exception() is not None:
+                    continue
+            elif connecting is None:
+                connecting = self._connecting = asyncio.ensure_future(self._connect())
             try:
                 conn = await asyncio.shield(connecting)
             finally:

@@ -326,9 +326,10 @@ class ClientConnection(Http2Connection):
         *,
         unprocessed: bool = False,
     ) -> None:
-        """The call is over with this status; if the server's half is still open, it is told
-        to stop (RST_STREAM CANCEL)."""
-        self._streams.pop(sid, None)
-        if not ended:
+        """The call is over with this status. If either half is still open (the server's, or
+        ours with request bytes not yet sent: the server answered early), the stream is reset
+        (RST_STREAM CANCEL) and what was left of the request is dropped."""
+        st = self._streams.pop(sid, None)
+        if not ended or (st is not None and st.pending is not None):
             self._reset(sid, CANCEL)
         out.append(Closed(sid, code, details, unprocessed))

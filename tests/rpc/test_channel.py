@@ -295,7 +295,7 @@ async def test_close_ends_open_calls_and_later_ones(ours: Ours) -> None:
     await ch.close()
     with pytest.raises(RpcError) as info:
         await held
-    assert info.value.code == http2.UNAVAILABLE
+    assert info.value.code == http2.CANCELLED
     with pytest.raises(RpcError) as info:
         await ch.unary("/t.S/Echo", b"x")
     assert info.value.code == http2.CANCELLED
@@ -422,3 +422,33 @@ async def test_a_ping_flood_from_a_server_that_does_not_read_keeps_our_buffer_bo
         await ch.close()
         peer.close()
         listener.close()
+
+
+async def test_a_connection_that_failed_while_nobody_waited_is_not_anyones_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call that started a connection gave up (its deadline) before the connection failed;
+    the next call connects afresh instead of getting that old failure."""
+    path = tmp_path / "later.sock"
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    monkeypatch.setattr(channel, "HANDSHAKE_TIMEOUT", 0.3)
+    silent = await asyncio.start_unix_server(mute, str(path))
+    ch = Channel(str(path))
+    server = Ours(path)
+    try:
+        with pytest.raises(RpcError) as info:
+            await ch.unary("/t.S/Echo", b"x", deadline=0.1)
+        assert info.value.code == http2.DEADLINE_EXCEEDED
+        await asyncio.sleep(0.6)  # the connection's handshake has failed meanwhile
+        silent.close()
+        path.unlink()
+        await server.start()
+        assert await ch.unary("/t.S/Echo", b"fresh", deadline=10) == b"fresh"
+    finally:
+        await ch.close()
+        await server.stop()
+        silent.close()

@@ -482,3 +482,21 @@ def frame_types(data: bytes) -> list[int]:
         kinds.append(data[pos + 3])
         pos += 9 + n
     return kinds
+
+
+def test_an_answer_before_the_whole_request_resets_the_stream_and_drops_the_rest() -> None:
+    p = Pair()
+    sid = p.client.start(PATH, b"r" * 200_000)  # more than h2's 64 KiB window
+    p.pump()
+    p.server.send_headers(
+        sid,
+        [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "8")],
+        end_stream=True,
+    )
+    events = p.pump()
+    assert [(e.stream_id, e.code) for e in events if isinstance(e, Closed)] == [
+        (sid, http2.RESOURCE_EXHAUSTED)
+    ]
+    assert (sid, h2.errors.ErrorCodes.CANCEL) in p.resets()
+    p.request(sid)  # h2 gives its window back: nothing more of the request goes out
+    assert p.pump() == [] and p.client.data_to_send() == b""
