@@ -48,7 +48,6 @@ from ..rpc.http2 import (
     U32,
     UNIMPLEMENTED,
     WINDOW,
-    WINDOW_UPDATE,
     ConnectionFailed,
     Failed,
     Http2Connection,
@@ -96,7 +95,6 @@ class _Stream(Stream):
     timeout: float | None = None
     body: bytearray = field(default_factory=bytearray)
     ended: bool = False  # the client's half is closed: the call is the handler's
-    unacked: int = 0  # received bytes not yet given back with a WINDOW_UPDATE
 
 
 class UnaryConnection(Http2Connection):
@@ -224,9 +222,7 @@ class UnaryConnection(Http2Connection):
         data = self._unpad(flags, payload)
         if not st.ended:
             st.unacked += n
-            if st.unacked >= WINDOW // 2:
-                self._frame(WINDOW_UPDATE, 0, sid, U32.pack(st.unacked))
-                st.unacked = 0
+            self._give_back(sid, st)
         if data:
             self._take(sid, st, data)
         if st.ended and sid in self._streams:

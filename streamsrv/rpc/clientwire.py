@@ -48,7 +48,6 @@ from .http2 import (
     UNIMPLEMENTED,
     UNKNOWN,
     WINDOW,
-    WINDOW_UPDATE,
     ConnectionFailed,
     Failed,
     Http2Connection,
@@ -106,7 +105,6 @@ class _Call(Stream):
     answered: bool = False  # the response headers have come
     body: bytearray = field(default_factory=bytearray)  # a response message coming in
     held: int = 0  # bytes of messages handed out and not yet consumed
-    unacked: int = 0  # received bytes not yet given back with a WINDOW_UPDATE
 
 
 class ClientConnection(Http2Connection):
@@ -197,7 +195,7 @@ class ClientConnection(Http2Connection):
         if st is None:
             return
         st.held -= n + PREFIX.size
-        self._give_back(stream_id, st)
+        self._give_back_if_read(stream_id, st)
 
     def close(self) -> None:
         """GOAWAY: this end is done; calls still open are the caller's to fail."""
@@ -295,12 +293,12 @@ class ClientConnection(Http2Connection):
         if ended:
             self._end(sid, INTERNAL, "the server ended the call without a status", out, True)
             return
-        self._give_back(sid, st)
+        self._give_back_if_read(sid, st)
 
-    def _give_back(self, sid: int, st: _Call) -> None:
-        if st.held <= WINDOW and st.unacked >= WINDOW // 2:
-            self._frame(WINDOW_UPDATE, 0, sid, U32.pack(st.unacked))
-            st.unacked = 0
+    def _give_back_if_read(self, sid: int, st: _Call) -> None:
+        """The window is held shut while more than one window's worth of messages is unread."""
+        if st.held <= WINDOW:
+            self._give_back(sid, st)
 
     def _on_reset(self, sid: int, code: int, out: list[object]) -> None:
         if self._known(sid) is None:

@@ -184,6 +184,7 @@ class Stream:
     send_window: int
     pending: memoryview | None = None
     end_stream: bool = False  # the last of the pending bytes ends our half of the stream
+    unacked: int = 0  # bytes received on it, not yet given back with a WINDOW_UPDATE
 
 
 class Http2Connection:
@@ -380,6 +381,12 @@ class Http2Connection:
         if self._recv_unacked >= WINDOW // 2:
             self._frame(WINDOW_UPDATE, 0, 0, U32.pack(self._recv_unacked))
             self._recv_unacked = 0
+
+    def _give_back(self, sid: int, st: Stream) -> None:
+        """A stream's receive window, given back once half of it is used."""
+        if st.unacked >= WINDOW // 2:
+            self._frame(WINDOW_UPDATE, 0, sid, U32.pack(st.unacked))
+            st.unacked = 0
 
     # ------------------------------------------------------------------------------ hooks
 
