@@ -88,9 +88,7 @@ class Containerd:
         except RpcError as exc:
             raise _error(method, exc) from None
         except DecodeError as exc:
-            raise BackendError(
-                f"containerd {_what(method)}: an undecodable answer: {exc}"
-            ) from None
+            raise _undecodable(method, exc) from None
 
     async def stream(
         self, method: str, request: Message, response: type[_R], deadline: float | None = 60.0
@@ -103,9 +101,7 @@ class Containerd:
         except RpcError as exc:
             raise _error(method, exc) from None
         except DecodeError as exc:
-            raise BackendError(
-                f"containerd {_what(method)}: an undecodable answer: {exc}"
-            ) from None
+            raise _undecodable(method, exc) from None
 
     # ----------------------------------------------------------------------------- services
 
@@ -257,6 +253,10 @@ class Containerd:
 
 def _what(method: str) -> str:
     return method.rsplit(".", 1)[-1]  # Tasks/Exec
+
+
+def _undecodable(method: str, exc: DecodeError) -> BackendError:
+    return BackendError(f"containerd {_what(method)}: an undecodable answer: {exc}")
 
 
 def _error(method: str, exc: RpcError) -> BackendError:
