@@ -998,23 +998,38 @@ def origin_of(request: web.Request, pod: Pod, container: str, via: str) -> Origi
     )
 
 
+# Each handler reads its pod in a function of its own and streams after it has returned: the
+# pod (read afresh for the request, with every container's state and the parsed manifest,
+# 4-5 KiB) is then not held for the whole session (docs/benchmarks.md, idle memory).
+
+
 async def pod_exec(request: web.Request) -> web.StreamResponse:
+    return await _stream(request, await _exec_request(request))
+
+
+async def _exec_request(request: web.Request) -> AnyRequest:
     pod = await live_pod(request, "exec into")
     spec, cid = pick_container(request, pod)
     req = exec_request(cid, request.query.getall("command", []), **query_streams(request))
-    origin = origin_of(request, pod, spec.name, "kubectl")
-    return await _stream(request, dataclasses.replace(req, origin=origin))
+    return dataclasses.replace(req, origin=origin_of(request, pod, spec.name, "kubectl"))
 
 
 async def pod_attach(request: web.Request) -> web.StreamResponse:
+    return await _stream(request, await _attach_request(request))
+
+
+async def _attach_request(request: web.Request) -> AnyRequest:
     pod = await live_pod(request, "attach")
     spec, cid = pick_container(request, pod)
     req = attach_request(spec, cid, **query_streams(request))
-    origin = origin_of(request, pod, spec.name, "kubectl")
-    return await _stream(request, dataclasses.replace(req, origin=origin))
+    return dataclasses.replace(req, origin=origin_of(request, pod, spec.name, "kubectl"))
 
 
 async def pod_portforward(request: web.Request) -> web.StreamResponse:
+    return await _stream(request, await _portforward_request(request))
+
+
+async def _portforward_request(request: web.Request) -> AnyRequest:
     pod = await _get_pod(request)
     if pod.phase != "Running":
         raise StatusError(
@@ -1025,7 +1040,7 @@ async def pod_portforward(request: web.Request) -> web.StreamResponse:
     except ValueError:
         ports = ()  # only the channel protocol needs them; it answers 400 itself
     origin = origin_of(request, pod, "", "kubectl")
-    return await _stream(request, PortForwardRequest(pod.sandbox.id, ports, origin=origin))
+    return PortForwardRequest(pod.sandbox.id, ports, origin=origin)
 
 
 async def metrics(request: web.Request) -> web.Response:
