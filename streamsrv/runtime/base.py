@@ -202,6 +202,53 @@ class ByteSink(Protocol):
     async def write(self, data: bytes) -> None: ...
 
 
+class Flag:
+    """``asyncio.Event``'s ``set``/``clear``/``is_set``/``wait``, at a tenth of its memory.
+
+    Every session makes several of these (its stdin :class:`Pipe` two, its :class:`Resizes`
+    two, a tty exec one more). An ``asyncio.Event`` allocates a dict and a deque for waiters
+    the moment it is made, about 0.75 KiB; this keeps two slots and makes its list of waiters
+    only when something waits (docs/benchmarks.md, "idle memory"). Same semantics: ``set``
+    wakes every waiter, and a waiter woken returns even if ``clear`` came before it ran.
+    """
+
+    __slots__ = ("_value", "_waiters")
+
+    def __init__(self) -> None:
+        self._value = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._value
+
+    def set(self) -> None:
+        if self._value:
+            return
+        self._value = True
+        waiters, self._waiters = self._waiters, None
+        for fut in waiters or ():
+            if not fut.done():
+                fut.set_result(None)
+
+    def clear(self) -> None:
+        self._value = False
+
+    async def wait(self) -> bool:
+        if self._value:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        waiters = self._waiters
+        waiters.append(fut)
+        try:
+            await fut
+            return True
+        finally:
+            if fut in waiters:  # cancelled before a set (a set drops the whole list)
+                waiters.remove(fut)
+
+
 # Queued stdin chunks are joined up to this size. Larger writes cost more than they save: the
 # engine's socket takes about 200 KiB at a time, and asyncio copies and shifts whatever it
 # could not send (exec stdin through kubectl 1.33, server CPU per 512 MiB: unbounded joins
@@ -226,8 +273,8 @@ class Pipe:
         self._size = 0
         self._limit = limit
         self._closed = False
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
+        self._readable = Flag()
+        self._writable = Flag()
         self._writable.set()
         #: Told each chunk as the backend reads it (the session's byte count and recording).
         self.tap: Callable[[bytes], None] | None = None
@@ -321,8 +368,8 @@ class Resizes:
         self.latest: TerminalSize | None = None
         self._fresh = False  # ``latest`` has not been delivered yet
         self._closed = False
-        self._changed = asyncio.Event()
-        self._arrived = asyncio.Event()  # a first size came, or none ever will
+        self._changed = Flag()
+        self._arrived = Flag()  # a first size came, or none ever will
         #: Told each size as it comes (the session's recording).
         self.tap: Callable[[TerminalSize], None] | None = None
 
@@ -564,7 +611,7 @@ class StreamingRuntime(Runtime, Protocol):
         ...
 
 
-async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+async def wait_event(event: asyncio.Event | Flag, seconds: float) -> bool:
     """Wait at most ``seconds`` for ``event``; whether it is set.
 
     Not ``asyncio.wait_for``: on Python 3.11 that returns normally when the task is cancelled

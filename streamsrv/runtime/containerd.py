@@ -61,6 +61,7 @@ from .base import (
     ContainerNotFound,
     EngineUnavailable,
     FdWriter,
+    Flag,
     ImageNotFound,
     Listeners,
     LogFile,
@@ -929,7 +930,7 @@ class ContainerdRuntime:
         """Share the container's output, and its terminal or stdin, until it ends (the
         process runtime's rules: ``stdinOnce`` closes stdin when this client's input ends)."""
         c = self._running(container_id)
-        sized = asyncio.Event()
+        sized = Flag()
         sizes = None
         if io.resize is not None and c.spec.tty:
             sizes = self._attach_sizes(c, io.resize, sized)
@@ -942,7 +943,7 @@ class ContainerdRuntime:
             c.listeners, io, c.exited, sizes, stdin, stdin_ends_it=c.spec.stdin_once and c.spec.tty
         )
 
-    async def _attach_sizes(self, c: _Container, sizes: Resizes, sized: asyncio.Event) -> None:
+    async def _attach_sizes(self, c: _Container, sizes: Resizes, sized: Flag) -> None:
         try:
             async for size in sizes:
                 if size.width and size.height and c.state == "running":
@@ -952,7 +953,7 @@ class ContainerdRuntime:
         finally:
             sized.set()
 
-    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: asyncio.Event) -> None:
+    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: Flag) -> None:
         assert io.stdin is not None
         # the container's pump closes this fd when the container ends
         writer = FdWriter(fd, lambda: c.stdin_fd == fd)

@@ -56,6 +56,7 @@ from .base import (
     BackendError,
     ContainerNotFound,
     EngineUnavailable,
+    Flag,
     ImageNotFound,
     LogFile,
     StdIO,
@@ -1000,7 +1001,7 @@ class DockerRuntime:
         ``sized``: the terminal had its first size when the process started.
         """
 
-        first = asyncio.Event()  # the terminal has its first size (or never will get one)
+        first = Flag()  # the terminal has its first size (or never will get one)
         if sized or not (tty and io.resize is not None):
             first.set()
 

@@ -51,6 +51,7 @@ from .base import (
     ByteSink,
     ContainerNotFound,
     FdWriter,
+    Flag,
     Listeners,
     LogFile,
     Resizes,
@@ -468,7 +469,7 @@ class ProcessRuntime:
         c = self._running(container_id)
         resize_task: asyncio.Task[None] | None = None
         master: int | None = None
-        sized = asyncio.Event()
+        sized = Flag()
         fds: list[int] = []  # ours, closed at the end
         child: list[int] = []  # the child's, closed once it runs
         try:
@@ -590,7 +591,7 @@ class ProcessRuntime:
         the terminal staying open. Without ``stdinOnce`` stdin stays open for the next client.
         """
         c = self._running(container_id)
-        sized = asyncio.Event()  # the terminal has this client's first size, or never will
+        sized = Flag()  # the terminal has this client's first size, or never will
         sizes = None
         if io.resize is not None and c.master is not None:
             master = c.master
@@ -610,7 +611,7 @@ class ProcessRuntime:
             stdin_ends_it=c.spec.stdin_once and target == c.master,
         )
 
-    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: asyncio.Event) -> None:
+    async def _attach_stdin(self, c: _Container, fd: int, io: StdIO, sized: Flag) -> None:
         assert io.stdin is not None
         # the container's pump closes this fd when the container ends
         writer = FdWriter(fd, lambda: fd in (c.master, c.stdin_fd))
@@ -660,7 +661,7 @@ class _StartError(BackendError):
 async def _apply_sizes(
     fd: int,
     sizes: Resizes,
-    sized: asyncio.Event | None,
+    sized: Flag | None,
     alive: Callable[[], bool] = lambda: True,
 ) -> None:
     """Apply the client's terminal sizes to a pty; ``sized`` is set after the first one."""
