@@ -20,7 +20,7 @@ from .limits import Limits
 from .metrics import Metrics
 from .recording import Recorder, Session, new_name
 from .requests import AnyRequest
-from .runtime.base import StreamingRuntime
+from .runtime.base import Flag, StreamingRuntime
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class StreamContext:
     warnings: RateLimitedLog = field(init=False)
     #: Set when the server ends its sessions (shutdown): each ends with a status that says
     #: so, its process killed.
-    stopping: asyncio.Event = field(init=False)
+    stopping: Flag = field(init=False)
     #: Sessions running now, and an event set whenever there are none.
     live: int = field(init=False, default=0)
     drained: asyncio.Event = field(init=False)
@@ -131,7 +131,7 @@ class StreamContext:
     def __post_init__(self) -> None:
         self.warnings = RateLimitedLog(logging.getLogger("streamsrv"), self.limits.log_interval)
         self.containers = ContainerWatch(self.runtime, self.limits.container_poll)
-        self.stopping = asyncio.Event()
+        self.stopping = Flag()
         self.drained = asyncio.Event()
         self.drained.set()
 

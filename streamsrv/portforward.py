@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -576,8 +576,8 @@ async def _serve_channels(
     reader = asyncio.create_task(read())
     done = asyncio.create_task(all_forwards())
     gone = asyncio.create_task(_sandbox_gone(ctx, req.sandbox_id))
-    idle = asyncio.create_task(activity.idle(ctx.limits.idle_timeout))
-    pumps = [*forwards, done, gone, idle]
+    idle = activity.idle(ctx.limits.idle_timeout)
+    pumps: list[asyncio.Future[Any]] = [*forwards, done, gone, idle]
     try:
         await asyncio.wait([reader, done, gone, idle], return_when=asyncio.FIRST_COMPLETED)
         if idle.done():

@@ -75,6 +75,7 @@ from yarl import URL
 
 from .limits import KIB, Limits
 from .protocol.status import kube_status, marshal
+from .runtime.base import Flag
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ async def proxy_upgrade(
     ssl: ssl_module.SSLContext | None = None,
     connect_timeout: float = CONNECT_TIMEOUT,
     head_timeout: float = HEAD_TIMEOUT,
-    stopping: asyncio.Event | None = None,
+    stopping: asyncio.Event | Flag | None = None,
     stats: ProxyStats | None = None,
     offer: Mapping[str, Sequence[str]] | None = None,
 ) -> web.StreamResponse:

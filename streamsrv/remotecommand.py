@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -97,11 +98,13 @@ async def serve_websocket(
 
     run = asyncio.create_task(run_request(ctx, kind, req, io, account))
     reader = asyncio.create_task(_read(ws, codec, io, activity))
-    idle = asyncio.create_task(activity.idle(ctx.limits.idle_timeout))
-    stopping = asyncio.create_task(ctx.stopping.wait())
-    tasks = (run, reader, idle, stopping)
+    # The idle timeout and the server's stop as futures, not tasks (docs/benchmarks.md, idle
+    # memory); each is this session's own, so cancelling it below is safe.
+    idle = activity.idle(ctx.limits.idle_timeout)
+    stopping = ctx.stopping.waiter()
+    tasks: tuple[asyncio.Future[Any], ...] = (run, reader, idle, stopping)
     try:
-        await asyncio.wait({run, reader, idle, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if not run.done():
             # The client left (close frame, broken socket or garbage), the session idled, or
             # the server is shutting down: stop the process.

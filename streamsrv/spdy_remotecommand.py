@@ -22,7 +22,7 @@ from .protocol.resize import ResizeDecoder
 from .recording import Session
 from .remotecommand import idle_status, run_request
 from .requests import StreamRequest
-from .runtime.base import Pipe, Resizes, StdIO
+from .runtime.base import Flag, Pipe, Resizes, StdIO
 from .transport import ReadPause, SpdySession, accept_spdy, header, negotiate_spdy
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,9 @@ class _Exec:
         if req.tty and version >= 3:
             self.expected.add("resize")
         self.streams: dict[str, int] = {}
-        self.ready = asyncio.Event()
-        self.gone = asyncio.Event()
-        self.idle = asyncio.Event()
+        self.ready = Flag()
+        self.gone = Flag()
+        self.idle = Flag()
         self.stdin = Pipe(ctx.limits.read_buffer) if req.stdin else None
         # v1 and v2 have no resize stream: no size will come for a runtime to wait for
         self.resize = Resizes() if req.tty and version >= 3 else None
@@ -139,12 +139,13 @@ async def serve_spdy(
 
 async def _serve(ctx: StreamContext, kind: str, state: _Exec, account: Session) -> None:
     session = state.session
-    waiter = asyncio.create_task(state.ready.wait())
-    gone = asyncio.create_task(state.gone.wait())
-    closed = asyncio.create_task(session.closed.wait())
-    idle = asyncio.create_task(state.idle.wait())
-    stopping = asyncio.create_task(ctx.stopping.wait())
-    tasks: list[asyncio.Task[Any]] = [waiter, gone, closed, idle, stopping]
+    # Futures of this session's own, not a task per event (docs/benchmarks.md, idle memory).
+    waiter = state.ready.waiter()
+    gone = state.gone.waiter()
+    closed = session.closed.waiter()
+    idle = state.idle.waiter()
+    stopping = ctx.stopping.waiter()
+    tasks: list[asyncio.Future[Any]] = [waiter, gone, closed, idle, stopping]
     try:
         done, _ = await asyncio.wait(
             {waiter, gone, closed, stopping},
@@ -166,7 +167,8 @@ async def _serve(ctx: StreamContext, kind: str, state: _Exec, account: Session) 
         )
         run = asyncio.create_task(run_request(ctx, kind, state.req, io, account))
         tasks.append(run)
-        await asyncio.wait({run, gone, closed, idle, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        ends: list[asyncio.Future[Any]] = [run, gone, closed, idle, stopping]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         if not run.done():
             run.cancel()  # the runtime stops the process
             with contextlib.suppress(asyncio.CancelledError):

@@ -248,6 +248,28 @@ class Flag:
             if fut in waiters:  # cancelled before a set (a set drops the whole list)
                 waiters.remove(fut)
 
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once the flag is set (at once if it is set now), for
+        ``asyncio.wait`` beside other futures with no task to wait on the flag (a task costs
+        about 0.6 KiB for as long as the session lasts). Cancel it to stop waiting: it is then
+        forgotten. Each caller gets a future of its own, so cancelling one is safe on a flag
+        that many wait on."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._value:
+            fut.set_result(None)
+            return fut
+        if self._waiters is None:
+            self._waiters = []
+        waiters = self._waiters
+        waiters.append(fut)
+
+        def forget(_: asyncio.Future[None]) -> None:
+            if fut in waiters:  # cancelled before a set
+                waiters.remove(fut)
+
+        fut.add_done_callback(forget)
+        return fut
+
 
 # Queued stdin chunks are joined up to this size. Larger writes cost more than they save: the
 # engine's socket takes about 200 KiB at a time, and asyncio copies and shifts whatever it

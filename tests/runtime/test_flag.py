@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import tracemalloc
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -11,13 +12,15 @@ from hypothesis import strategies as st
 
 from streamsrv.runtime.base import Flag, wait_event
 
-# One step of a run: set, clear, a new waiter, cancel the waiter at that index (if any),
-# or let the loop run one turn.
+# One step of a run: set, clear, a new waiter (a task in wait(), or a waiter() future:
+# asyncio.Event's is a task in wait() too), cancel the waiter at that index (if any), or let the
+# loop run one turn.
 STEPS = st.lists(
     st.one_of(
         st.just(("set",)),
         st.just(("clear",)),
         st.just(("wait",)),
+        st.just(("future",)),
         st.tuples(st.just("cancel"), st.integers(0, 20)),
         st.just(("turn",)),
     ),
@@ -30,7 +33,7 @@ async def _run(
 ) -> list[object]:
     """What an observer sees after each step: whether it is set, and each waiter's state."""
     flag = make()
-    waiters: list[asyncio.Task[bool]] = []
+    waiters: list[asyncio.Future[Any]] = []
     seen: list[object] = []
     for step in steps:
         if step[0] == "set":
@@ -39,6 +42,11 @@ async def _run(
             flag.clear()
         elif step[0] == "wait":
             waiters.append(asyncio.create_task(flag.wait()))
+        elif step[0] == "future":
+            if isinstance(flag, Flag):
+                waiters.append(flag.waiter())
+            else:
+                waiters.append(asyncio.create_task(flag.wait()))
         elif step[0] == "cancel":
             index = step[1]
             assert isinstance(index, int)
@@ -52,12 +60,13 @@ async def _run(
     return seen
 
 
-def _state(task: asyncio.Task[bool]) -> object:
+def _state(task: asyncio.Future[Any]) -> object:
     if not task.done():
         return "waiting"
     if task.cancelled():
         return "cancelled"
-    return task.result()
+    task.result()  # raises, if it failed
+    return "woken"
 
 
 @settings(max_examples=300, deadline=None)
@@ -90,6 +99,27 @@ async def test_a_cancelled_waiter_is_forgotten() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert flag._waiters == []  # nothing left for a set to wake (or to keep alive)
+
+
+async def test_a_waiter_future_is_done_at_once_if_set_and_forgotten_once_cancelled() -> None:
+    flag = Flag()
+    shared = [flag.waiter() for _ in range(3)]
+    shared[1].cancel()
+    await asyncio.sleep(0)
+    assert flag._waiters is not None and len(flag._waiters) == 2  # the others still wait
+    flag.set()
+    await asyncio.sleep(0)
+    assert [f.done() and not f.cancelled() for f in (shared[0], shared[2])] == [True, True]
+    assert flag.waiter().done()
+
+
+async def test_waiter_futures_cancelled_by_many_sessions_leave_nothing_behind() -> None:
+    """A flag every session waits on (the server's stop) keeps no trace of ended sessions."""
+    flag = Flag()
+    for _ in range(1000):
+        flag.waiter().cancel()
+    await asyncio.sleep(0)
+    assert flag._waiters == []
 
 
 @pytest.mark.parametrize("make", [asyncio.Event, Flag])
