@@ -169,6 +169,23 @@ async def test_grpcio_server_streaming(grpcio_server: tuple[str, list[Any]]) -> 
         await ch.close()
 
 
+@pytest.mark.parametrize("count", [0, 2])
+async def test_a_unary_answer_of_other_than_one_message_is_internal(
+    grpcio_server: tuple[str, list[Any]], count: int
+) -> None:
+    """A streaming method called as unary: its OK status with no message, or two, is not an
+    answer (as grpc-go's client says too)."""
+    target, _ = grpcio_server
+    ch = Channel(target)
+    try:
+        with pytest.raises(RpcError) as caught:
+            await ch.unary("/t.S/Count", str(count).encode(), deadline=20)
+        assert caught.value.code == http2.INTERNAL
+        assert f"{count} messages" in caught.value.details
+    finally:
+        await ch.close()
+
+
 async def test_a_message_over_the_limit_either_way(grpcio_server: tuple[str, list[Any]]) -> None:
     target, _ = grpcio_server
     ch = Channel(target, max_message=1000)
