@@ -104,6 +104,11 @@ def _new_id() -> str:
     return uuid.uuid4().hex + uuid.uuid4().hex
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 @dataclass(eq=False)
 class _Sandbox:
     id: str
@@ -671,8 +676,12 @@ class ContainerdRuntime:
             fifos.close()
             self._close_stdin_now(c)
             c.exited.set()
+            # Shielded: a cancel (the runtime closing) leaves the delete running; its failure
+            # then (the channel closed under it) is retrieved here, not logged as unretrieved.
+            delete = asyncio.ensure_future(self.api.delete_task(c.id))
+            delete.add_done_callback(_retrieve)
             with contextlib.suppress(BackendError):
-                await asyncio.shield(self.api.delete_task(c.id))
+                await asyncio.shield(delete)
 
     async def _kill(self, c: _Container, grace: float = 0.0) -> None:
         """Stop the container (SIGTERM, ``grace`` seconds, SIGKILL to all its processes) and
