@@ -30,6 +30,8 @@ Medians of RUNS runs with min-max. Ratios are ours / baseline for throughput (hi
 and baseline / ours for times. Figures only: nothing here asserts a time.
 
 BENCH_ROWS=1,2,... picks rows; BENCH_RUNS, BENCH_LATENCY_RUNS, BENCH_SHELLS, BENCH_EXECS scale.
+BENCH_IDLE_CONTAINERD=N runs row 5 again with N shells on the containerd runtime (a private
+containerd, as the tests start it).
 Row 10: BENCH_CRI_STDOUT_MIB, BENCH_CRI_STDIN_MIB, BENCH_CRI_PF_MIB, BENCH_CRI_LATENCY_RUNS;
 BENCH_CRI_HOPS: what the gateways speak to the nodes' stream servers: `https` (the default:
 both sides https, containerd with enable_tls_streaming and a certificate the bench makes, ours
@@ -85,6 +87,8 @@ from tests.conftest import (  # noqa: E402
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
 LATENCY_RUNS = int(os.environ.get("BENCH_LATENCY_RUNS", "50"))
 SHELLS = int(os.environ.get("BENCH_SHELLS", "1000"))
+# Row 5 again on the containerd runtime, with this many shells (0: not run).
+IDLE_CONTAINERD = int(os.environ.get("BENCH_IDLE_CONTAINERD", "0"))
 EXECS = int(os.environ.get("BENCH_EXECS", "1000"))
 ROWS = {int(r) for r in os.environ.get("BENCH_ROWS", "1,2,3,4,5,6,7,8,9").split(",")}
 PODS = int(os.environ.get("BENCH_PODS", "15"))
@@ -497,20 +501,38 @@ class Bench:
         )
 
     def row5_idle_shells(self) -> None:
-        assert self.server.proc is not None
-        pid = self.server.proc.pid
+        self.idle_shells(self.server, "Docker runtime", SHELLS)
+        if IDLE_CONTAINERD:
+            # The same sessions on the containerd runtime, on a server and pod of their own
+            # (fewer: containerd's shim stops answering Tasks.Start in time beyond about 500
+            # tty execs in one container, docs/benchmarks.md).
+            server = Server(self.tmp / "state-containerd", runtime="containerd")
+            server.start()
+            try:
+                manifest = self.tmp / "idle-pod.yaml"
+                manifest.write_text(IDLE_MANIFEST)
+                r = server.cli("pod", "run", "-f", str(manifest))
+                assert r.returncode == 0, r.stderr
+                self.idle_shells(server, "containerd runtime", IDLE_CONTAINERD)
+            finally:
+                server.stop()
+
+    def idle_shells(self, server: Server, runtime: str, shells: int) -> None:
+        assert server.proc is not None
+        pid = server.proc.pid
         before = rss_kib(pid)
         proc = subprocess.run(
-            self.pyclient("shells", str(SHELLS), str(pid)),
+            [sys.executable, str(PYCLIENT), str(server.kubeconfig), "shells", str(shells),
+             str(pid)],
             capture_output=True, text=True, timeout=1800,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
         alive, peak = (int(x) for x in proc.stdout.split()[-2:])
         grown = peak - before
         self.row(
-            f"{SHELLS} concurrent idle `sh -i` (tty), Docker runtime",
-            f"{alive}/{SHELLS} alive; server RSS {peak / 1024:.0f} MB "
-            f"({grown / SHELLS:.0f} KiB per session)",
+            f"{shells} concurrent idle `sh -i` (tty), {runtime}",
+            f"{alive}/{shells} alive; server RSS {peak / 1024:.0f} MB "
+            f"({grown / shells:.0f} KiB per session)",
             f"server RSS before: {before / 1024:.0f} MB",
             before / peak,
         )
@@ -1209,6 +1231,15 @@ spec:
 """
 
 
+IDLE_MANIFEST = f"""apiVersion: v1
+kind: Pod
+metadata: {{name: bench}}
+spec:
+  containers:
+  - {{name: main, image: {BUSYBOX}, command: [sleep, "100000"]}}
+"""
+
+
 def classic_rows(tmp: Path) -> list[tuple[str, str, list[str]]]:
     """Rows 1-9: one `streamsrv serve` on the Docker runtime with the bench pod. They clear the
     engine of every pod first and after (scripts/bench gives them a private engine)."""
@@ -1280,7 +1311,8 @@ def main() -> None:
         if 10 in ROWS:
             tables += CriSideBySide(tmp / "cri").run()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.environ.get("BENCH_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
     for intro, header, rows in tables:
         if rows:
             print(f"\n{intro}\n")

@@ -9,6 +9,7 @@ pyclient.py KUBECONFIG shells N PID       open N idle `sh -i` sessions (tty) ove
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 import sys
@@ -103,7 +104,8 @@ async def shells(kubeconfig: str, n: int, pid: int, doc: dict) -> None:  # type:
         await asyncio.sleep(float(os.environ.get("BENCH_IDLE", "2")))  # idle
         peak = rss_kib(pid)
         for ws in sockets:
-            await ws.send_bytes(b"\x00exit\r")
+            with contextlib.suppress(aiohttp.ClientError):  # a session that has ended
+                await ws.send_bytes(b"\x00exit\r")
         await asyncio.gather(*(ws.close() for ws in sockets))
     print(sum(checks), peak)
 
