@@ -1215,22 +1215,8 @@ class CriSideBySide:
         return statistics.median(times), spent / CRI_CALLS
 
 
-MANIFEST = f"""apiVersion: v1
-kind: Pod
-metadata: {{name: bench}}
-spec:
-  containers:
-  - {{name: main, image: {BUSYBOX}, command: [sleep, "100000"]}}
-  - name: down
-    image: {BUSYBOX}
-    command: [busybox, nc, -ll, -p, "{DOWN}", -e, dd, if=/dev/zero, bs=65536,
-              count={PF_SIZE // 65536}]
-  - name: up
-    image: {BUSYBOX}
-    command: [busybox, nc, -ll, -p, "{UP}", -e, dd, of=/dev/null, bs=65536]
-"""
-
-
+# The bench pod: `main` to exec into (alone, the pod of row 5 on the containerd runtime), and
+# the two port-forward services.
 IDLE_MANIFEST = f"""apiVersion: v1
 kind: Pod
 metadata: {{name: bench}}
@@ -1238,6 +1224,17 @@ spec:
   containers:
   - {{name: main, image: {BUSYBOX}, command: [sleep, "100000"]}}
 """
+MANIFEST = (
+    IDLE_MANIFEST
+    + f"""  - name: down
+    image: {BUSYBOX}
+    command: [busybox, nc, -ll, -p, "{DOWN}", -e, dd, if=/dev/zero, bs=65536,
+              count={PF_SIZE // 65536}]
+  - name: up
+    image: {BUSYBOX}
+    command: [busybox, nc, -ll, -p, "{UP}", -e, dd, of=/dev/null, bs=65536]
+"""
+)
 
 
 def classic_rows(tmp: Path) -> list[tuple[str, str, list[str]]]:
