@@ -102,7 +102,7 @@ class SpdySession(asyncio.BufferedProtocol):
         self._read_holds = 0  # handlers waiting on a slow consumer (ReadPause)
         self._reading_paused = False
         self._loop = asyncio.get_running_loop()
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle: asyncio.Future[None] | None = None  # Activity.idle, from connection_made
         self._progress_timer: asyncio.TimerHandle | None = None
         self._admitted: set[int] = set()  # peer streams let through to the handler
         self._held = 0  # bytes of a partial frame at the last check
@@ -113,9 +113,8 @@ class SpdySession(asyncio.BufferedProtocol):
         # Not an isinstance check: uvloop's transports do not derive from asyncio's classes.
         self.transport = cast(asyncio.Transport, transport)
         self.activity.touch()
-        self._idle_timer = self._loop.call_at(
-            self.activity.last + self.limits.idle_timeout, self._check_idle
-        )
+        self._idle = self.activity.idle(self.limits.idle_timeout)
+        self._idle.add_done_callback(self._on_idle)
 
     def data_received(self, data: bytes) -> None:
         if self.closed.is_set() or self.failed is not None:
@@ -160,9 +159,10 @@ class SpdySession(asyncio.BufferedProtocol):
             return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._idle_timer, self._progress_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
+        if self._progress_timer is not None:
+            self._progress_timer.cancel()
         self._writable.set()
         self._terminate([])
         self.closed.set()
@@ -327,13 +327,8 @@ class SpdySession(asyncio.BufferedProtocol):
             transport.resume_reading()
 
     # timers ----------------------------------------------------------------------------------
-    def _check_idle(self) -> None:
-        self._idle_timer = None
-        if self.closed.is_set():
-            return
-        due = self.activity.last + self.limits.idle_timeout
-        if self._loop.time() < due:
-            self._idle_timer = self._loop.call_at(due, self._check_idle)
+    def _on_idle(self, idle: asyncio.Future[None]) -> None:
+        if idle.cancelled() or self.closed.is_set():
             return
         log.info("SPDY session idle for %.0f s: ending it", self.limits.idle_timeout)
         try:
