@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import BackendError
 from .limits import Limits
@@ -59,6 +60,12 @@ class RateLimitedLog:
         return True
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Its failure is its watchers' to report; none left is no "never retrieved" log."""
+    if not task.cancelled():
+        task.exception()
+
+
 class ContainerWatch:
     """Tells sessions when the container they run in has stopped.
 
@@ -79,24 +86,47 @@ class ContainerWatch:
 
     async def stopped(self, container_id: str) -> str:
         """Returns, once ``container_id`` no longer runs, what became of it."""
+        return await self.watch(container_id)
+
+    def watch(self, container_id: str) -> asyncio.Future[str]:
+        """A future of the caller's own, done with what became of ``container_id`` once it no
+        longer runs; cancel it to stop watching (the poll ends with its last watcher).
+
+        A future, not a task per session (docs/benchmarks.md, idle memory): each session's
+        exec or attach waits on it beside the runtime's work."""
         poll = self._polls.get(container_id)
         if poll is None:
             poll = asyncio.ensure_future(self._poll(container_id))
+            poll.add_done_callback(_retrieve)
             self._polls[container_id] = poll
         self._waiters[container_id] = self._waiters.get(container_id, 0) + 1
-        try:
-            return await asyncio.shield(poll)
-        finally:
+        mine: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def relay(done: asyncio.Future[str]) -> None:
+            if mine.done():
+                return
+            if done.cancelled():
+                mine.cancel()
+            elif (exc := done.exception()) is not None:
+                mine.set_exception(exc)
+            else:
+                mine.set_result(done.result())
+
+        def release(_: asyncio.Future[str]) -> None:
+            assert poll is not None
+            poll.remove_done_callback(relay)
             left = self._waiters[container_id] - 1
             if left:
                 self._waiters[container_id] = left
-            else:
-                del self._waiters[container_id]
-                if self._polls.get(container_id) is poll:
-                    del self._polls[container_id]
-                poll.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await poll
+                return
+            del self._waiters[container_id]
+            if self._polls.get(container_id) is poll:
+                del self._polls[container_id]
+            poll.cancel()
+
+        poll.add_done_callback(relay)
+        mine.add_done_callback(release)
+        return mine
 
     async def _poll(self, container_id: str) -> str:
         while True:

@@ -26,7 +26,7 @@ from .errors import BackendError
 from .protocol import channels, spdy
 from .recording import Session
 from .requests import PortForwardRequest
-from .runtime.base import wait_event
+from .runtime.base import Flag, wait_event
 from .transport import (
     Activity,
     ReadPause,
@@ -193,7 +193,7 @@ class SpdyForwarder:
         self.session = SpdySession(self, ctx.limits, ctx.warnings)
         self.pairs: dict[str, _Pair] = {}
         self.by_stream: dict[int, _Pair] = {}
-        self.gone = asyncio.Event()
+        self.gone = Flag()
         self.read_pause = ReadPause()
         self.dials = asyncio.Semaphore(ctx.limits.max_dials_per_connection)
 
@@ -404,9 +404,9 @@ async def _sandbox_gone(ctx: StreamContext, sandbox_id: str) -> None:
 
 
 async def _until_gone(forwarder: SpdyForwarder) -> None:
-    waits = [
-        asyncio.create_task(forwarder.gone.wait()),
-        asyncio.create_task(forwarder.session.closed.wait()),
+    waits: list[asyncio.Future[Any]] = [
+        forwarder.gone.waiter(),  # futures of its own, not tasks (docs/benchmarks.md, idle memory)
+        forwarder.session.closed.waiter(),
         asyncio.create_task(_sandbox_gone(forwarder.ctx, forwarder.req.sandbox_id)),
     ]
     try:

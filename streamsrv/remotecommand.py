@@ -214,9 +214,10 @@ async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO, account: Sessio
     """The exec, ended at once (its process killed) when its container stops: the process
     shares the pod's PID namespace, so the container's end does not end it."""
     work = asyncio.create_task(ctx.runtime.exec(req.container_id, req.cmd, io, tty=req.tty))
-    watch = asyncio.create_task(ctx.containers.stopped(req.container_id))
+    watch = ctx.containers.watch(req.container_id)
     try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        ends: list[asyncio.Future[Any]] = [work, watch]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         if not work.done() and watch.exception() is not None:
             log.warning("cannot watch container %s: %r", req.container_id[:12], watch.exception())
             await asyncio.wait({work})
@@ -255,9 +256,10 @@ async def _attach(ctx: StreamContext, req: StreamRequest, io: StdIO) -> bytes:
     for the last output): an engine's attach that began just as the container ended can wait
     for output that never comes."""
     work = asyncio.create_task(ctx.runtime.attach(req.container_id, io, tty=req.tty))
-    watch = asyncio.create_task(ctx.containers.stopped(req.container_id))
+    watch = ctx.containers.watch(req.container_id)
     try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        ends: list[asyncio.Future[Any]] = [work, watch]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         if not work.done() and watch.exception() is not None:
             log.warning("cannot watch container %s: %r", req.container_id[:12], watch.exception())
             await asyncio.wait({work})

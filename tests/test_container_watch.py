@@ -101,3 +101,33 @@ async def test_exec_of_a_running_container_is_left_alone() -> None:
     assert runtime.cancelled == 0
     st = json.loads(frames[-1][1])
     assert st["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+
+
+async def test_a_watch_is_a_future_of_its_own_and_cancelling_it_ends_only_it() -> None:
+    """Sessions wait on watch() futures, not tasks: one cancelled leaves the others watching,
+    and the poll stops with the last one."""
+    runtime = CountingRuntime()
+    watch = ContainerWatch(runtime, 0.01)  # type: ignore[arg-type]
+    first, second = watch.watch("c1"), watch.watch("c1")
+    await asyncio.sleep(0.05)
+    first.cancel()
+    await asyncio.sleep(0.05)
+    assert watch.watched == 1 and not second.done()
+    runtime.stopped["c1"] = "gone"
+    assert await asyncio.wait_for(second, HANG) == "gone"
+    await asyncio.sleep(0)
+    assert watch.watched == 0
+
+
+async def test_a_poll_that_fails_tells_its_watchers() -> None:
+    """A runtime bug (not a BackendError) in the poll reaches every watcher as its exception."""
+
+    class Broken(CountingRuntime):
+        async def container_stopped(self, container_id: str) -> str | None:
+            raise RuntimeError("a bug")
+
+    watch = ContainerWatch(Broken(), 0.01)  # type: ignore[arg-type]
+    watchers = [watch.watch("c1") for _ in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*watchers, return_exceptions=True), HANG)
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    assert watch.watched == 0
