@@ -104,6 +104,24 @@ def _new_id() -> str:
     return uuid.uuid4().hex + uuid.uuid4().hex
 
 
+def _exec_spec(
+    base: dict[str, Any], cmd: Sequence[str], tty: bool, first: TerminalSize | None
+) -> Any:
+    """An exec's OCI process: the container's, with ``cmd``, the terminal and its first size.
+    Made here, not in :meth:`ContainerdRuntime.exec`, whose frame lasts as long as the session
+    (docs/benchmarks.md, idle memory)."""
+    process = dict(base)
+    process["args"] = list(cmd)
+    process["terminal"] = tty
+    if tty:
+        env = list(process["env"])
+        if not any(e.startswith("TERM=") for e in env):
+            process["env"] = [*env, "TERM=xterm"]
+        if first is not None:
+            process["consoleSize"] = {"height": first.height, "width": first.width}
+    return ctdclient.any_json(ctdclient.PROCESS_TYPE, process)
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -762,17 +780,9 @@ class ContainerdRuntime:
     async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
         c = self._running(container_id)
         exec_id = "exec-" + uuid.uuid4().hex[:20]
-        process = dict(c.process)
-        process["args"] = list(cmd)
-        process["terminal"] = tty
         first: TerminalSize | None = None
-        if tty:
-            env = list(process["env"])
-            if not any(e.startswith("TERM=") for e in env):
-                process["env"] = [*env, "TERM=xterm"]
-            first = await io.resize.first(FIRST_SIZE_WAIT) if io.resize is not None else None
-            if first is not None:
-                process["consoleSize"] = {"height": first.height, "width": first.width}
+        if tty and io.resize is not None:
+            first = await io.resize.first(FIRST_SIZE_WAIT)
         fifos = _Fifos(
             self.root / c.id / exec_id,
             stdin=io.stdin is not None,
@@ -793,7 +803,7 @@ class ContainerdRuntime:
                     stdout=fifos.paths["stdout"],
                     stderr=fifos.paths["stderr"],
                     terminal=tty,
-                    spec=ctdclient.any_json(ctdclient.PROCESS_TYPE, process),
+                    spec=_exec_spec(c.process, cmd, tty, first),
                 ),
                 empty_pb2.Empty,
             )

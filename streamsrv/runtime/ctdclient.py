@@ -213,8 +213,10 @@ class Containerd:
             )
 
     async def wait(self, container_id: str, exec_id: str = "") -> int:
-        got = await self.task(
-            "Wait",
+        # through call() itself, not task(): a Wait lasts as long as its process, and each
+        # coroutine between costs a frame for that long (docs/benchmarks.md, idle memory)
+        got = await self.call(
+            "/containerd.services.tasks.v1.Tasks/Wait",
             tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
             tasks_pb2.WaitResponse,
             deadline=None,
