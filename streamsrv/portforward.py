@@ -26,7 +26,7 @@ from .errors import BackendError
 from .protocol import channels, spdy
 from .recording import Session
 from .requests import PortForwardRequest
-from .runtime.base import Flag, wait_event
+from .runtime.base import Flag, first_done, wait_event
 from .transport import (
     Activity,
     ReadPause,
@@ -410,7 +410,7 @@ async def _until_gone(forwarder: SpdyForwarder) -> None:
         asyncio.create_task(_sandbox_gone(forwarder.ctx, forwarder.req.sandbox_id)),
     ]
     try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        await first_done(waits)
     finally:
         for task in waits:
             task.cancel()
@@ -579,7 +579,7 @@ async def _serve_channels(
     idle = activity.idle(ctx.limits.idle_timeout)
     pumps: list[asyncio.Future[Any]] = [*forwards, done, gone, idle]
     try:
-        await asyncio.wait([reader, done, gone, idle], return_when=asyncio.FIRST_COMPLETED)
+        await first_done([reader, done, gone, idle])
         if idle.done():
             ctx.metrics.refused["idle-timeout"] += 1
     finally:

@@ -22,7 +22,7 @@ from .protocol import channels, status
 from .protocol.resize import ResizeDecoder, TerminalSize
 from .recording import Session
 from .requests import ExecRequest, StreamRequest
-from .runtime.base import KILLED, ByteSink, Pipe, Resizes, StdIO
+from .runtime.base import KILLED, ByteSink, Pipe, Resizes, StdIO, first_done
 from .transport import Activity, StreamWebSocket, refuse_websocket, send_message
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ async def serve_websocket(
     stopping = ctx.stopping.waiter()
     tasks: tuple[asyncio.Future[Any], ...] = (run, reader, idle, stopping)
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        await first_done(tasks)
         if not run.done():
             # The client left (close frame, broken socket or garbage), the session idled, or
             # the server is shutting down: stop the process.
@@ -217,7 +217,7 @@ async def _exec(ctx: StreamContext, req: ExecRequest, io: StdIO, account: Sessio
     watch = ctx.containers.watch(req.container_id)
     try:
         ends: list[asyncio.Future[Any]] = [work, watch]
-        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        await first_done(ends)
         if not work.done() and watch.exception() is not None:
             log.warning("cannot watch container %s: %r", req.container_id[:12], watch.exception())
             await asyncio.wait({work})
@@ -259,7 +259,7 @@ async def _attach(ctx: StreamContext, req: StreamRequest, io: StdIO) -> bytes:
     watch = ctx.containers.watch(req.container_id)
     try:
         ends: list[asyncio.Future[Any]] = [work, watch]
-        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        await first_done(ends)
         if not work.done() and watch.exception() is not None:
             log.warning("cannot watch container %s: %r", req.container_id[:12], watch.exception())
             await asyncio.wait({work})

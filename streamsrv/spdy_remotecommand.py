@@ -22,7 +22,7 @@ from .protocol.resize import ResizeDecoder
 from .recording import Session
 from .remotecommand import idle_status, run_request
 from .requests import StreamRequest
-from .runtime.base import Flag, Pipe, Resizes, StdIO
+from .runtime.base import Flag, Pipe, Resizes, StdIO, first_done
 from .transport import ReadPause, SpdySession, accept_spdy, header, negotiate_spdy
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ async def _serve(ctx: StreamContext, kind: str, state: _Exec, account: Session) 
         run = asyncio.create_task(run_request(ctx, kind, state.req, io, account))
         tasks.append(run)
         ends: list[asyncio.Future[Any]] = [run, gone, closed, idle, stopping]
-        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        await first_done(ends)
         if not run.done():
             run.cancel()  # the runtime stops the process
             with contextlib.suppress(asyncio.CancelledError):

@@ -43,7 +43,7 @@ from aiohttp._websocket.writer import WebSocketWriter
 from .context import RateLimitedLog
 from .limits import Limits
 from .protocol import channels, spdy
-from .runtime.base import Flag
+from .runtime.base import Flag, first_done
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +459,7 @@ class WebSocketTransport(asyncio.Transport):
         reader = asyncio.create_task(self._read())
         writer = asyncio.create_task(self._write())
         try:
-            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            await first_done([reader, writer])
             if not writer.done():  # the peer is gone or garbled: stop writing too
                 self.abort()
                 await writer

@@ -70,6 +70,7 @@ from .base import (
     attach_until_exit,
     check_container,
     connect_first,
+    first_done,
     kill_tree,
     pump_output,
     sockets_in_netns,
@@ -935,9 +936,10 @@ class ContainerdRuntime:
         everything = [*copies, *helpers, *([feeder] if feeder is not None else [])]
         try:
             if waits:
-                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
-                for task in done:
-                    task.result()
+                await first_done(waits, on_failure=True)
+                for task in waits:
+                    if task.done():
+                        task.result()
         finally:
             for task in everything:
                 task.cancel()

@@ -59,6 +59,7 @@ from .base import (
     attach_until_exit,
     check_container,
     connect_first,
+    first_done,
     loopback_sockets,
     pump_output,
     wait_event,
@@ -569,9 +570,10 @@ class ProcessRuntime:
         exited = asyncio.ensure_future(proc.wait())
         waits: list[asyncio.Future[Any]] = [*copies, exited]
         try:
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()  # a sink that failed (its client is gone) ends the exec
+            await first_done(waits, on_failure=True)
+            for task in waits:
+                if task.done():
+                    task.result()  # a sink that failed (its client is gone) ends the exec
         finally:
             # Every copy has stopped before the caller closes the fds: a copy left running
             # would read a number that the next session's pipe may already reuse (a blocking
