@@ -920,20 +920,17 @@ class ContainerdRuntime:
                 if sink is not None:
                     await sink.write(data)
 
-        async def resizes() -> None:
-            assert io.resize is not None
-            async for size in io.resize:
-                if size.width and size.height:
-                    with contextlib.suppress(BackendError):
-                        await self.api.resize(c.id, exec_id, size.width, size.height)
+        async def resize(size: TerminalSize) -> None:
+            if size.width and size.height:
+                with contextlib.suppress(BackendError):
+                    await self.api.resize(c.id, exec_id, size.width, size.height)
 
-        helpers = []
         feeder = asyncio.create_task(stdin()) if inp is not None else None
-        if tty and io.resize is not None:
-            helpers.append(asyncio.create_task(resizes()))
+        # a follower, not a task iterating the sizes: no task while none is being applied
+        sizes = io.resize.follow(resize) if tty and io.resize is not None else None
         copies = [asyncio.create_task(copy(r, s)) for r, s in outputs]
         waits: list[asyncio.Future[Any]] = [*copies, exited]
-        everything = [*copies, *helpers, *([feeder] if feeder is not None else [])]
+        everything = [*copies, *([feeder] if feeder is not None else [])]
         try:
             if waits:
                 await first_done(waits, on_failure=True)
@@ -941,6 +938,8 @@ class ContainerdRuntime:
                     if task.done():
                         task.result()
         finally:
+            if sizes is not None and (applying := sizes.stop()) is not None:
+                everything.append(applying)
             for task in everything:
                 task.cancel()
             for task in everything:
