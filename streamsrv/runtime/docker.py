@@ -1017,22 +1017,19 @@ class DockerRuntime:
             elif eof:
                 stream.write_eof()
 
-        async def resizes() -> None:
-            assert io.resize is not None
+        async def apply(size: TerminalSize) -> None:
             try:
-                async for size in io.resize:
-                    if size.width and size.height:
-                        with contextlib.suppress(BackendError, ContainerNotFound):
-                            await self._call(resize, size.height, size.width)
-                    first.set()
+                if size.width and size.height:
+                    with contextlib.suppress(BackendError, ContainerNotFound):
+                        await self._call(resize, size.height, size.width)
             finally:
                 first.set()
 
         helpers: list[asyncio.Task[None]] = []
         if io.stdin is not None:
             helpers.append(asyncio.create_task(stdin()))
-        if io.resize is not None and tty:
-            helpers.append(asyncio.create_task(resizes()))
+        # a follower, not a task iterating the sizes: no task while none is being applied
+        sizes = io.resize.follow(apply) if io.resize is not None and tty else None
         try:
             demux = None if tty else Demuxer()
             sinks = {STDOUT: io.stdout, STDERR: io.stderr}
@@ -1046,6 +1043,8 @@ class DockerRuntime:
                     if sink is not None and piece:
                         await sink.write(piece)
         finally:
+            if sizes is not None and (applying := sizes.stop()) is not None:
+                helpers.append(applying)
             for t in helpers:
                 t.cancel()
             for t in helpers:

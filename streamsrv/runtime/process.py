@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from .base import (
     Listeners,
     LogFile,
     Resizes,
+    SizeFollower,
     StdIO,
     attach_until_exit,
     check_container,
@@ -468,7 +470,7 @@ class ProcessRuntime:
 
     async def exec(self, container_id: str, cmd: Sequence[str], io: StdIO, *, tty: bool) -> int:
         c = self._running(container_id)
-        resize_task: asyncio.Task[None] | None = None
+        sizes: SizeFollower | None = None
         master: int | None = None
         sized = Flag()
         fds: list[int] = []  # ours, closed at the end
@@ -480,7 +482,8 @@ class ProcessRuntime:
                 child.append(slave)
                 stdio = (slave, slave, slave)
                 if io.resize is not None:
-                    resize_task = asyncio.create_task(_apply_sizes(master, io.resize, sized))
+                    # a follower, not a task iterating the sizes (no task between sizes)
+                    sizes = io.resize.follow(partial(_apply_size, master, sized))
                     # Start the process at its real size: a shell that runs `stty size` at
                     # once must not see 0x0 (kubectl sends the size right after connecting).
                     await wait_event(sized, FIRST_SIZE_WAIT)
@@ -520,10 +523,9 @@ class ProcessRuntime:
                     await sink.write(f"streamsrv: {exc.message}\r\n".encode())
             return exc.code
         finally:
-            if resize_task is not None:
-                resize_task.cancel()
+            if sizes is not None and (applying := sizes.stop()) is not None:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await resize_task
+                    await applying
             # The child's ends too: a session that ends while it waits for the terminal's
             # first size never spawned anything (each such session leaked a /dev/pts fd).
             _close_fds(child)
@@ -658,6 +660,14 @@ class _StartError(BackendError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
+
+
+async def _apply_size(fd: int, sized: Flag, size: TerminalSize) -> None:
+    """Apply one of the client's terminal sizes to a pty (:meth:`Resizes.follow`)."""
+    if size.width and size.height:
+        with contextlib.suppress(OSError):
+            set_winsize(fd, size)
+    sized.set()
 
 
 async def _apply_sizes(
