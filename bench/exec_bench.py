@@ -31,7 +31,7 @@ and baseline / ours for times. Figures only: nothing here asserts a time.
 
 BENCH_ROWS=1,2,... picks rows; BENCH_RUNS, BENCH_LATENCY_RUNS, BENCH_SHELLS, BENCH_EXECS scale.
 BENCH_IDLE_CONTAINERD=N runs row 5 again with N shells on the containerd runtime (a private
-containerd, as the tests start it).
+containerd, as the tests start it), spread over one container of the pod per 300 shells.
 Row 10: BENCH_CRI_STDOUT_MIB, BENCH_CRI_STDIN_MIB, BENCH_CRI_PF_MIB, BENCH_CRI_LATENCY_RUNS;
 BENCH_CRI_HOPS: what the gateways speak to the nodes' stream servers: `https` (the default:
 both sides https, containerd with enable_tls_streaming and a certificate the bench makes, ours
@@ -54,7 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -506,24 +506,29 @@ class Bench:
             # The same sessions on the containerd runtime, on a server and pod of their own
             # (fewer: containerd's shim stops answering Tasks.Start in time beyond about 500
             # tty execs in one container, docs/benchmarks.md).
+            # Beyond that the shells are spread over more containers of the pod, one per
+            # IDLE_PER_CONTAINER shells (more shells: less noise from RSS's granularity).
             server = Server(self.tmp / "state-containerd", runtime="containerd")
             server.start()
             try:
+                containers = idle_containers(IDLE_CONTAINERD)
                 manifest = self.tmp / "idle-pod.yaml"
-                manifest.write_text(IDLE_MANIFEST)
+                manifest.write_text(idle_manifest(containers))
                 r = server.cli("pod", "run", "-f", str(manifest))
                 assert r.returncode == 0, r.stderr
-                self.idle_shells(server, "containerd runtime", IDLE_CONTAINERD)
+                self.idle_shells(server, "containerd runtime", IDLE_CONTAINERD, containers)
             finally:
                 server.stop()
 
-    def idle_shells(self, server: Server, runtime: str, shells: int) -> None:
+    def idle_shells(
+        self, server: Server, runtime: str, shells: int, containers: Sequence[str] = ("main",)
+    ) -> None:
         assert server.proc is not None
         pid = server.proc.pid
         before = rss_kib(pid)
         proc = subprocess.run(
             [sys.executable, str(PYCLIENT), str(server.kubeconfig), "shells", str(shells),
-             str(pid)],
+             str(pid), ",".join(containers)],
             capture_output=True, text=True, timeout=1800,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -1224,6 +1229,25 @@ spec:
   containers:
   - {{name: main, image: {BUSYBOX}, command: [sleep, "100000"]}}
 """
+#: Idle shells per container on the containerd runtime (row 5, BENCH_IDLE_CONTAINERD).
+IDLE_PER_CONTAINER = 300
+
+
+def idle_containers(shells: int) -> list[str]:
+    """The containers the idle shells are spread over: main, main2, ..."""
+    count = max(1, -(-shells // IDLE_PER_CONTAINER))
+    return ["main", *(f"main{i}" for i in range(2, count + 1))]
+
+
+def idle_manifest(containers: Sequence[str]) -> str:
+    """The idle pod with these sleeping containers (the first is IDLE_MANIFEST's main)."""
+    extra = "".join(
+        f'  - {{name: {name}, image: {BUSYBOX}, command: [sleep, "100000"]}}\n'
+        for name in containers[1:]
+    )
+    return IDLE_MANIFEST + extra
+
+
 MANIFEST = (
     IDLE_MANIFEST
     + f"""  - name: down

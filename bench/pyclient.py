@@ -2,8 +2,9 @@
 
 pyclient.py KUBECONFIG stdout SIZE CMD    run `sh -c CMD`, check it wrote SIZE bytes
 pyclient.py KUBECONFIG stdin SIZE CMD     send SIZE zero bytes to `sh -c CMD`
-pyclient.py KUBECONFIG shells N PID       open N idle `sh -i` sessions (tty) over WebSocket v5,
-                                          check each answers, print "ALIVE PEAK_RSS_KIB" of PID
+pyclient.py KUBECONFIG shells N PID [C,..] open N idle `sh -i` sessions (tty) over WebSocket v5
+                                          (in turn in containers C, by default main), check
+                                          each answers, print "ALIVE PEAK_RSS_KIB" of PID
 """
 
 from __future__ import annotations
@@ -63,14 +64,17 @@ def run_stdin(kubeconfig: str, size: int, cmd: str) -> None:
     assert resp.returncode == 0, resp.returncode
 
 
-async def shells(kubeconfig: str, n: int, pid: int, doc: dict) -> None:  # type: ignore[type-arg]
+async def shells(kubeconfig: str, n: int, pid: int, doc: dict, containers: list[str]) -> None:  # type: ignore[type-arg]
     import aiohttp
 
     url = doc["clusters"][0]["cluster"]["server"]
     token = doc["users"][0]["user"]["token"]
     ctx = ssl.create_default_context(cafile=str(Path(kubeconfig).parent / "ca.crt"))
-    path = (f"{url}/api/v1/namespaces/default/pods/{POD}/exec?container=main&command=sh"
-            "&command=-i&stdin=true&stdout=true&tty=true")  # fmt: skip
+    paths = [
+        f"{url}/api/v1/namespaces/default/pods/{POD}/exec?container={c}&command=sh"
+        "&command=-i&stdin=true&stdout=true&tty=true"
+        for c in containers
+    ]
     limit = asyncio.Semaphore(25)
     conn = aiohttp.TCPConnector(limit=0, ssl=ctx)
     async with aiohttp.ClientSession(
@@ -79,6 +83,7 @@ async def shells(kubeconfig: str, n: int, pid: int, doc: dict) -> None:  # type:
 
         async def open_one(i: int) -> aiohttp.ClientWebSocketResponse:
             async with limit:
+                path = paths[i % len(paths)]
                 ws = await session.ws_connect(path, protocols=["v5.channel.k8s.io"], heartbeat=None)
                 await ws.send_bytes(b'\x04{"Width":80,"Height":24}')
                 return ws
@@ -118,7 +123,8 @@ def main() -> None:
         run_stdin(kubeconfig, int(args[0]), args[1])
     elif mode == "shells":
         doc = yaml.safe_load(Path(kubeconfig).read_text())
-        asyncio.run(shells(kubeconfig, int(args[0]), int(args[1]), doc))
+        containers = args[2].split(",") if len(args) > 2 else ["main"]
+        asyncio.run(shells(kubeconfig, int(args[0]), int(args[1]), doc, containers))
     else:
         raise SystemExit(f"unknown mode {mode}")
 
