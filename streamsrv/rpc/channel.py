@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Final
 
 from . import http2
@@ -64,7 +64,7 @@ def parse_target(target: str) -> tuple[str, str, int]:
 
 
 class _Call:
-    __slots__ = ("messages", "status", "waiter", "expired", "unprocessed")
+    __slots__ = ("messages", "status", "waiter", "expired", "unprocessed", "on_status")
 
     def __init__(self) -> None:
         # made at the first message: a call held open for long (a Wait) would keep an empty
@@ -74,10 +74,15 @@ class _Call:
         self.waiter: asyncio.Future[None] | None = None
         self.expired = False  # the deadline passed first (the stream is still to be reset)
         self.unprocessed = False  # the server did not take it: it may be sent again
+        #: Called once the status is in (``Channel.unary_future``), instead of a waiter.
+        self.on_status: Callable[[], None] | None = None
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+        if self.on_status is not None and self.status is not None:
+            on_status, self.on_status = self.on_status, None
+            on_status()
 
     def expire(self) -> None:
         """The deadline's timer (one ``call_at`` handle: cheaper than a timeout scope)."""
@@ -199,6 +204,73 @@ class _Connection(ReadsWhileHeard):
             self.flush()
             self.transport.close()
         self._lose("the channel was closed", CANCELLED)
+
+
+class _HeldCall:
+    """One :meth:`Channel.unary_future` call: its answer and the callbacks that settle it."""
+
+    __slots__ = ("channel", "conn", "sid", "call", "path", "request", "answer")
+
+    def __init__(
+        self, channel: Channel, conn: _Connection, sid: int, path: str, request: bytes
+    ) -> None:
+        self.channel, self.conn, self.sid = channel, conn, sid
+        self.call = conn.calls[sid]
+        self.path, self.request = path, request
+        self.answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.call.on_status = self._answered
+        self.answer.add_done_callback(self._cancelled)
+
+    def _answered(self) -> None:
+        call, answer = self.call, self.answer
+        code, details = self.channel._finish(self.conn, self.sid, call)
+        if answer.done():
+            return
+        if call.unprocessed:  # sent again, as unary() does
+            _relay(asyncio.ensure_future(self.channel.unary(self.path, self.request)), answer)
+            return
+        try:
+            answer.set_result(_answer(code, details, call))
+        except RpcError as exc:
+            answer.set_exception(exc)
+
+    def _cancelled(self, answer: asyncio.Future[bytes]) -> None:
+        if answer.cancelled() and self.call.on_status is not None:
+            self.call.on_status = None
+            self.channel._finish(self.conn, self.sid, self.call)  # its stream reset
+
+
+def _answer(code: int, details: str, call: _Call) -> bytes:
+    """A unary call's one answer, or its failure as RpcError."""
+    if code != OK:
+        raise RpcError(code, details)
+    messages = call.messages
+    if messages is None or len(messages) != 1:
+        got = 0 if messages is None else len(messages)
+        raise RpcError(INTERNAL, f"{got} messages in a unary call's answer")
+    return messages[0]
+
+
+def _relay(source: asyncio.Future[bytes], target: asyncio.Future[bytes]) -> None:
+    """``target`` done as ``source`` is; ``source`` cancelled with ``target``."""
+
+    def done(_: asyncio.Future[bytes]) -> None:
+        if target.done():
+            if not source.cancelled():
+                source.exception()  # retrieved: nobody waits for it any more
+        elif source.cancelled():
+            target.cancel()
+        elif (exc := source.exception()) is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(source.result())
+
+    def cancel(_: asyncio.Future[bytes]) -> None:
+        if target.cancelled():
+            source.cancel()
+
+    source.add_done_callback(done)
+    target.add_done_callback(cancel)
 
 
 def _close_made(made: asyncio.Future[_Connection]) -> None:
@@ -350,13 +422,31 @@ class Channel:
                 code, details = self._finish(conn, sid, call)
             if not call.unprocessed:
                 break
-        if code != OK:
-            raise RpcError(code, details)
-        messages = call.messages
-        if messages is None or len(messages) != 1:
-            got = 0 if messages is None else len(messages)
-            raise RpcError(INTERNAL, f"{got} messages in a unary call's answer")
-        return messages[0]
+        return _answer(code, details, call)
+
+    def unary_future(self, path: str, request: bytes) -> asyncio.Future[bytes]:
+        """:meth:`unary` with no deadline, as a future; cancel it to cancel the call.
+
+        On a connection that takes the call now, the call starts at once and its status
+        completes the future from the connection's callback: nothing waits meanwhile, where
+        a task in :meth:`unary` holds itself and four coroutine frames, about 1.5 KiB for
+        as long as the call lasts (a process's ``Wait``: docs/benchmarks.md, idle memory).
+        Otherwise (no connection yet, none with room, a request over the limit) and for the
+        one retry of a call the server did not take, it is :meth:`unary` in a task."""
+        conn = self._conn
+        if (
+            self._closed
+            or conn is None
+            or not conn.usable
+            or not conn.wire.room
+            or len(request) > self.max_message
+        ):
+            return asyncio.ensure_future(self.unary(path, request))
+        try:
+            sid = conn.start(path.encode(), request, None, self._metadata)
+        except ValueError:
+            return asyncio.ensure_future(self.unary(path, request))
+        return _HeldCall(self, conn, sid, path, request).answer
 
     async def stream(
         self, path: str, request: bytes, *, deadline: float | None = None

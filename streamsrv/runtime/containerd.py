@@ -812,7 +812,7 @@ class ContainerdRuntime:
             # The wait goes out before Start, as containerd's own client orders them: a short
             # command has often exited by the time Start returns, and its exit then needs no
             # call of ours after Start (docs/containerd.md, "The data path").
-            waiter = asyncio.ensure_future(self.api.wait(c.id, exec_id))
+            waiter = self.api.wait_future(c.id, exec_id)  # a future: no task while it runs
             try:
                 pid = (
                     await self.api.task(

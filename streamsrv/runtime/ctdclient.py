@@ -13,6 +13,7 @@ runtime spec of a pod's containers (:func:`oci_spec`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -45,6 +46,7 @@ PROCESS_TYPE: Final = "types.containerd.io/opencontainers/runtime-spec/1/Process
 #: Marks a snapshot as a root for containerd's garbage collector, so that it stays while only
 #: our container record names it (it is removed with the container).
 GC_ROOT: Final = "containerd.io/gc.root"
+WAIT: Final = "/containerd.services.tasks.v1.Tasks/Wait"
 _MANIFEST_TYPES = (
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.manifest.v1+json",
@@ -216,12 +218,25 @@ class Containerd:
         # through call() itself, not task(): a Wait lasts as long as its process, and each
         # coroutine between costs a frame for that long (docs/benchmarks.md, idle memory)
         got = await self.call(
-            "/containerd.services.tasks.v1.Tasks/Wait",
+            WAIT,
             tasks_pb2.WaitRequest(container_id=container_id, exec_id=exec_id),
             tasks_pb2.WaitResponse,
             deadline=None,
         )
         return got.exit_status
+
+    def wait_future(self, container_id: str, exec_id: str = "") -> asyncio.Future[int]:
+        """:meth:`wait` as a future, with nothing waiting on our side while the process runs
+        (``Channel.unary_future``): a tty exec holds its Wait for the session's life
+        (docs/benchmarks.md, idle memory). Cancel it to cancel the call."""
+        return _WaitAnswer(
+            self._channel.unary_future(
+                WAIT,
+                tasks_pb2.WaitRequest(
+                    container_id=container_id, exec_id=exec_id
+                ).SerializeToString(),
+            )
+        ).exit_status
 
     async def delete_task(self, container_id: str) -> None:
         with contextlib.suppress(NotFound):
@@ -255,6 +270,42 @@ class Containerd:
 
 def _what(method: str) -> str:
     return method.rsplit(".", 1)[-1]  # Tasks/Exec
+
+
+class _WaitAnswer:
+    """The exit status of a :meth:`Containerd.wait_future`, decoded from its call's answer."""
+
+    __slots__ = ("raw", "exit_status")
+
+    def __init__(self, raw: asyncio.Future[bytes]) -> None:
+        self.raw = raw
+        self.exit_status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        raw.add_done_callback(self._answered)
+        self.exit_status.add_done_callback(self._cancelled)
+
+    def _answered(self, raw: asyncio.Future[bytes]) -> None:
+        out = self.exit_status
+        if out.done():
+            if not raw.cancelled():
+                raw.exception()  # retrieved: nobody waits for it any more
+            return
+        if raw.cancelled():
+            out.cancel()
+            return
+        exc = raw.exception()
+        if isinstance(exc, RpcError):
+            out.set_exception(_error(WAIT, exc))
+        elif exc is not None:
+            out.set_exception(exc)
+        else:
+            try:
+                out.set_result(tasks_pb2.WaitResponse.FromString(raw.result()).exit_status)
+            except DecodeError as decode:
+                out.set_exception(_undecodable(WAIT, decode))
+
+    def _cancelled(self, out: asyncio.Future[int]) -> None:
+        if out.cancelled():
+            self.raw.cancel()
 
 
 def _undecodable(method: str, exc: DecodeError) -> BackendError:

@@ -469,3 +469,85 @@ async def test_a_connection_that_failed_while_nobody_waited_is_not_anyones_failu
         await ch.close()
         await server.stop()
         silent.close()
+
+
+def _unary_tasks() -> int:
+    """Tasks in Channel.unary (a call waiting in a task of its own)."""
+    return sum(
+        1
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "Channel.unary"
+    )
+
+
+async def test_unary_future_answers_as_unary_does_with_nothing_waiting_meanwhile(
+    ours: Ours,
+) -> None:
+    ch = Channel(ours.path)
+    try:
+        # no connection yet: unary() in a task
+        assert await ch.unary_future("/t.S/Echo", b"first") == b"first"
+        # on the connection: no task while the call is held
+        held = ch.unary_future("/t.S/Hold", b"")
+        await asyncio.wait_for(ours.started.wait(), 10)
+        assert _unary_tasks() == 0 and not held.done()
+        ours.release.set()
+        assert await asyncio.wait_for(held, 10) == b"released"
+        with pytest.raises(RpcError) as info:
+            await ch.unary_future("/t.S/Refuse", b"sandbox")
+        assert (info.value.code, info.value.details) == (http2.NOT_FOUND, "no sandbox ✓")
+        # cancelled: its stream is reset and the handler cancelled; the connection goes on
+        ours.started.clear()
+        ours.release.clear()
+        held = ch.unary_future("/t.S/Hold", b"")
+        await asyncio.wait_for(ours.started.wait(), 10)
+        held.cancel()
+        await asyncio.wait_for(ours.cancelled.wait(), 10)
+        assert await ch.unary_future("/t.S/Echo", b"same") == b"same"
+        conn = ch._conn
+        assert conn is not None and not conn.calls
+        # closed under it: CANCELLED, as unary()'s
+        ours.started.clear()
+        held = ch.unary_future("/t.S/Hold", b"")
+        await asyncio.wait_for(ours.started.wait(), 10)
+        await ch.close()
+        with pytest.raises(RpcError) as info:
+            await asyncio.wait_for(held, 10)
+        assert info.value.code == http2.CANCELLED
+    finally:
+        await ch.close()
+
+
+@pytest.mark.parametrize("count", [0, 2])
+async def test_unary_future_of_other_than_one_message_is_internal(
+    grpcio_server: tuple[str, list[Any]], count: int
+) -> None:
+    target, _ = grpcio_server
+    ch = Channel(target)
+    try:
+        assert await ch.unary("/t.S/Echo", b"ab", deadline=20) == b"ba"  # connected
+        with pytest.raises(RpcError) as caught:
+            await asyncio.wait_for(ch.unary_future("/t.S/Count", str(count).encode()), 20)
+        assert caught.value.code == http2.INTERNAL
+        assert f"{count} messages" in caught.value.details
+    finally:
+        await ch.close()
+
+
+async def test_a_held_call_the_server_did_not_take_is_sent_again(tmp_path: Path) -> None:
+    path = str(tmp_path / "away.sock")
+    _GoingAway.connections = 0
+    _GoingAway.transports = []
+    server = await asyncio.get_running_loop().create_unix_server(_GoingAway, path)
+    ch = Channel(path)
+    try:
+        await ch._connection()  # the first connection, which takes no call
+        answer = ch.unary_future("/t.S/Echo", b"twice")
+        assert _unary_tasks() == 0  # held on the first connection
+        assert await asyncio.wait_for(answer, 10) == b"twice"
+        assert _GoingAway.connections == 2
+    finally:
+        await ch.close()
+        server.close()
+        for t in _GoingAway.transports:
+            t.close()

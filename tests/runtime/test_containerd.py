@@ -96,13 +96,13 @@ async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_af
     assert cid
     order: list[str] = []
     exec_ids: list[str] = []
-    real_wait, real_task = rt.api.wait, rt.api.task
+    real_wait, real_task = rt.api.wait_future, rt.api.task
 
-    async def wait(container_id: str, exec_id: str = "") -> int:
+    def wait(container_id: str, exec_id: str = "") -> asyncio.Future[int]:
         if exec_id:
             order.append("wait")
             exec_ids.append(exec_id)
-        return await real_wait(container_id, exec_id)
+        return real_wait(container_id, exec_id)
 
     async def task(name: str, request: object, response: type, **kw: object) -> object:
         got = await real_task(name, request, response, **kw)
@@ -110,7 +110,7 @@ async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_af
             order.append("started")
         return got
 
-    monkeypatch.setattr(rt.api, "wait", wait)
+    monkeypatch.setattr(rt.api, "wait_future", wait)
     monkeypatch.setattr(rt.api, "task", task)
     out = Buffer()
     assert await rt.exec(cid, ["sh", "-c", "echo hi; exit 3"], StdIO(stdout=out), tty=False) == 3
@@ -131,6 +131,30 @@ async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_af
     while await known():
         assert asyncio.get_running_loop().time() < deadline, "the exec's process was never deleted"
         await asyncio.sleep(0.05)
+
+
+async def test_a_running_exec_waits_for_its_exit_with_no_task(ctd: tuple) -> None:
+    """An exec's Tasks.Wait is a future settled by the connection (``wait_future``), not a
+    task held for as long as the process runs (docs/benchmarks.md, idle memory); it still
+    tells the exit, and a Wait for a missing task is NotFound."""
+    rt, _ = ctd
+    pod = await PodManager(rt).create(parse_pod(pod_manifest(unique("held"), sleeper())))
+    cid = pod.container_id("main")
+    assert cid
+    out = Buffer()
+    cmd = ["sh", "-c", "echo up; read line; exit 5"]
+    stdin = Pipe(1 << 16)
+    run = asyncio.ensure_future(rt.exec(cid, cmd, StdIO(stdin=stdin, stdout=out), tty=False))
+    try:
+        await until("the exec runs", lambda: out.data == b"up\n" or run.done())
+        waiting = {getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()}
+        assert not waiting & {"Containerd.wait", "Channel.unary"}, waiting
+        await stdin.feed(b"go\n")
+        assert await asyncio.wait_for(run, 60) == 5
+    finally:
+        run.cancel()
+    with pytest.raises(NotFound):
+        await asyncio.wait_for(rt.api.wait_future("no-such-container"), 30)
 
 
 async def test_an_exec_killed_with_its_container_tells_how_the_container_ended_at_once(
