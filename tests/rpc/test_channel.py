@@ -30,6 +30,15 @@ def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _unary_tasks() -> int:
+    """Tasks in Channel.unary (a call waiting in a task of its own)."""
+    return sum(
+        1
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "Channel.unary"
+    )
+
+
 @pytest.fixture
 async def grpcio_server(tmp_path: Path) -> AsyncIterator[tuple[str, list[Any]]]:
     """A grpc.aio server: Echo answers the request reversed with the metadata it saw,
@@ -169,17 +178,23 @@ async def test_grpcio_server_streaming(grpcio_server: tuple[str, list[Any]]) -> 
         await ch.close()
 
 
+@pytest.mark.parametrize("held", [False, True])
 @pytest.mark.parametrize("count", [0, 2])
 async def test_a_unary_answer_of_other_than_one_message_is_internal(
-    grpcio_server: tuple[str, list[Any]], count: int
+    grpcio_server: tuple[str, list[Any]], count: int, held: bool
 ) -> None:
     """A streaming method called as unary: its OK status with no message, or two, is not an
-    answer (as grpc-go's client says too)."""
+    answer (as grpc-go's client says too); ``held``: through unary_future on a connection."""
     target, _ = grpcio_server
     ch = Channel(target)
     try:
+        request = str(count).encode()
         with pytest.raises(RpcError) as caught:
-            await ch.unary("/t.S/Count", str(count).encode(), deadline=20)
+            if held:
+                assert await ch.unary("/t.S/Echo", b"ab", deadline=20) == b"ba"  # connected
+                await asyncio.wait_for(ch.unary_future("/t.S/Count", request), 20)
+            else:
+                await ch.unary("/t.S/Count", request, deadline=20)
         assert caught.value.code == http2.INTERNAL
         assert f"{count} messages" in caught.value.details
     finally:
@@ -380,16 +395,24 @@ class _GoingAway(asyncio.Protocol):
         self.transport.write(self.h2.data_to_send())
 
 
+@pytest.mark.parametrize("held", [False, True])
 async def test_a_call_the_server_did_not_take_is_sent_again_on_a_new_connection(
-    tmp_path: Path,
+    tmp_path: Path, held: bool
 ) -> None:
+    """``held``: a unary_future call, held on the first connection (no task), retried too."""
     path = str(tmp_path / "away.sock")
     _GoingAway.connections = 0
     _GoingAway.transports = []
     server = await asyncio.get_running_loop().create_unix_server(_GoingAway, path)
     ch = Channel(path)
     try:
-        assert await ch.unary("/t.S/Echo", b"twice", deadline=10) == b"twice"
+        if held:
+            await ch._connection()  # the first connection, which takes no call
+            answer = ch.unary_future("/t.S/Echo", b"twice")
+            assert _unary_tasks() == 0
+            assert await asyncio.wait_for(answer, 10) == b"twice"
+        else:
+            assert await ch.unary("/t.S/Echo", b"twice", deadline=10) == b"twice"
         assert _GoingAway.connections == 2
         await asyncio.sleep(0.1)
         # the connection that went away was closed by us once nothing ran on it
@@ -471,15 +494,6 @@ async def test_a_connection_that_failed_while_nobody_waited_is_not_anyones_failu
         silent.close()
 
 
-def _unary_tasks() -> int:
-    """Tasks in Channel.unary (a call waiting in a task of its own)."""
-    return sum(
-        1
-        for t in asyncio.all_tasks()
-        if getattr(t.get_coro(), "__qualname__", "") == "Channel.unary"
-    )
-
-
 async def test_unary_future_answers_as_unary_does_with_nothing_waiting_meanwhile(
     ours: Ours,
 ) -> None:
@@ -516,38 +530,3 @@ async def test_unary_future_answers_as_unary_does_with_nothing_waiting_meanwhile
         assert info.value.code == http2.CANCELLED
     finally:
         await ch.close()
-
-
-@pytest.mark.parametrize("count", [0, 2])
-async def test_unary_future_of_other_than_one_message_is_internal(
-    grpcio_server: tuple[str, list[Any]], count: int
-) -> None:
-    target, _ = grpcio_server
-    ch = Channel(target)
-    try:
-        assert await ch.unary("/t.S/Echo", b"ab", deadline=20) == b"ba"  # connected
-        with pytest.raises(RpcError) as caught:
-            await asyncio.wait_for(ch.unary_future("/t.S/Count", str(count).encode()), 20)
-        assert caught.value.code == http2.INTERNAL
-        assert f"{count} messages" in caught.value.details
-    finally:
-        await ch.close()
-
-
-async def test_a_held_call_the_server_did_not_take_is_sent_again(tmp_path: Path) -> None:
-    path = str(tmp_path / "away.sock")
-    _GoingAway.connections = 0
-    _GoingAway.transports = []
-    server = await asyncio.get_running_loop().create_unix_server(_GoingAway, path)
-    ch = Channel(path)
-    try:
-        await ch._connection()  # the first connection, which takes no call
-        answer = ch.unary_future("/t.S/Echo", b"twice")
-        assert _unary_tasks() == 0  # held on the first connection
-        assert await asyncio.wait_for(answer, 10) == b"twice"
-        assert _GoingAway.connections == 2
-    finally:
-        await ch.close()
-        server.close()
-        for t in _GoingAway.transports:
-            t.close()
