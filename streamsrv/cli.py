@@ -24,6 +24,7 @@ import yaml
 from aiohttp import web
 
 from . import __version__
+from .alloc import raise_mmap_threshold
 from .app import make_app
 from .certs import (
     CertificateAuthority,
@@ -864,6 +865,10 @@ def main(argv: list[str] | None = None) -> int:
             args.manifest_text = (
                 sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
             )
+        if args.command in ("serve", "cri"):
+            # Read buffers from the heap, not a fresh mmap each (docs/benchmarks.md, "glibc's
+            # mmap threshold").
+            raise_mmap_threshold()
         if args.command == "serve":
             return asyncio.run(serve(args))
         if args.command == "cri":
