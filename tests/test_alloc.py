@@ -63,8 +63,10 @@ def faults(mode: str, *modules: str, **env: str) -> int:
 
 @glibc
 def test_short_reads_fault_until_the_threshold_is_raised() -> None:
-    # The WebSocket path's modules leave it where it was: about 10 faults per 40 KiB read.
-    assert faults("plain", "asyncio", "aiohttp.web", "streamsrv.transport") > 5000
+    # A bare interpreter: about 10 faults per 40 KiB read (glibc as mallopt(3) describes it;
+    # which imports happen to raise the threshold is no premise of this test).
+    assert faults("plain") > 5000
+    assert faults("raise") < 200
     assert faults("raise", "asyncio", "aiohttp.web", "streamsrv.transport") < 200
 
 
