@@ -571,10 +571,11 @@ Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 async def open_echo(c: Client) -> Stream:
     """A port-forward connection to the echo service, proven to be served: one byte echoed.
 
-    `busybox nc -ll` re-creates its listening socket for each connection it accepts and so
-    resets the connections queued on the old one: the service takes no burst of connects
-    (a plain socket to it fails the same way, with no port-forward involved). Each
-    connection is therefore served before the next is opened."""
+    `busybox nc -ll` listens with a backlog of 1, so a burst of connects gets SYN cookies,
+    and a data segment that is not the first to reach a cookie-only connection is answered
+    with a reset: the service takes no burst of connects (a plain socket to it fails the same
+    way, with no port-forward involved; tests/interop/test_portforward_kubectl.py, PY_ECHO,
+    has the figures). Each connection is therefore served before the next is opened."""
     reader, writer = await c.port_forward(POD, ECHO)
     try:
         assert writer.can_write_eof() is False
