@@ -807,14 +807,27 @@ class DockerRuntime:
         response headers through a buffered reader, and output that arrives with them
         (``echo hello`` does) would be lost when it hands over the raw socket.
         """
-        payload = json.dumps(body or {}).encode()
-        head = (
-            f"POST /v{self.api.api_version}{path} HTTP/1.1\r\n"
-            "Host: docker\r\nContent-Type: application/json\r\n"
-            "Connection: Upgrade\r\nUpgrade: tcp\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n"
-        )
-        return await self._engine_stream(head.encode() + payload, (101, 200))
+        request = self._request("POST", path, body or {}, upgrade=True)
+        return await self._engine_stream(request, (101, 200))
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        http: str = "1.1",
+        upgrade: bool = False,
+    ) -> bytes:
+        """A request for our own connection to the engine: ``path`` under the API version,
+        ``body`` as JSON; the connection upgraded to the raw stream, else closed after."""
+        lines = [f"{method} /v{self.api.api_version}{path} HTTP/{http}", "Host: docker"]
+        lines += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
+        payload = b""
+        if body is not None:
+            payload = json.dumps(body).encode()
+            lines += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+        return "\r\n".join([*lines, "", ""]).encode() + payload
 
     async def _engine_stream(self, request: bytes, ok: tuple[int, ...]) -> _EngineStream:
         """Send ``request`` on a connection of our own and read the answer's head; a status
@@ -863,21 +876,13 @@ class DockerRuntime:
         :meth:`_engine_stream`'s; an answer over ENGINE_JSON_MAX bytes, or none in the
         runtime's timeout, is a BackendError.
         """
-        payload = b"" if body is None else json.dumps(body).encode()
-        head = (
-            f"{method} /v{self.api.api_version}{path} HTTP/1.0\r\n"
-            "Host: docker\r\nConnection: close\r\n"
-        )
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        request = self._request(method, path, body, http="1.0")
         try:
             async with asyncio.timeout(self._timeout):
-                stream = await self._engine_stream(head.encode() + b"\r\n" + payload, (ok,))
+                stream = await self._engine_stream(request, (ok,))
                 try:
                     length = _content_length(stream.head)
-                    if length is not None and length > ENGINE_JSON_MAX:
-                        raise BackendError(f"docker's answer to {path} is too large")
-                    answer = b""
+                    answer = bytearray()
                     while length is None or len(answer) < length:
                         if not (chunk := await stream.read()):
                             break
@@ -950,12 +955,9 @@ class DockerRuntime:
         known = self._shells.get(container_id)
         if known is None:
             path = urllib.parse.quote(SHELL, safe="")
-            request = (
-                f"HEAD /v{self.api.api_version}/containers/{container_id}/archive?path={path} "
-                "HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n"
-            )
+            request = self._request("HEAD", f"/containers/{container_id}/archive?path={path}")
             try:
-                (await self._engine_stream(request.encode(), (200,))).close()
+                (await self._engine_stream(request, (200,))).close()
                 known = True
             except ContainerNotFound:  # 404: no such path (or no such container)
                 known = False
@@ -1207,11 +1209,11 @@ class DockerRuntime:
     ) -> bool:
         """Stop an exec whose client went away: Docker has no API for it, so signal its pid.
 
-        The pid from ``exec_inspect`` is the host's; the process and everything it started are
+        The pid from the exec's inspection is the host's; the process and everything it started are
         killed. Only possible where the engine runs on this host (a unix socket).
         """
         try:
-            info = await self._call(self.api.exec_inspect, exec_id)
+            info = await self._engine_json("GET", f"/exec/{exec_id}/json")
             # An exec that has just started shows as running with no pid yet (the engine
             # marks it running before the process exists), and one whose start request is on
             # its way shows as neither running nor exited: wait (bounded) for a pid to kill.
@@ -1222,7 +1224,7 @@ class DockerRuntime:
                 if not info.get("Running") and not starting:
                     break
                 await asyncio.sleep(0.05)
-                info = await self._call(self.api.exec_inspect, exec_id)
+                info = await self._engine_json("GET", f"/exec/{exec_id}/json")
         except BackendError:
             return False
         pid = int(info.get("Pid") or 0)
