@@ -19,7 +19,7 @@ import socket
 import struct
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,6 +130,9 @@ SHELL = "/bin/sh"
 START_WAIT_POLLS = 40  # x 50 ms: how long a cancelled exec's start may take to show
 INSPECT_CACHE_SIZE = 4096  # container inspections kept for pod lookups
 ENGINE_JSON_MAX = 1 << 20  # bytes of a JSON answer read on our own connection (_engine_json)
+#: Bytes of a container listing's answer: about 1.5 KiB per container with a pod's labels,
+#: so some 20 000 containers.
+ENGINE_LIST_MAX = 32 << 20
 LOG_DRAIN_WAIT = 5.0  # seconds stop_container waits for the log file to have all the output
 LOG_REMOVE_WAIT = 1.0  # seconds remove_container waits for it (stop waited already)
 LOG_RETRY = (0.1, 5.0)  # first and longest wait before a log follower tries the engine again
@@ -337,7 +340,7 @@ class DockerRuntime:
                 "pod %s/%s: no CNI: the engine is not on this host", pod.namespace, pod.name
             )
             return
-        info = await self._call(self.api.inspect_container, sandbox_id)
+        info = await self._inspect(sandbox_id)
         pid = int(info.get("State", {}).get("Pid") or 0)
         if pid <= 0:
             raise BackendError(f"pod sandbox {sandbox_id[:12]} has no process to network")
@@ -376,7 +379,7 @@ class DockerRuntime:
             return
         if info is None:
             with contextlib.suppress(ContainerNotFound):
-                info = await self._call(self.api.inspect_container, sandbox_id)
+                info = await self._inspect(sandbox_id)
         state = (info or {}).get("State", {})
         pid = int(state.get("Pid") or 0) if state.get("Running") else 0
         await self._network.delete(sandbox_id, netns=f"/proc/{pid}/ns/net" if pid > 0 else "")
@@ -388,7 +391,7 @@ class DockerRuntime:
     async def remove_pod_sandbox(self, sandbox_id: str) -> None:
         info: dict[str, Any] | None = None
         with contextlib.suppress(ContainerNotFound):
-            info = await self._call(self.api.inspect_container, sandbox_id)
+            info = await self._inspect(sandbox_id)
         await self._remove_network(sandbox_id, info)
         await self._remove(sandbox_id)
         uid = ((info or {}).get("Config", {}).get("Labels") or {}).get(LABEL_POD_UID)
@@ -416,18 +419,37 @@ class DockerRuntime:
             await self._thread(self.api.remove_container, container_id, v=True, force=True)
 
     async def _list(self, kind: str, labels: Mapping[str, str] | None) -> list[dict[str, Any]]:
+        """The engine's listing of our containers of ``kind`` with these labels, stopped ones
+        too (each CRI list and pod lookup makes one: on our own connection, as
+        :meth:`_engine_json` says why)."""
         selector = [f"{LABEL_TYPE}={kind}"] + [f"{k}={v}" for k, v in (labels or {}).items()]
-        found: list[dict[str, Any]] = await self._call(
-            self.api.containers, all=True, filters={"label": selector}
-        )
+        query = urllib.parse.urlencode({"all": "1", "filters": json.dumps({"label": selector})})
+        found = await self._engine_json("GET", f"/containers/json?{query}", limit=ENGINE_LIST_MAX)
+        if not isinstance(found, list):
+            raise BackendError(f"docker listed containers as {type(found).__name__}, not a list")
         return found
+
+    async def _inspect(self, container_id: str) -> dict[str, Any]:
+        """The engine's inspection of a container (ContainerNotFound once it is gone)."""
+        path = f"/containers/{urllib.parse.quote(container_id, safe='')}/json"
+        info = await self._engine_json("GET", path)
+        if not isinstance(info, dict):
+            raise BackendError(f"docker inspected {container_id[:12]} as {type(info).__name__}")
+        return info
+
+    async def _resize(self, what: str, object_id: str, height: int, width: int) -> None:
+        """Resize the terminal of an exec (``what`` "exec") or a container ("containers")."""
+        query = urllib.parse.urlencode({"h": height, "w": width})
+        quoted = urllib.parse.quote(object_id, safe="")
+        await self._engine_answer("POST", f"/{what}/{quoted}/resize?{query}", ok=(200, 201))
 
     async def _inspect_all(self, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Inspect listed containers, reusing an inspection while the listing shows no change.
 
         Every pod lookup (each kubectl exec makes two) lists the pod's sandbox and containers
-        and needs each one's inspection (exit code, start and finish times): 6 ms for a
-        three-container pod, against 1 ms for a list. The listing's State and Status
+        and needs each one's inspection (exit code, start and finish times): for a
+        three-container pod, 1.5-1.9 ms with the four inspections against 1.0 ms without
+        (docs/benchmarks.md, "the Docker runtime's listings"). The listing's State and Status
         ("Up 2 minutes", "Exited (3) 5 seconds ago") change whenever a container starts,
         stops or ages, so an inspection is reused only while both read the same.
         """
@@ -438,12 +460,11 @@ class DockerRuntime:
             cached = self._inspected.get(cid)
             if cached is not None and cached[0] == seen:
                 return cached[1]
-            with self._engine_errors():
-                try:
-                    info: dict[str, Any] = await self._thread(self.api.inspect_container, cid)
-                except docker.errors.NotFound:
-                    self._inspected.pop(cid, None)
-                    return None  # removed between list and inspect
+            try:
+                info = await self._inspect(cid)
+            except ContainerNotFound:
+                self._inspected.pop(cid, None)
+                return None  # removed between list and inspect
             self._inspected[cid] = (seen, info)
             if len(self._inspected) > INSPECT_CACHE_SIZE:
                 del self._inspected[next(iter(self._inspected))]  # the oldest
@@ -530,7 +551,7 @@ class DockerRuntime:
         opened fails the start) and followed from then on (:meth:`_follow_log`)."""
         known = self._created.pop(container_id, None)
         if known is None:  # made by an earlier server
-            info = await self._call(self.api.inspect_container, container_id)
+            info = await self._inspect(container_id)
             labels = info.get("Config", {}).get("Labels") or {}
             known = (str(labels.get(LABEL_LOG_PATH, "")), bool(info.get("Config", {}).get("Tty")))
         path, tty = known
@@ -629,7 +650,7 @@ class DockerRuntime:
             if summary.get("State") in ("created", "removing"):
                 continue  # never started (start_container opens its log), or going
             try:
-                info = await self._call(self.api.inspect_container, container_id)
+                info = await self._inspect(container_id)
                 if not info.get("State", {}).get("Running"):
                     finished = _parse_ns(info.get("State", {}).get("FinishedAt"))
                     if finished is None or not await self._thread(_stale, path, finished):
@@ -662,7 +683,7 @@ class DockerRuntime:
         try:
             while True:
                 try:
-                    info = await self._call(self.api.inspect_container, container_id)
+                    info = await self._inspect(container_id)
                 except ContainerNotFound:
                     return
                 except BackendError as exc:
@@ -849,7 +870,10 @@ class DockerRuntime:
                 raise self._unavailable(exc) from exc
             await stream.write(request)
             raw = await stream.read_head()
-            status = int(raw.split(b" ", 2)[1])
+            try:
+                status = int(raw.split(b" ", 2)[1])
+            except (ValueError, IndexError):
+                raise BackendError(f"docker answered with no HTTP status: {raw[:80]!r}") from None
             if status not in ok:
                 rest = await asyncio.wait_for(stream.read(), 5)
                 message = rest.decode(errors="replace").strip()
@@ -863,23 +887,29 @@ class DockerRuntime:
             raise
         return stream
 
-    async def _engine_json(
-        self, method: str, path: str, body: dict[str, Any] | None = None, ok: int = 200
-    ) -> Any:
-        """One API call on a connection of our own from the event loop, its JSON answer.
+    async def _engine_answer(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        ok: tuple[int, ...] = (200,),
+        limit: int = ENGINE_JSON_MAX,
+    ) -> bytes:
+        """One API call on a connection of our own from the event loop, its answer's body.
 
-        For the calls on every exec's way (create, and the exit code's inspect): the SDK's
-        call in a thread took 1.8-2.6 ms p50 and 1.5-1.9 ms of our CPU per create and
-        inspect, this 0.4-0.6 ms and 0.2-0.3 ms (docs/benchmarks.md, "the Docker runtime's
-        exec calls"). HTTP/1.0, so the engine answers without chunks: the answer is its
-        Content-Length's bytes, or without one what comes until the engine closes. Errors as
-        :meth:`_engine_stream`'s; an answer over ENGINE_JSON_MAX bytes, or none in the
-        runtime's timeout, is a BackendError.
+        For the calls made often: each exec's create and exit code, each pod lookup's and CRI
+        list's listings and inspections, each resize. The SDK's call in a thread took 1.8-2.6
+        ms p50 and 1.5-1.9 ms of our CPU per exec create and inspect, this 0.4-0.6 ms and
+        0.2-0.3 ms (docs/benchmarks.md, "the Docker runtime's exec calls"). HTTP/1.0, so the
+        engine answers without chunks: the body is its Content-Length's bytes, or without
+        one what comes until the engine closes. Errors as :meth:`_engine_stream`'s; an
+        engine that cannot be reached is EngineUnavailable; a body over ``limit`` bytes, or
+        none in the runtime's timeout, is a BackendError.
         """
         request = self._request(method, path, body, http="1.0")
         try:
             async with asyncio.timeout(self._timeout):
-                stream = await self._engine_stream(request, (ok,))
+                stream = await self._engine_stream(request, ok)
                 try:
                     length = _content_length(stream.head)
                     answer = bytearray()
@@ -887,7 +917,7 @@ class DockerRuntime:
                         if not (chunk := await stream.read()):
                             break
                         answer += chunk
-                        if len(answer) > ENGINE_JSON_MAX:
+                        if len(answer) > limit:
                             raise BackendError(f"docker's answer to {path} is too large")
                 finally:
                     stream.close()
@@ -896,7 +926,21 @@ class DockerRuntime:
                 f"docker engine at {self._endpoint}: no answer to {path} in {self._timeout} s"
             ) from exc
         except OSError as exc:
+            if _unreachable(exc):
+                raise self._unavailable(exc) from exc
             raise BackendError(f"docker engine at {self._endpoint}: {exc}") from exc
+        return bytes(answer)
+
+    async def _engine_json(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        ok: int = 200,
+        limit: int = ENGINE_JSON_MAX,
+    ) -> Any:
+        """:meth:`_engine_answer`'s body as JSON (one that is not is a BackendError)."""
+        answer = await self._engine_answer(method, path, body, (ok,), limit)
         try:
             return json.loads(answer)
         except ValueError as exc:
@@ -985,7 +1029,7 @@ class DockerRuntime:
                 stream,
                 io,
                 tty,
-                lambda h, w: self.api.exec_resize(exec_id, h, w),
+                functools.partial(self._resize, "exec", exec_id),
                 eof=True,
                 sized=console is not None,
             )
@@ -1014,7 +1058,7 @@ class DockerRuntime:
         nowhere and stdin stays open for the next client. A client that leaves closes our
         connection, which the engine takes for the same end.
         """
-        info = await self._call(self.api.inspect_container, container_id)
+        info = await self._inspect(container_id)
         stopped = _stopped(container_id, info)
         if stopped is not None:  # the engine's attach would wait for output forever
             raise BackendError(f"cannot attach: {stopped}")
@@ -1033,7 +1077,7 @@ class DockerRuntime:
                 stream,
                 io,
                 tty,
-                lambda h, w: self.api.resize(container_id, h, w),
+                functools.partial(self._resize, "containers", container_id),
                 eof="half-close" if once else False,
             )
         finally:
@@ -1044,7 +1088,7 @@ class DockerRuntime:
         stream: _EngineStream,
         io: StdIO,
         tty: bool,
-        resize: Callable[[int, int], object],
+        resize: Callable[[int, int], Awaitable[None]],
         *,
         eof: bool | Literal["half-close"],
         sized: bool = False,
@@ -1077,7 +1121,7 @@ class DockerRuntime:
             try:
                 if size.width and size.height:
                     with contextlib.suppress(BackendError, ContainerNotFound):
-                        await self._call(resize, size.height, size.width)
+                        await resize(size.height, size.width)
             finally:
                 first.set()
 
@@ -1109,20 +1153,20 @@ class DockerRuntime:
 
     async def container_stopped(self, container_id: str) -> str | None:
         try:
-            info = await self._call(self.api.inspect_container, container_id)
+            info = await self._inspect(container_id)
         except ContainerNotFound:
             return f"container {container_id[:12]} was removed"
         return _stopped(container_id, info)
 
     async def sandbox_ready(self, sandbox_id: str) -> bool:
         try:
-            info = await self._call(self.api.inspect_container, sandbox_id)
+            info = await self._inspect(sandbox_id)
         except ContainerNotFound:
             return False
         return bool(info.get("State", {}).get("Running"))
 
     async def dial(self, sandbox_id: str, port: int) -> socket.socket:
-        info = await self._call(self.api.inspect_container, sandbox_id)
+        info = await self._inspect(sandbox_id)
         state = info.get("State", {})
         if not state.get("Running"):
             raise BackendError(f"pod sandbox {sandbox_id[:12]} is not running")

@@ -227,13 +227,13 @@ async def test_pod_lookups_reuse_inspections_until_the_listing_changes(
     stopper = {"name": "stopper", "image": BUSYBOX, "command": ["sleep", "100000"]}
     pod = await manager.create(parse_pod(pod_manifest(unique("cache"), sleeper(), stopper)))
     inspected: list[str] = []
-    real = runtime.api.inspect_container
+    real = runtime._inspect
 
-    def counting(cid: str) -> dict[str, object]:
+    async def counting(cid: str) -> dict[str, object]:
         inspected.append(cid)
-        return real(cid)  # type: ignore[no-any-return]
+        return await real(cid)
 
-    monkeypatch.setattr(runtime.api, "inspect_container", counting)
+    monkeypatch.setattr(runtime, "_inspect", counting)
     ns, name = pod.spec.namespace, pod.spec.name
     # Two lookups within the same second of the listing's Status text ("Up 2 seconds"):
     # retried until a pair of lookups happens without a Status change in between.
