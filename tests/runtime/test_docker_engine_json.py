@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,108 +18,68 @@ from streamsrv.pods import LABEL_TYPE
 from streamsrv.runtime import docker as docker_runtime
 from streamsrv.runtime.base import BackendError, ContainerNotFound
 from streamsrv.runtime.docker import DockerRuntime
+from tests.runtime.fake_engine import FakeEngine, Request
 
 API = "1.41"
 
 
-class FakeEngine:
-    """Answers by path; keeps each request it got (head and body)."""
+class Engine(FakeEngine):
+    """Answers by path, as the tests below ask."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[bytes, bytes]] = []
-        self.server: asyncio.AbstractServer | None = None
-        self.handlers: set[asyncio.Task[None]] = set()  # cancelled at the end: "silent" waits
+        super().__init__()
         self.resizes: list[tuple[str, str, str]] = []  # (exec or containers, h, w)
 
-    async def close(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        for task in self.handlers:
-            task.cancel()
-        await asyncio.gather(*self.handlers, return_exceptions=True)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self.handlers.add(task)
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            body = await reader.readexactly(length)
-            self.requests.append((head, body))
-            method, path = head.split(b" ")[:2]
-            status, answer = self.answer(method.decode(), path.decode())
-            if status == 0:  # no answer at all
-                await asyncio.sleep(3600)
-            if status == -1:  # not HTTP
-                writer.write(b"garbage\r\n\r\n")
+    async def answer(self, request: Request, writer: asyncio.StreamWriter) -> bool:
+        method, path, query = request.method, request.path, request.query
+        if path == "/version":
+            return self.reply(writer, 200, {"ApiVersion": API, "Version": "fake"})
+        if path == "/containers/c1/exec" and method == "POST":
+            return self.reply(writer, 201, {"Id": "e1"})
+        if path == "/containers/stopped/exec":
+            return self.reply(writer, 409, {"message": "container stopped is not running"})
+        if path == "/exec/gone/json":
+            return self.reply(writer, 404, {"message": "No such exec instance: gone"})
+        if path == "/exec/big/json":
+            return self.reply(writer, 200, "x" * (docker_runtime.ENGINE_JSON_MAX + 10))
+        if path == "/exec/text/json":
+            return self.reply(writer, 200, raw=b"not json")
+        if path == "/exec/unsized/json":  # no Content-Length: the answer ends with the connection
+            writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+            answer = b'{"Running": false, "ExitCode": 3}'
+            for piece in (answer[:5], answer[5:]):
+                writer.write(piece)
                 await writer.drain()
-                return
-            if status == 1:  # no Content-Length: the answer ends where the connection does
-                writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
-                for piece in (answer[:5], answer[5:]):
-                    writer.write(piece)
-                    await writer.drain()
-                    await asyncio.sleep(0.05)
-                return
-            writer.write(
-                f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(answer)}\r\nConnection: close\r\n\r\n".encode()
-                + answer
-            )
-            await writer.drain()
-        finally:
-            writer.close()
-
-    def answer(self, method: str, path: str) -> tuple[int, bytes]:
-        if path.endswith("/version"):
-            return 200, json.dumps({"ApiVersion": API, "Version": "fake"}).encode()
-        if path == f"/v{API}/containers/c1/exec" and method == "POST":
-            return 201, b'{"Id":"e1"}'
-        if path == f"/v{API}/containers/stopped/exec":
-            return 409, b'{"message":"container stopped is not running"}'
-        if path == f"/v{API}/exec/gone/json":
-            return 404, b'{"message":"No such exec instance: gone"}'
-        if path == f"/v{API}/exec/big/json":
-            return 200, b'"' + b"x" * (docker_runtime.ENGINE_JSON_MAX + 10) + b'"'
-        if path == f"/v{API}/exec/text/json":
-            return 200, b"not json"
-        if path == f"/v{API}/exec/unsized/json":
-            return 1, b'{"Running": false, "ExitCode": 3}'
-        if path == f"/v{API}/exec/silent/json":
-            return 0, b""
-        if path == f"/v{API}/exec/garbled/json":
-            return -1, b""
-        url = urllib.parse.urlsplit(path)
-        if url.path == f"/v{API}/containers/json" and method == "GET":
-            query = urllib.parse.parse_qs(url.query)
+                await asyncio.sleep(0.05)
+            return False
+        if path == "/exec/silent/json":  # no answer at all
+            await asyncio.sleep(3600)
+        if path == "/exec/garbled/json":  # not HTTP
+            writer.write(b"garbage\r\n\r\n")
+            return False
+        if path == "/containers/json" and method == "GET":
             labels = json.loads(query["filters"][0])["label"]
             if "big=1" in labels:  # over ENGINE_JSON_MAX, within ENGINE_LIST_MAX
                 many = [{"Id": f"{i:064x}", "Labels": {"x": "y" * 1000}} for i in range(1500)]
-                return 200, json.dumps(many).encode()
+                return self.reply(writer, 200, many)
             if "odd=1" in labels:
-                return 200, b'{"not": "a list"}'
-            return 200, json.dumps([{"Id": "c1", "all": query["all"], "Labels": labels}]).encode()
-        if url.path == f"/v{API}/containers/a%2Fb/json":
-            return 404, b'{"message":"No such container: a/b"}'
-        if url.path == f"/v{API}/containers/c1/json":
-            return 200, b'{"Id": "c1", "State": {"Running": true}}'
-        if url.path in (f"/v{API}/exec/e1/resize", f"/v{API}/containers/c1/resize"):
-            query = urllib.parse.parse_qs(url.query)
-            self.resizes.append((url.path.split("/")[2], query["h"][0], query["w"][0]))
-            return (200 if "exec" in url.path else 201), b""
-        return 500, b'{"message":"unexpected"}'
+                return self.reply(writer, 200, {"not": "a list"})
+            return self.reply(writer, 200, [{"Id": "c1", "all": query["all"], "Labels": labels}])
+        if request.head.startswith(f"GET /v{API}/containers/a%2Fb/json ".encode()):
+            return self.reply(writer, 404, {"message": "No such container: a/b"})
+        if path == "/containers/c1/json":
+            return self.reply(writer, 200, {"Id": "c1", "State": {"Running": True}})
+        if path in ("/exec/e1/resize", "/containers/c1/resize"):
+            self.resizes.append((path.split("/")[1], query["h"][0], query["w"][0]))
+            return self.reply(writer, 200 if path.startswith("/exec") else 201)
+        return self.reply(writer, 500, {"message": "unexpected"})
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[tuple[FakeEngine, DockerRuntime]]:
-    fake = FakeEngine()
+async def engine(tmp_path: Path) -> AsyncIterator[tuple[Engine, DockerRuntime]]:
+    fake = Engine()
     path = tmp_path / "docker.sock"
-    fake.server = await asyncio.start_unix_server(fake.handle, str(path))
+    await fake.start(path)
     rt = await asyncio.to_thread(DockerRuntime, base_url=f"unix://{path}", timeout=2)
     try:
         yield fake, rt
@@ -130,26 +89,26 @@ async def engine(tmp_path: Path) -> AsyncIterator[tuple[FakeEngine, DockerRuntim
 
 
 async def test_creates_an_exec_with_an_http_1_0_request(
-    engine: tuple[FakeEngine, DockerRuntime],
+    engine: tuple[Engine, DockerRuntime],
 ) -> None:
     fake, rt = engine
     body = {"Cmd": ["true"], "Tty": False}
     assert await rt._engine_json("POST", "/containers/c1/exec", body, ok=201) == {"Id": "e1"}
-    head, sent = fake.requests[-1]
-    assert head.startswith(f"POST /v{API}/containers/c1/exec HTTP/1.0\r\n".encode())
-    assert b"Content-Type: application/json\r\n" in head
-    assert json.loads(sent) == body
+    sent = fake.requests[-1]
+    assert sent.head.startswith(f"POST /v{API}/containers/c1/exec HTTP/1.0\r\n".encode())
+    assert sent.headers["content-type"] == "application/json"
+    assert json.loads(sent.body) == body
 
 
 async def test_an_answer_without_a_length_ends_at_the_close(
-    engine: tuple[FakeEngine, DockerRuntime],
+    engine: tuple[Engine, DockerRuntime],
 ) -> None:
     _, rt = engine
     assert await rt._engine_json("GET", "/exec/unsized/json") == {"Running": False, "ExitCode": 3}
 
 
 async def test_the_engines_errors_keep_their_meaning(
-    engine: tuple[FakeEngine, DockerRuntime],
+    engine: tuple[Engine, DockerRuntime],
 ) -> None:
     _, rt = engine
     with pytest.raises(BackendError, match="container stopped is not running") as raised:
@@ -159,7 +118,7 @@ async def test_the_engines_errors_keep_their_meaning(
         await rt._engine_json("GET", "/exec/gone/json")
 
 
-async def test_a_bad_answer_is_a_backend_error(engine: tuple[FakeEngine, DockerRuntime]) -> None:
+async def test_a_bad_answer_is_a_backend_error(engine: tuple[Engine, DockerRuntime]) -> None:
     _, rt = engine
     with pytest.raises(BackendError, match="too large"):
         await rt._engine_json("GET", "/exec/big/json")
@@ -168,7 +127,7 @@ async def test_a_bad_answer_is_a_backend_error(engine: tuple[FakeEngine, DockerR
 
 
 async def test_an_engine_that_does_not_answer_times_out(
-    engine: tuple[FakeEngine, DockerRuntime],
+    engine: tuple[Engine, DockerRuntime],
 ) -> None:
     _, rt = engine
     rt._timeout = 0.3
@@ -176,7 +135,7 @@ async def test_an_engine_that_does_not_answer_times_out(
         await asyncio.wait_for(rt._engine_json("GET", "/exec/silent/json"), 30)
 
 
-async def test_an_engine_gone_is_unavailable(engine: tuple[FakeEngine, DockerRuntime]) -> None:
+async def test_an_engine_gone_is_unavailable(engine: tuple[Engine, DockerRuntime]) -> None:
     fake, rt = engine
     await fake.close()
     with pytest.raises(EngineUnavailable):
@@ -184,7 +143,7 @@ async def test_an_engine_gone_is_unavailable(engine: tuple[FakeEngine, DockerRun
 
 
 async def test_an_answer_that_is_not_http_is_a_backend_error(
-    engine: tuple[FakeEngine, DockerRuntime],
+    engine: tuple[Engine, DockerRuntime],
 ) -> None:
     _, rt = engine
     with pytest.raises(BackendError, match="no HTTP status"):
@@ -192,7 +151,7 @@ async def test_an_answer_that_is_not_http_is_a_backend_error(
 
 
 async def test_a_listing_asks_for_our_kind_with_every_label(
-    engine: tuple[FakeEngine, DockerRuntime],
+    engine: tuple[Engine, DockerRuntime],
 ) -> None:
     _, rt = engine
     [found] = await rt._list("container", {"io.kubernetes.pod.name": "p q&r"})
@@ -204,7 +163,7 @@ async def test_a_listing_asks_for_our_kind_with_every_label(
 
 
 async def test_a_listing_may_be_larger_than_one_answer_but_bounded(
-    engine: tuple[FakeEngine, DockerRuntime], monkeypatch: pytest.MonkeyPatch
+    engine: tuple[Engine, DockerRuntime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, rt = engine
     assert len(await rt._list("container", {"big": "1"})) == 1500
@@ -215,14 +174,14 @@ async def test_a_listing_may_be_larger_than_one_answer_but_bounded(
         await rt._list("container", {"odd": "1"})
 
 
-async def test_an_inspection_quotes_the_id(engine: tuple[FakeEngine, DockerRuntime]) -> None:
+async def test_an_inspection_quotes_the_id(engine: tuple[Engine, DockerRuntime]) -> None:
     _, rt = engine
     assert (await rt._inspect("c1"))["State"] == {"Running": True}
     with pytest.raises(ContainerNotFound, match="No such container: a/b"):
         await rt._inspect("a/b")
 
 
-async def test_resizes_take_an_empty_answer(engine: tuple[FakeEngine, DockerRuntime]) -> None:
+async def test_resizes_take_an_empty_answer(engine: tuple[Engine, DockerRuntime]) -> None:
     fake, rt = engine
     await rt._resize("exec", "e1", 24, 80)
     await rt._resize("containers", "c1", 50, 132)

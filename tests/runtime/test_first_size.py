@@ -14,9 +14,7 @@ import asyncio
 import json
 import re
 import time
-import urllib.parse
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from tests.conftest import (
     sleeper,
     unique,
 )
+from tests.runtime.fake_engine import FakeEngine, Request
 
 HANG = 30  # seconds: only a hang takes this long
 SIZE = TerminalSize(width=123, height=45)
@@ -55,43 +54,20 @@ async def size_later(resize: Resizes, size: TerminalSize, delay: float) -> None:
 # ------------------------------------------------------------------------------ fake engine
 
 
-@dataclass
-class FakeEngine:
+class Engine(FakeEngine):
     """The few engine calls a tty exec makes; what each was asked is kept."""
 
-    api: str
-    has_shell: bool = True
-    creates: list[dict[str, Any]] = field(default_factory=list)  # exec create bodies
-    starts: list[dict[str, Any]] = field(default_factory=list)  # exec start bodies
-    resizes: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of exec_resize
-    shell_stats: int = 0
+    def __init__(self, api: str, has_shell: bool = True) -> None:
+        super().__init__()
+        self.api = api
+        self.has_shell = has_shell
+        self.creates: list[dict[str, Any]] = []  # exec create bodies
+        self.starts: list[dict[str, Any]] = []  # exec start bodies
+        self.resizes: list[tuple[int, int]] = []  # (h, w) of exec resizes
+        self.shell_stats = 0
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError:
-                    return
-                line, *fields = head.decode().split("\r\n")
-                method, target, _ = line.split(" ")
-                headers = {k.lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
-                body = await reader.readexactly(int(headers.get("content-length", 0)))
-                if not await self.answer(method, target, body, writer):
-                    return
-                if headers.get("connection", "").lower() == "close":
-                    await writer.drain()
-                    return
-        finally:
-            writer.close()
-
-    async def answer(
-        self, method: str, target: str, body: bytes, writer: asyncio.StreamWriter
-    ) -> bool:
-        """Answer one request; False once the connection is no longer HTTP."""
-        url = urllib.parse.urlsplit(target)
-        path = re.sub(r"^/v[0-9.]+", "", url.path)
-        query = urllib.parse.parse_qs(url.query)
+    async def answer(self, request: Request, writer: asyncio.StreamWriter) -> bool:
+        method, path, query, body = request.method, request.path, request.query, request.body
         if path == "/version":
             return self.reply(writer, 200, {"ApiVersion": self.api, "Version": "fake"})
         if method == "POST" and re.fullmatch(r"/containers/[^/]+/exec", path):
@@ -100,21 +76,17 @@ class FakeEngine:
         if method == "HEAD" and path.endswith("/archive"):
             self.shell_stats += 1
             found = self.has_shell and query.get("path") == [SHELL]
-            writer.write(
-                f"HTTP/1.1 {200 if found else 404} X\r\nContent-Length: 0\r\n\r\n".encode()
-            )
-            return True
+            return self.reply(writer, 200 if found else 404)
         if method == "POST" and path.endswith("/start"):
             start = json.loads(body)
             self.starts.append(start)
             writer.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n")
             rows, cols = self.started_at(self.creates[-1]["Cmd"], start)
             writer.write(f"{rows} {cols}\r\n".encode())
-            await writer.drain()
             return False  # the process ended: the engine closes the stream
         if method == "POST" and path.endswith("/resize"):
             self.resizes.append((int(query["h"][0]), int(query["w"][0])))
-            return self.reply(writer, 201, None)
+            return self.reply(writer, 201)
         if method == "GET" and path.endswith("/json"):
             return self.reply(writer, 200, {"Running": False, "ExitCode": 0, "Pid": 0})
         return self.reply(writer, 404, {"message": f"fake engine: no {method} {path}"})
@@ -127,28 +99,17 @@ class FakeEngine:
         m = re.fullmatch(r"stty rows (\d+) cols (\d+) .*", cmd[2]) if cmd[0] == SHELL else None
         return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
-    @staticmethod
-    def reply(writer: asyncio.StreamWriter, status: int, doc: Any) -> bool:
-        payload = b"" if doc is None else json.dumps(doc).encode()
-        writer.write(
-            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        return True
-
 
 @pytest.fixture
-async def fake(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FakeEngine]:
-    engine = FakeEngine(api=request.param)
-    server = await asyncio.start_unix_server(engine.serve, str(tmp_path / "engine.sock"))
+async def fake(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+    engine = Engine(api=request.param)
+    await engine.start(tmp_path / "engine.sock")
     yield engine
-    server.close()
-    await server.wait_closed()
+    await engine.close()
 
 
 @pytest.fixture
-async def fake_rt(fake: FakeEngine, tmp_path: Path) -> AsyncIterator[DockerRuntime]:
+async def fake_rt(fake: Engine, tmp_path: Path) -> AsyncIterator[DockerRuntime]:
     # built in a thread: the SDK asks the (fake, same loop) engine for its version there
     rt = await asyncio.to_thread(DockerRuntime, base_url=f"unix://{tmp_path / 'engine.sock'}")
     yield rt
@@ -170,7 +131,7 @@ async def fake_exec(rt: DockerRuntime, cmd: list[str], delay: float | None) -> b
 
 @pytest.mark.parametrize("fake", ["1.42", "1.45"], indirect=True)
 async def test_the_start_carries_the_size_that_came_later(
-    fake: FakeEngine, fake_rt: DockerRuntime
+    fake: Engine, fake_rt: DockerRuntime
 ) -> None:
     assert await fake_exec(fake_rt, ["stty", "size"], delay=0.3) == b"45 123\r\n"
     assert fake.creates[0]["Cmd"] == ["stty", "size"]  # the command as it was
@@ -181,7 +142,7 @@ async def test_the_start_carries_the_size_that_came_later(
 
 @pytest.mark.parametrize("fake", ["1.41"], indirect=True)
 async def test_older_engines_get_a_command_that_sizes_first(
-    fake: FakeEngine, fake_rt: DockerRuntime
+    fake: Engine, fake_rt: DockerRuntime
 ) -> None:
     for _ in range(2):
         assert await fake_exec(fake_rt, ["stty", "size"], delay=0.3) == b"45 123\r\n"
@@ -194,7 +155,7 @@ async def test_older_engines_get_a_command_that_sizes_first(
 
 @pytest.mark.parametrize("fake", ["1.41"], indirect=True)
 async def test_older_engines_without_a_shell_resize_after_the_start(
-    fake: FakeEngine, fake_rt: DockerRuntime
+    fake: Engine, fake_rt: DockerRuntime
 ) -> None:
     fake.has_shell = False
     # As a real engine's process would: it read its size before the resize reached it.
@@ -204,7 +165,7 @@ async def test_older_engines_without_a_shell_resize_after_the_start(
 
 @pytest.mark.parametrize("fake", ["1.41", "1.42"], indirect=True)
 async def test_a_client_that_never_sends_a_size_gets_its_session(
-    fake: FakeEngine, fake_rt: DockerRuntime, monkeypatch: pytest.MonkeyPatch
+    fake: Engine, fake_rt: DockerRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(docker_runtime, "FIRST_SIZE_WAIT", 0.5)
     began = time.monotonic()
@@ -216,7 +177,7 @@ async def test_a_client_that_never_sends_a_size_gets_its_session(
 
 @pytest.mark.parametrize("fake", ["1.41", "1.42"], indirect=True)
 async def test_a_session_without_a_tty_never_waits(
-    fake: FakeEngine, fake_rt: DockerRuntime, monkeypatch: pytest.MonkeyPatch
+    fake: Engine, fake_rt: DockerRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(docker_runtime, "FIRST_SIZE_WAIT", HANG * 2)
     out = Buffer()
