@@ -868,8 +868,11 @@ class DockerRuntime:
                 await stream.loop.sock_connect(sock, address)
             except OSError as exc:
                 raise self._unavailable(exc) from exc
-            await stream.write(request)
-            raw = await stream.read_head()
+            try:
+                await stream.write(request)
+                raw = await stream.read_head()
+            except ConnectionError as exc:  # reset, or closed with no answer: an engine going
+                raise self._unavailable(exc) from exc  # away (the SDK's ConnectionError too)
             try:
                 status = int(raw.split(b" ", 2)[1])
             except (ValueError, IndexError):
@@ -1631,14 +1634,15 @@ class _EngineStream:
         self.head = b""  # the response head, once read
 
     async def read_head(self) -> bytes:
-        """The HTTP response head; what follows it is kept for :meth:`read`."""
+        """The HTTP response head; what follows it is kept for :meth:`read`. A connection
+        that ends before the head is a ConnectionError, as a reset one is."""
         buf = b""
         while (end := buf.find(b"\r\n\r\n")) < 0:
             if len(buf) > 65536:
                 raise BackendError("docker sent an oversized response head")
             chunk = await self.loop.sock_recv(self.sock, 65536)
             if not chunk:
-                raise BackendError("docker closed the connection before answering")
+                raise ConnectionAbortedError("docker closed the connection before answering")
             buf += chunk
         self._pending = buf[end + 4 :]
         self.head = buf[: end + 4]

@@ -54,6 +54,8 @@ class Engine(FakeEngine):
             return False
         if path == "/exec/silent/json":  # no answer at all
             await asyncio.sleep(3600)
+        if path.startswith("/exec/hangup/"):  # the connection closed with no answer
+            return False
         if path == "/exec/garbled/json":  # not HTTP
             writer.write(b"garbage\r\n\r\n")
             return False
@@ -137,6 +139,11 @@ async def test_an_engine_that_does_not_answer_times_out(
 
 async def test_an_engine_gone_is_unavailable(engine: tuple[Engine, DockerRuntime]) -> None:
     fake, rt = engine
+    # An engine on its way down closes connections with no answer, on either kind of request.
+    with pytest.raises(EngineUnavailable, match="closed the connection before answering"):
+        await rt._engine_json("GET", "/exec/hangup/json")
+    with pytest.raises(EngineUnavailable, match="closed the connection before answering"):
+        await rt._hijack("/exec/hangup/start", {"Detach": False})
     await fake.close()
     with pytest.raises(EngineUnavailable):
         await rt._engine_json("GET", "/exec/gone/json")
