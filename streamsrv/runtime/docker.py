@@ -785,10 +785,9 @@ class DockerRuntime:
             "since": f"{seconds}.{frac:09d}",
             "tail": "all" if tail is None else str(tail),
         }
-        path = f"/v{self.api.api_version}/containers/{container_id}/logs"
+        path = f"/containers/{container_id}/logs?{urllib.parse.urlencode(query)}"
         # HTTP/1.0: the engine sends the body as it is, no chunked encoding, and closes.
-        request = f"GET {path}?{urllib.parse.urlencode(query)} HTTP/1.0\r\nHost: docker\r\n\r\n"
-        return await self._engine_stream(request.encode(), (200,))
+        return await self._engine_stream(self._request("GET", path, http="1.0"), (200,))
 
     async def _log_pass(
         self,
