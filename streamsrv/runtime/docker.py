@@ -431,17 +431,22 @@ class DockerRuntime:
 
     async def _inspect(self, container_id: str) -> dict[str, Any]:
         """The engine's inspection of a container (ContainerNotFound once it is gone)."""
-        path = f"/containers/{urllib.parse.quote(container_id, safe='')}/json"
-        info = await self._engine_json("GET", path)
+        return await self._inspect_object("containers", container_id)
+
+    async def _inspect_exec(self, exec_id: str) -> dict[str, Any]:
+        """The engine's inspection of an exec (running, exit code, pid)."""
+        return await self._inspect_object("exec", exec_id)
+
+    async def _inspect_object(self, kind: str, object_id: str) -> dict[str, Any]:
+        info = await self._engine_json("GET", f"{_at(kind, object_id)}/json")
         if not isinstance(info, dict):
-            raise BackendError(f"docker inspected {container_id[:12]} as {type(info).__name__}")
+            raise BackendError(f"docker inspected {object_id[:12]} as {type(info).__name__}")
         return info
 
     async def _resize(self, what: str, object_id: str, height: int, width: int) -> None:
         """Resize the terminal of an exec (``what`` "exec") or a container ("containers")."""
         query = urllib.parse.urlencode({"h": height, "w": width})
-        quoted = urllib.parse.quote(object_id, safe="")
-        await self._engine_answer("POST", f"/{what}/{quoted}/resize?{query}", ok=(200, 201))
+        await self._engine_answer("POST", f"{_at(what, object_id)}/resize?{query}", ok=(200, 201))
 
     async def _inspect_all(self, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Inspect listed containers, reusing an inspection while the listing shows no change.
@@ -785,7 +790,7 @@ class DockerRuntime:
             "since": f"{seconds}.{frac:09d}",
             "tail": "all" if tail is None else str(tail),
         }
-        path = f"/containers/{container_id}/logs?{urllib.parse.urlencode(query)}"
+        path = f"{_at('containers', container_id)}/logs?{urllib.parse.urlencode(query)}"
         # HTTP/1.0: the engine sends the body as it is, no chunked encoding, and closes.
         return await self._engine_stream(self._request("GET", path, http="1.0"), (200,))
 
@@ -974,7 +979,7 @@ class DockerRuntime:
                         await shell
         created = await self._engine_json(
             "POST",
-            f"/containers/{urllib.parse.quote(container_id, safe='')}/exec",
+            f"{_at('containers', container_id)}/exec",
             {
                 "User": "",
                 "Privileged": False,
@@ -1000,8 +1005,8 @@ class DockerRuntime:
         path through the engine, no process)."""
         known = self._shells.get(container_id)
         if known is None:
-            path = urllib.parse.quote(SHELL, safe="")
-            request = self._request("HEAD", f"/containers/{container_id}/archive?path={path}")
+            query = urllib.parse.urlencode({"path": SHELL})
+            request = self._request("HEAD", f"{_at('containers', container_id)}/archive?{query}")
             try:
                 (await self._engine_stream(request, (200,))).close()
                 known = True
@@ -1024,7 +1029,7 @@ class DockerRuntime:
         if console is not None:
             body["ConsoleSize"] = [console.height, console.width]
         try:
-            stream = await self._hijack(f"/exec/{exec_id}/start", body)
+            stream = await self._hijack(f"{_at('exec', exec_id)}/start", body)
             if console is not None and io.resize is not None:
                 io.resize.delivered(console)
             await self._pump(
@@ -1073,7 +1078,7 @@ class DockerRuntime:
                 "stderr": int(io.stderr is not None),
             }
         )
-        stream = await self._hijack(f"/containers/{container_id}/attach?{query}")
+        stream = await self._hijack(f"{_at('containers', container_id)}/attach?{query}")
         try:
             await self._pump(
                 stream,
@@ -1189,7 +1194,7 @@ class DockerRuntime:
         """The exit code once the process has really exited (never 0 for 'still running')."""
         delay = 0.002
         while True:
-            info = await self._engine_json("GET", f"/exec/{exec_id}/json")
+            info = await self._inspect_exec(exec_id)
             if not info.get("Running") and info.get("ExitCode") is not None:
                 return int(info["ExitCode"])
             await asyncio.sleep(delay)
@@ -1259,7 +1264,7 @@ class DockerRuntime:
         killed. Only possible where the engine runs on this host (a unix socket).
         """
         try:
-            info = await self._engine_json("GET", f"/exec/{exec_id}/json")
+            info = await self._inspect_exec(exec_id)
             # An exec that has just started shows as running with no pid yet (the engine
             # marks it running before the process exists), and one whose start request is on
             # its way shows as neither running nor exited: wait (bounded) for a pid to kill.
@@ -1270,7 +1275,7 @@ class DockerRuntime:
                 if not info.get("Running") and not starting:
                     break
                 await asyncio.sleep(0.05)
-                info = await self._engine_json("GET", f"/exec/{exec_id}/json")
+                info = await self._inspect_exec(exec_id)
         except BackendError:
             return False
         pid = int(info.get("Pid") or 0)
@@ -1282,6 +1287,12 @@ class DockerRuntime:
         await self._thread(kill_tree, pid)
         log.info("killed exec %s (pid %d): %s", exec_id[:12], pid, why)
         return True
+
+
+def _at(kind: str, object_id: str) -> str:
+    """The engine API path of one container (``kind`` "containers") or exec ("exec"), its id
+    quoted: an id from a client names that object and no other path."""
+    return f"/{kind}/{urllib.parse.quote(object_id, safe='')}"
 
 
 def _content_length(head: bytes) -> int | None:
