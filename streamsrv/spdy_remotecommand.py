@@ -203,13 +203,14 @@ def _finish(state: _Exec, body: bytes) -> None:
         return
     error_sid = state.streams["error"]
     ok = body == status.success()
-    if state.version >= 4:
-        session.send_data(error_sid, body)
-    elif not ok:
-        session.send_data(error_sid, status.v1_error_text(body))
-    for kind in ("stdout", "stderr", "error"):
-        sid = state.streams.get(kind)
-        if sid is not None:
-            session.end(sid)
-    session.goaway()
+    with session.batch():
+        if state.version >= 4:
+            session.send_data(error_sid, body)
+        elif not ok:
+            session.send_data(error_sid, status.v1_error_text(body))
+        for kind in ("stdout", "stderr", "error"):
+            sid = state.streams.get(kind)
+            if sid is not None:
+                session.end(sid)
+        session.goaway()
     session.write_eof()

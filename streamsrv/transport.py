@@ -33,7 +33,7 @@ import collections
 import contextlib
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar, cast
 
 from aiohttp import ClientConnectionResetError, WSMsgType, web
@@ -272,6 +272,21 @@ class SpdySession(asyncio.BufferedProtocol):
         if not self._dispatching:
             self.flush()
         return True
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """What is queued inside goes out in one write when it ends, as replies made while
+        dispatching do: an exec's status, its streams' FINs and the GOAWAY are one TLS record
+        and one send, not five (the client waits for the last of them)."""
+        if self._dispatching:
+            yield
+            return
+        self._dispatching = True
+        try:
+            yield
+        finally:
+            self._dispatching = False
+            self.flush()
 
     def fail(self, status: int, why: str) -> None:
         """End the connection from our side: GOAWAY(``status``) and close."""

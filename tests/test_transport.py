@@ -10,6 +10,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,11 +21,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from streamsrv.certs import CertificateAuthority, server_ssl_context
 from streamsrv.limits import Limits
-from streamsrv.protocol import spdy
+from streamsrv.protocol import spdy, status
 from streamsrv.protocol.resize import TerminalSize
 from streamsrv.protocol.spdy import Role, SpdyConnection
 from streamsrv.runtime.base import Resizes
 from streamsrv.server import ExecRequest, StreamServer
+from streamsrv.spdy_remotecommand import _finish
 from streamsrv.transport import SpdySession, StreamWebSocket, _OneSendFrames
 from tests.conftest import stream_server
 from tests.test_remotecommand import FakeRuntime, collect
@@ -520,6 +522,76 @@ async def test_a_burst_of_streams_is_answered_in_one_write() -> None:
     events = client.receive_data(bytes(transport.out))
     assert len([e for e in events if isinstance(e, spdy.StreamReplied)]) == 200
     assert any(isinstance(e, spdy.PingAck) for e in events)  # the echo went too
+
+
+def _exec_streams(
+    session: SpdySession, transport: CountingTransport
+) -> tuple[SpdyConnection, dict[str, int]]:
+    """A client with an exec's error, stdout and stderr streams open and replied to."""
+    client = SpdyConnection(Role.CLIENT)
+    sids = {
+        kind: client.open_stream({"streamtype": kind}) for kind in ("error", "stdout", "stderr")
+    }
+    session.data_received(client.data_to_send())
+    client.receive_data(transport.drain_peer())
+    return client, sids
+
+
+@pytest.mark.parametrize("batched", [True, False])
+async def test_an_exec_ends_in_one_write(batched: bool) -> None:
+    """The status, the three streams' FINs and the GOAWAY leave in one write: on TLS one
+    record and one send, where each went on its own before and the client waited for the last
+    (docs/benchmarks.md, "the end of an exec"). Unbatched, the same calls make five writes."""
+    handler = Recorder()
+    session = SpdySession(handler, Limits())
+    handler.session = session
+    transport = CountingTransport(session)
+    session.connection_made(transport)  # type: ignore[arg-type]
+    client, sids = _exec_streams(session, transport)
+    before = transport.writes
+    state = SimpleNamespace(session=session, streams=sids, version=4)
+    if batched:
+        _finish(state, status.success())  # type: ignore[arg-type]
+    else:
+        session.send_data(sids["error"], status.success())
+        for kind in ("stdout", "stderr", "error"):
+            session.end(sids[kind])
+        session.goaway()
+    assert transport.writes - before == (1 if batched else 5)
+    events = client.receive_data(transport.drain_peer())
+    got = [e for e in events if isinstance(e, spdy.DataReceived)]
+    assert [(e.stream_id, e.data) for e in got] == [(sids["error"], status.success())]
+    ended = {e.stream_id for e in events if isinstance(e, spdy.StreamEnded)}
+    assert ended == set(sids.values())
+    assert isinstance(events[-1], spdy.GoAwayReceived)
+
+
+async def test_a_batch_inside_a_dispatch_leaves_with_the_dispatch() -> None:
+    """batch() within the handler's own dispatch adds to that dispatch's one write; it does
+    not flush early."""
+    session: SpdySession
+
+    class Ending(Recorder):
+        def on_event(self, event: spdy.Event) -> None:
+            super().on_event(event)
+            if isinstance(event, spdy.StreamOpened):
+                with session.batch():
+                    session.send_data(event.stream_id, b"bye")
+                    session.end(event.stream_id)
+                assert transport.writes == 0
+
+    handler = Ending()
+    session = SpdySession(handler, Limits())
+    handler.session = session
+    transport = CountingTransport(session)
+    session.connection_made(transport)  # type: ignore[arg-type]
+    client = SpdyConnection(Role.CLIENT)
+    client.open_stream({"streamtype": "x"})
+    client.open_stream({"streamtype": "y"})
+    session.data_received(client.data_to_send())
+    assert transport.writes == 1
+    events = client.receive_data(transport.drain_peer())
+    assert len([e for e in events if isinstance(e, spdy.StreamEnded)]) == 2
 
 
 class DetachedTlsTransport(FakeTransport):
