@@ -36,6 +36,7 @@ from .certs import (
 from .client.config import load_kubeconfig
 from .client.errors import ConfigError
 from .connections import GuardedSite, quiet_accept_errors, runner_kwargs
+from .files import volatile_dir
 from .limits import Limits
 from .metrics import instrument
 from .podmanager import PodManager
@@ -135,7 +136,9 @@ async def pick_runtime(
         # must never be a Docker runtime's pods (they outlive the server)
         own = state_dir / "containerd"
         ctd = ContainerdRuntime(
-            own / "io",
+            # the FIFOs in memory when a tmpfs is at hand: each exec makes and removes a few
+            # (docs/containerd.md, "Where the FIFOs live")
+            volatile_dir(own / "io") or own / "io",
             address=options.address,
             namespace=options.namespace,
             snapshotter=options.snapshotter,

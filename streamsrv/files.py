@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 
@@ -24,3 +26,47 @@ def write_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+#: Where :func:`volatile_dir` makes its directories: memory, not a disk (docs/containerd.md,
+#: "Where the FIFOs live").
+VOLATILE_BASE = Path("/dev/shm")
+
+
+def volatile_dir(key: Path, base: Path = VOLATILE_BASE) -> Path | None:
+    """A directory of our own on the tmpfs ``base`` for ``key``'s short-lived files (FIFOs):
+    the same path for the same ``key`` across restarts, so a server can empty what its
+    predecessor left there. Mode 0700 and owned by us, checked when it exists already
+    (``base`` is shared: sticky, so nobody else can move our directory once it is made).
+
+    None when ``base`` is not a tmpfs, cannot be written, or holds the name as something
+    other than our own private directory (a planted file, symlink or foreign directory).
+    """
+    if not _is_tmpfs(base):
+        return None
+    digest = hashlib.sha256(os.fsencode(key.absolute())).hexdigest()[:16]
+    path = base / f"streamsrv-{os.geteuid()}-{digest}"
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None
+    return path
+
+
+def _is_tmpfs(path: Path) -> bool:
+    """Whether ``path`` is the mount point of a tmpfs (``/proc/self/mounts``; the last mount
+    on a path is the one in use)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            kinds = [f[2] for f in map(str.split, mounts) if len(f) > 2 and f[1] == str(path)]
+    except OSError:
+        return False
+    return bool(kinds) and kinds[-1] == "tmpfs"

@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import sys
 import termios
 import uuid
@@ -199,7 +200,12 @@ class _Fifos:
         self.directory = directory
         self.paths = {"stdin": "", "stdout": "", "stderr": ""}
         self.fds: dict[str, int] = {}
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.mkdir(directory, 0o700)
+        except FileNotFoundError:  # its parent first: rare, the container's directory exists
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            pass
         try:
             for name, wanted in (("stdin", stdin), ("stdout", stdout), ("stderr", stderr)):
                 if not wanted:
@@ -223,11 +229,26 @@ class _Fifos:
         return self.fds.pop(name, None)
 
     def close(self) -> None:
+        """Our ends closed, the FIFOs and their directory removed."""
+        self.close_ends()
+        self.remove()
+
+    def close_ends(self) -> None:
         for fd in self.fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
-        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def remove(self) -> None:
+        """The FIFOs and their directory gone: an unlink each and an rmdir, not a tree walk
+        (the walk costs a few times more; docs/containerd.md, "Where the FIFOs live")."""
+        try:
+            for path in self.paths.values():
+                if path:
+                    os.unlink(path)
+            os.rmdir(self.directory)
+        except OSError:  # one never opened, or gone already
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class ContainerdRuntime:
@@ -263,10 +284,7 @@ class ContainerdRuntime:
         """Check that containerd answers, and remove whatever an earlier server left in the
         namespace (its pods died with it); returns how many containers that was."""
         await self.api.version()
-        if self.root.exists():
-            await asyncio.to_thread(_unmount_all, self.root)  # earlier pods' /dev/shm
-            await asyncio.to_thread(shutil.rmtree, self.root, True)
-        self.root.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(_own_empty_dir, self.root)
         left = [c for c in await self.api.containers() if _LABEL_KIND in c.labels]
         for c in left:
             await self._destroy(c.id, c.snapshot_key or c.id)
@@ -301,6 +319,7 @@ class ContainerdRuntime:
         for task in list(self._tasks):
             task.cancel()
         await self.api.close()
+        await asyncio.to_thread(_remove_dir, self.root)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
@@ -847,10 +866,12 @@ class ContainerdRuntime:
         finally:
             if waiter is not None and not waiter.cancel() and not waiter.cancelled():
                 waiter.exception()  # retrieved: when Start failed too, its failure is the one told
-            fifos.close()
+            fifos.close_ends()
             if (c.id, exec_id) in self._execs:
                 self._execs.discard((c.id, exec_id))
-                self._spawn(self._forget_exec(c.id, exec_id), f"exec {exec_id}")
+                self._spawn(self._forget_exec(c.id, exec_id, fifos), f"exec {exec_id}")
+            else:
+                fifos.remove()
 
     async def _note_stop(self, c: _Container) -> None:
         """Ask containerd whether the container has stopped, for ``container_stopped`` to
@@ -862,12 +883,16 @@ class ContainerdRuntime:
             if got.process.status == task_pb2.STOPPED:
                 c.stop_seen = got.process.exit_status
 
-    async def _forget_exec(self, cid: str, exec_id: str) -> None:
+    async def _forget_exec(self, cid: str, exec_id: str, fifos: _Fifos) -> None:
         # Not in the loop iteration the exit came in: a gRPC call started there runs before
         # the session's own steps to its status and delays the status by the call's setup.
-        await asyncio.sleep(FORGET_DELAY)
-        with contextlib.suppress(BackendError):
-            await self.api.delete_process(cid, exec_id)
+        # So do the FIFOs' removal (a few file system calls).
+        try:
+            await asyncio.sleep(FORGET_DELAY)
+            with contextlib.suppress(BackendError):
+                await self.api.delete_process(cid, exec_id)
+        finally:
+            fifos.remove()
 
     async def _end_input(self, cid: str, exec_id: str, fd: int) -> None:
         """End a process's stdin: once the shim has read what is in the FIFO, CloseIO (the
@@ -1049,6 +1074,34 @@ def _remove_shm(path: Path) -> None:
 def _unmount_all(directory: Path) -> None:
     for point in mounts_under(directory):
         _libc.umount2(os.fsencode(point), _MNT_DETACH)
+
+
+def _own_empty_dir(root: Path) -> None:
+    """``root`` as an empty directory of ours, mode 0700: made, or emptied of what an earlier
+    server left (its pods' /dev/shm mounts detached first). One that exists must be a real
+    directory owned by us: the root may be on a shared tmpfs (cli.pick_runtime)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(root, 0o700)
+    except FileExistsError:
+        st = os.lstat(root)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise BackendError(f"{root} is not a directory of ours") from None
+        _unmount_all(root)
+        for entry in os.scandir(root):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+        os.chmod(root, 0o700)
+
+
+def _remove_dir(root: Path) -> None:
+    """``root`` and everything in it, mounts detached first (at close: nothing is left)."""
+    with contextlib.suppress(OSError):
+        _unmount_all(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _unread(fd: int) -> int:

@@ -80,8 +80,13 @@ async def test_fifos_are_removed_after_each_exec(ctd: tuple, tmp_path: Path) -> 
         stdin.close()
         assert await rt.exec(cid, ["cat"], StdIO(stdin=stdin, stdout=out), tty=False) == 0
         assert out.data == b"abc"
-    # the container's own FIFOs stay while it runs; the execs' directories are gone
-    assert sorted(p.name for p in (tmp_path / "io" / cid).iterdir()) == before
+
+    # the container's own FIFOs stay while it runs; the execs' directories go, once each
+    # session has its status (they are removed after it, with the exec's process)
+    def listed() -> list[str]:
+        return sorted(p.name for p in (tmp_path / "io" / cid).iterdir())
+
+    await until("the execs' FIFO directories are removed", lambda: listed() == before, 10)
 
 
 async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_after(
