@@ -504,15 +504,21 @@ class CountingTransport(FakeTransport):
         super().write(data)
 
 
+def counted(handler: Recorder) -> tuple[SpdySession, CountingTransport]:
+    """A session for ``handler`` on a transport that counts its writes."""
+    session = SpdySession(handler, Limits())
+    handler.session = session
+    transport = CountingTransport(session)
+    session.connection_made(transport)  # type: ignore[arg-type]
+    return session, transport
+
+
 async def test_a_burst_of_streams_is_answered_in_one_write() -> None:
     """Old main wrote each SYN_REPLY on its own: a peer that opened 200 streams and reset the
     connection got 200 writes to a lost connection, each logged by asyncio after the fifth
     ("socket.send() raised exception.", 17,563 lines in one fuzz run)."""
     handler = Recorder()
-    session = SpdySession(handler, Limits())
-    handler.session = session
-    transport = CountingTransport(session)
-    session.connection_made(transport)  # type: ignore[arg-type]
+    session, transport = counted(handler)
     client = SpdyConnection(Role.CLIENT)
     for _ in range(200):
         client.open_stream({"streamtype": "junk"})
@@ -543,10 +549,7 @@ async def test_an_exec_ends_in_one_write(batched: bool) -> None:
     record and one send, where each went on its own before and the client waited for the last
     (docs/benchmarks.md, "the end of an exec"). Unbatched, the same calls make five writes."""
     handler = Recorder()
-    session = SpdySession(handler, Limits())
-    handler.session = session
-    transport = CountingTransport(session)
-    session.connection_made(transport)  # type: ignore[arg-type]
+    session, transport = counted(handler)
     client, sids = _exec_streams(session, transport)
     before = transport.writes
     state = SimpleNamespace(session=session, streams=sids, version=4)
@@ -581,10 +584,7 @@ async def test_a_batch_inside_a_dispatch_leaves_with_the_dispatch() -> None:
                 assert transport.writes == 0
 
     handler = Ending()
-    session = SpdySession(handler, Limits())
-    handler.session = session
-    transport = CountingTransport(session)
-    session.connection_made(transport)  # type: ignore[arg-type]
+    session, transport = counted(handler)
     client = SpdyConnection(Role.CLIENT)
     client.open_stream({"streamtype": "x"})
     client.open_stream({"streamtype": "y"})
