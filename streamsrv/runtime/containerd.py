@@ -832,14 +832,23 @@ class ContainerdRuntime:
             # command has often exited by the time Start returns, and its exit then needs no
             # call of ours after Start (docs/containerd.md, "The data path").
             waiter = self.api.wait_future(c.id, exec_id)  # a future: no task while it runs
+            start = asyncio.ensure_future(
+                self.api.task(
+                    "Start",
+                    tasks_pb2.StartRequest(container_id=c.id, exec_id=exec_id),
+                    tasks_pb2.StartResponse,
+                )
+            )
             try:
-                pid = (
-                    await self.api.task(
-                        "Start",
-                        tasks_pb2.StartRequest(container_id=c.id, exec_id=exec_id),
-                        tasks_pb2.StartResponse,
-                    )
-                ).pid
+                # shielded: the process runs before Start answers, so a session that ends
+                # meanwhile must still learn the pid to kill it (_kill_late_start)
+                pid = (await asyncio.shield(start)).pid
+            except asyncio.CancelledError:
+                if not start.done():
+                    self._spawn(self._kill_late_start(c.id, exec_id, start), f"exec {exec_id}")
+                elif not start.cancelled() and start.exception() is None:
+                    pid, started = start.result().pid, True  # killed below, as a started one
+                raise
             except BackendError as exc:
                 code = _start_failure(str(exc))
                 if code is None:
@@ -872,6 +881,26 @@ class ContainerdRuntime:
                 self._spawn(self._forget_exec(c.id, exec_id, fifos), f"exec {exec_id}")
             else:
                 fifos.remove()
+
+    async def _kill_late_start(
+        self, cid: str, exec_id: str, start: asyncio.Future[tasks_pb2.StartResponse]
+    ) -> None:
+        """An exec whose session ended while its ``Tasks.Start`` was on the way: once Start
+        answers, its process and whatever it started are killed and it is deleted, as a
+        started exec's would be (docs/containerd.md, "The data path")."""
+        try:
+            pid = (await start).pid
+        except BackendError:
+            return  # it never started
+        try:
+            await asyncio.to_thread(kill_tree, pid)
+        finally:
+            with contextlib.suppress(BackendError):
+                await self.api.kill(cid, signal.SIGKILL, exec_id)
+            with contextlib.suppress(BackendError, TimeoutError):  # deletable once it exited
+                await asyncio.wait_for(self.api.wait(cid, exec_id), 10)
+            with contextlib.suppress(BackendError):
+                await self.api.delete_process(cid, exec_id)
 
     async def _note_stop(self, c: _Container) -> None:
         """Ask containerd whether the container has stopped, for ``container_stopped`` to

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -136,6 +137,55 @@ async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_af
     while await known():
         assert asyncio.get_running_loop().time() < deadline, "the exec's process was never deleted"
         await asyncio.sleep(0.05)
+
+
+def _host_processes(marker: str) -> list[str]:
+    """Command lines on this host that contain ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in argv:
+                found.append(f"{entry.name} {argv.strip()}")
+    return found
+
+
+async def test_an_exec_cancelled_before_its_start_answered_is_killed(
+    ctd: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process runs before ``Tasks.Start`` has answered. A session that ends in between
+    (its client killed) must still kill it and its children: before, the exec was cancelled
+    with no pid known and the process stayed (CI, a killed kubectl's ``sh -c "sleep N"``)."""
+    rt, _ = ctd
+    pod = await PodManager(rt).create(parse_pod(pod_manifest(unique("late"), sleeper())))
+    cid = pod.container_id("main")
+    assert cid
+    real_task = rt.api.task
+    answered = asyncio.Event()
+
+    async def task(name: str, request: object, response: type, **kw: object) -> object:
+        got = await real_task(name, request, response, **kw)
+        if isinstance(request, tasks_pb2.StartRequest) and request.exec_id:
+            answered.set()
+            await asyncio.sleep(3)  # the answer on its way to us, slowly
+        return got
+
+    monkeypatch.setattr(rt.api, "task", task)
+    marker = str(200000 + int.from_bytes(os.urandom(2), "big"))
+    work = asyncio.ensure_future(
+        rt.exec(cid, ["sh", "-c", f"sleep {marker}; echo never"], StdIO(stdout=Buffer()), tty=False)
+    )
+    await asyncio.wait_for(answered.wait(), 30)
+    await until("the exec's child runs", lambda: any(
+        f"sleep {marker}" in p and "sh -c" not in p for p in _host_processes(marker)
+    ), 10)  # fmt: skip
+    work.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await work
+    await until("the exec and its child are killed", lambda: not _host_processes(marker), 10)
 
 
 async def test_a_running_exec_waits_for_its_exit_with_no_task(ctd: tuple) -> None:
