@@ -1127,7 +1127,14 @@ def _own_empty_dir(root: Path) -> None:
 
 
 def _remove_dir(root: Path) -> None:
-    """``root`` and everything in it, mounts detached first (at close: nothing is left)."""
+    """``root`` and everything in it, mounts detached first (at close: nothing is left).
+    Only a real directory: mounts are found by the resolved path, so a symlink (never ours:
+    :func:`_own_empty_dir` refuses one) must not lead the detaching anywhere else."""
+    try:
+        if not stat.S_ISDIR(os.lstat(root).st_mode):
+            return
+    except OSError:
+        return
     with contextlib.suppress(OSError):
         _unmount_all(root)
     shutil.rmtree(root, ignore_errors=True)

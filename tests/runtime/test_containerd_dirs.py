@@ -55,6 +55,25 @@ def test_remove_dir_takes_everything(tmp_path: Path) -> None:
     _remove_dir(root)  # gone already: nothing to do
 
 
+def test_remove_dir_leaves_a_symlink_and_its_target_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root that is a symlink (start refused it; close still runs) is not followed: neither
+    the target's files nor its mounts (found by the resolved path) are touched."""
+    from streamsrv.runtime import containerd
+
+    detached: list[Path] = []
+    monkeypatch.setattr(containerd, "_unmount_all", detached.append)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep").write_bytes(b"x")
+    root = tmp_path / "io"
+    root.symlink_to(target)
+    _remove_dir(root)
+    assert (target / "keep").exists() and root.is_symlink()
+    assert detached == []
+
+
 @pytest.mark.parametrize("stdin", [True, False])
 def test_fifos_are_closed_then_removed(tmp_path: Path, stdin: bool) -> None:
     fifos = _Fifos(tmp_path / "c1" / "exec-1", stdin=stdin, stdout=True, stderr=True)
