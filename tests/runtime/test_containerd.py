@@ -20,7 +20,7 @@ from streamsrv.runtime.containerd import ContainerdImages, ContainerdRuntime
 from streamsrv.runtime.ctdapi import tasks_pb2
 from streamsrv.runtime.ctdclient import NotFound
 from streamsrv.runtime.volumes import VolumeHost, mounts_under
-from tests.conftest import BUSYBOX, PAUSE, pod_manifest, sleeper, unique
+from tests.conftest import BUSYBOX, PAUSE, pod_manifest, proc_table, sleeper, unique
 
 pytestmark = pytest.mark.docker  # the test images come from the Docker engine
 
@@ -141,16 +141,7 @@ async def test_an_execs_wait_goes_out_before_start_and_its_process_is_deleted_af
 
 def _host_processes(marker: str) -> list[str]:
     """Command lines on this host that contain ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in argv:
-                found.append(f"{entry.name} {argv.strip()}")
-    return found
+    return [f"{pid} {args.strip()}" for pid, (_, args) in proc_table().items() if marker in args]
 
 
 async def test_an_exec_cancelled_before_its_start_answered_is_killed(
