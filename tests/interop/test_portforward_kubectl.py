@@ -313,6 +313,7 @@ def server_fds(server: Server) -> int:
 
 
 def test_client_killed_mid_transfer_leaves_nothing_open(srv: Server, tmp_path: Path) -> None:
+    blob_sha(srv)  # the blob's server listens once the blob is written (alone, the dial raced it)
     baseline, tasks = server_fds(srv), server_tasks(srv)
     fwd = Forward(srv, Client("1.33", "tunnel"), [BLOB], tmp_path / "k.log")
     try:
