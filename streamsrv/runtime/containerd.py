@@ -814,19 +814,31 @@ class ContainerdRuntime:
         pid = 0
         waiter: asyncio.Future[int] | None = None
         try:
-            await self.api.task(
-                "Exec",
-                tasks_pb2.ExecProcessRequest(
-                    container_id=c.id,
-                    exec_id=exec_id,
-                    stdin=fifos.paths["stdin"],
-                    stdout=fifos.paths["stdout"],
-                    stderr=fifos.paths["stderr"],
-                    terminal=tty,
-                    spec=_exec_spec(c.process, cmd, tty, first),
-                ),
-                empty_pb2.Empty,
+            create = asyncio.ensure_future(
+                self.api.task(
+                    "Exec",
+                    tasks_pb2.ExecProcessRequest(
+                        container_id=c.id,
+                        exec_id=exec_id,
+                        stdin=fifos.paths["stdin"],
+                        stdout=fifos.paths["stdout"],
+                        stderr=fifos.paths["stderr"],
+                        terminal=tty,
+                        spec=_exec_spec(c.process, cmd, tty, first),
+                    ),
+                    empty_pb2.Empty,
+                )
             )
+            try:
+                # shielded: a session that ends while Exec is on the way must still delete the
+                # process it created, or the shim keeps it until the container ends
+                await asyncio.shield(create)
+            except asyncio.CancelledError:
+                if not create.done():
+                    self._spawn(self._delete_late_exec(c.id, exec_id, create), f"exec {exec_id}")
+                elif not create.cancelled() and create.exception() is None:
+                    self._execs.add((c.id, exec_id))  # deleted below, as a created one
+                raise
             self._execs.add((c.id, exec_id))
             # The wait goes out before Start, as containerd's own client orders them: a short
             # command has often exited by the time Start returns, and its exit then needs no
@@ -881,6 +893,16 @@ class ContainerdRuntime:
                 self._spawn(self._forget_exec(c.id, exec_id, fifos), f"exec {exec_id}")
             else:
                 fifos.remove()
+
+    async def _delete_late_exec(
+        self, cid: str, exec_id: str, create: asyncio.Future[empty_pb2.Empty]
+    ) -> None:
+        """An exec whose session ended while its ``Tasks.Exec`` was on the way: once Exec
+        answers, the process it created (never started) is deleted (docs/containerd.md, "The
+        data path")."""
+        with contextlib.suppress(BackendError):  # Exec failed: there is nothing to delete
+            await create
+            await self.api.delete_process(cid, exec_id)
 
     async def _kill_late_start(
         self, cid: str, exec_id: str, start: asyncio.Future[tasks_pb2.StartResponse]

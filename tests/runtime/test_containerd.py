@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from streamsrv.podmanager import PodManager
 from streamsrv.pods import parse_pod
 from streamsrv.runtime.base import KILLED, EngineUnavailable, ImageNotFound, Pipe, StdIO
 from streamsrv.runtime.containerd import ContainerdImages, ContainerdRuntime
-from streamsrv.runtime.ctdapi import tasks_pb2
+from streamsrv.runtime.ctdapi import task_pb2, tasks_pb2
 from streamsrv.runtime.ctdclient import NotFound
 from streamsrv.runtime.volumes import VolumeHost, mounts_under
 from tests.conftest import BUSYBOX, PAUSE, pod_manifest, proc_table, sleeper, unique
@@ -177,6 +178,49 @@ async def test_an_exec_cancelled_before_its_start_answered_is_killed(
     with pytest.raises(asyncio.CancelledError):
         await work
     await until("the exec and its child are killed", lambda: not _host_processes(marker), 10)
+
+
+async def test_an_exec_cancelled_before_its_create_answered_is_deleted(
+    ctd: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session that ends while ``Tasks.Exec`` is on the way: the process that Exec created
+    (never started) is deleted once Exec answers. Before, nothing deleted it, and the shim kept
+    it until its container ended."""
+    rt, _ = ctd
+    pod = await PodManager(rt).create(parse_pod(pod_manifest(unique("late"), sleeper())))
+    cid = pod.container_id("main")
+    assert cid
+    real_task = rt.api.task
+    created: list[str] = []
+
+    async def task(name: str, request: object, response: type, **kw: object) -> object:
+        got = await real_task(name, request, response, **kw)
+        if isinstance(request, tasks_pb2.ExecProcessRequest):
+            created.append(request.exec_id)
+            await asyncio.sleep(3)  # the answer on its way to us, slowly
+        return got
+
+    monkeypatch.setattr(rt.api, "task", task)
+    work = asyncio.ensure_future(rt.exec(cid, ["true"], StdIO(stdout=Buffer()), tty=False))
+    await until("the exec is created", lambda: bool(created), 30)
+    get = tasks_pb2.GetRequest(container_id=cid, exec_id=created[0])
+    got = await real_task("Get", get, tasks_pb2.GetResponse)
+    assert got.process.status == task_pb2.CREATED, got
+    work.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await work
+
+    async def gone() -> bool:
+        try:
+            await real_task("Get", get, tasks_pb2.GetResponse)
+        except NotFound:
+            return True
+        return False
+
+    deadline = time.monotonic() + 15  # a hang bound: Exec answers 3 s late
+    while not await gone():
+        assert time.monotonic() < deadline, "the created exec was never deleted"
+        await asyncio.sleep(0.1)
 
 
 async def test_a_running_exec_waits_for_its_exit_with_no_task(ctd: tuple) -> None:
