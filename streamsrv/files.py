@@ -52,13 +52,21 @@ def volatile_dir(key: Path, base: Path = VOLATILE_BASE) -> Path | None:
         pass
     except OSError:
         return None
+    return path if own_dir(path, private=True) else None
+
+
+def own_dir(path: Path, *, private: bool = False) -> bool:
+    """Whether ``path`` itself (never through a symlink) is a directory owned by us; with
+    ``private``, also one that nobody else may enter (no group or other permission bits)."""
     try:
         st = os.lstat(path)
     except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        return None
-    return path
+        return False
+    return (
+        stat.S_ISDIR(st.st_mode)
+        and st.st_uid == os.geteuid()
+        and not (private and st.st_mode & 0o077)
+    )
 
 
 def _is_tmpfs(path: Path) -> bool:

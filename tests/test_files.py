@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamsrv.files import VOLATILE_BASE, _is_tmpfs, volatile_dir
+from streamsrv.files import VOLATILE_BASE, _is_tmpfs, own_dir, volatile_dir
 
 
 @pytest.fixture
@@ -80,3 +80,18 @@ def test_no_volatile_dir_off_a_tmpfs(key: Path, tmp_path: Path) -> None:
     assert volatile_dir(key, base=tmp_path) is None  # a directory, not a tmpfs mount point
     assert list(tmp_path.iterdir()) == [], "nothing made there"
     assert volatile_dir(key, base=tmp_path / "missing") is None
+
+
+def test_own_dir_is_a_real_directory_of_ours(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    os.chmod(mine, 0o755)
+    assert own_dir(mine)
+    assert not own_dir(mine, private=True)  # others may enter it
+    os.chmod(mine, 0o700)
+    assert own_dir(mine, private=True)
+    (tmp_path / "link").symlink_to(mine)
+    assert not own_dir(tmp_path / "link")  # a symlink, even to one of ours
+    (tmp_path / "file").write_text("")
+    assert not own_dir(tmp_path / "file")
+    assert not own_dir(tmp_path / "missing")

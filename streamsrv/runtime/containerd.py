@@ -40,6 +40,7 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
+from ..files import own_dir
 from ..pods import (
     LABEL_CONTAINER_NAME,
     LABEL_POD_NAME,
@@ -1135,8 +1136,7 @@ def _own_empty_dir(root: Path) -> None:
     try:
         os.mkdir(root, 0o700)
     except FileExistsError:
-        st = os.lstat(root)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        if not own_dir(root):
             raise BackendError(f"{root} is not a directory of ours") from None
         _unmount_all(root)
         for entry in os.scandir(root):
