@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import sys
 import termios
 import uuid
@@ -1150,12 +1149,10 @@ def _own_empty_dir(root: Path) -> None:
 
 def _remove_dir(root: Path) -> None:
     """``root`` and everything in it, mounts detached first (at close: nothing is left).
-    Only a real directory: mounts are found by the resolved path, so a symlink (never ours:
-    :func:`_own_empty_dir` refuses one) must not lead the detaching anywhere else."""
-    try:
-        if not stat.S_ISDIR(os.lstat(root).st_mode):
-            return
-    except OSError:
+    Only a real directory of ours, as :func:`_own_empty_dir` demands: mounts are found by the
+    resolved path, so a symlink must not lead the detaching anywhere else, and a directory
+    that start refused is not ours to remove."""
+    if not own_dir(root):
         return
     with contextlib.suppress(OSError):
         _unmount_all(root)

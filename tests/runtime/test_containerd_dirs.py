@@ -74,6 +74,27 @@ def test_remove_dir_leaves_a_symlink_and_its_target_alone(
     assert detached == []
 
 
+def test_remove_dir_leaves_a_directory_not_ours_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A root owned by someone else (start refused it; close still runs) is not emptied."""
+    from streamsrv.runtime import containerd
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user takes root")
+    detached: list[Path] = []
+    monkeypatch.setattr(containerd, "_unmount_all", detached.append)
+    root = tmp_path / "io"
+    root.mkdir()
+    (root / "keep").write_bytes(b"x")
+    os.chown(root, 65534, 65534)
+    with pytest.raises(BackendError):
+        _own_empty_dir(root)
+    _remove_dir(root)
+    assert (root / "keep").exists()
+    assert detached == []
+
+
 @pytest.mark.parametrize("stdin", [True, False])
 def test_fifos_are_closed_then_removed(tmp_path: Path, stdin: bool) -> None:
     fifos = _Fifos(tmp_path / "c1" / "exec-1", stdin=stdin, stdout=True, stderr=True)
