@@ -5,10 +5,10 @@ The exec/attach/port-forward behaviour every runtime shares is tested with ``any
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -35,11 +35,16 @@ class Buffer:
 
 
 async def until(what: str, check: Callable[[], object], bound: float = 60.0) -> None:
-    """Poll ``check`` without blocking the event loop (the runtime's tasks run meanwhile)."""
+    """Poll ``check`` without blocking the event loop (the runtime's tasks run meanwhile); a
+    check that asks containerd returns an awaitable, awaited each time."""
     deadline = asyncio.get_running_loop().time() + bound
-    while not check():
+    while not await _settled(check()):
         assert asyncio.get_running_loop().time() < deadline, f"never: {what}"
         await asyncio.sleep(0.05)
+
+
+async def _settled(got: object) -> object:
+    return await got if inspect.isawaitable(got) else got
 
 
 def make(ns: object, root: Path, volumes: VolumeHost | None = None) -> ContainerdRuntime:
@@ -217,10 +222,7 @@ async def test_an_exec_cancelled_before_its_create_answered_is_deleted(
             return True
         return False
 
-    deadline = time.monotonic() + 15  # a hang bound: Exec answers 3 s late
-    while not await gone():
-        assert time.monotonic() < deadline, "the created exec was never deleted"
-        await asyncio.sleep(0.1)
+    await until("the created exec is deleted", gone, 15)  # a hang bound: Exec answers 3 s late
 
 
 async def test_a_running_exec_waits_for_its_exit_with_no_task(ctd: tuple) -> None:
