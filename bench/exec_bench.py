@@ -21,8 +21,9 @@ Run through `scripts/bench` (which starts a private engine and builds the images
      Go streaming library; scripts/lib.sh containerd_start), `streamsrv cri --runtime containerd`
      on that same containerd (its own namespace) and `streamsrv cri --runtime docker`, each
      behind its own `streamsrv serve --cri-endpoint` gateway with the same pod: exec stdout
-     256 MiB, exec stdin 128 MiB, port-forward 128 MiB to the client and `exec -- true` p50 (10
-     runs), kubectl 1.27 and 1.33, the two nodes in turn (A B A B); and the CRI calls alone:
+     256 MiB, exec stdin 128 MiB, port-forward 128 MiB each way (to the client, then to the pod,
+     which answers once it has read it all) and `exec -- true` p50 (10 runs), kubectl 1.27 and
+     1.33, the two nodes in turn (A B A B); and the CRI calls alone:
      ListPodSandbox and ListContainers for the pod at once, BENCH_CRI_CALLS pairs per run, p50
      and the node process's CPU per pair. It touches no pod but its own (rows 1-9 clear the
      engine: scripts/bench gives them a private one).
@@ -675,7 +676,9 @@ CTD_NAMESPACE = "streamsrv-bench"
 
 
 def cri_manifest(name: str) -> str:
-    """The one pod of both nodes: `sleep` to exec into, busybox `nc` serving CRI_PF_SIZE."""
+    """The one pod of both nodes: `sleep` to exec into; busybox `nc` serving CRI_PF_SIZE on
+    DOWN, and on UP reading exactly CRI_PF_SIZE, then answering `done` (UPLOAD_DONE)."""
+    sink = f"dd of=/dev/null bs=65536 count={CRI_PF_SIZE // 65536} iflag=fullblock 2>/dev/null"
     return f"""apiVersion: v1
 kind: Pod
 metadata: {{name: {name}}}
@@ -686,6 +689,9 @@ spec:
     image: {BUSYBOX}
     command: [busybox, nc, -ll, -p, "{DOWN}", -e, dd, if=/dev/zero, bs=65536,
               count={CRI_PF_SIZE // 65536}]
+  - name: up
+    image: {BUSYBOX}
+    command: [busybox, nc, -ll, -p, "{UP}", -e, sh, -c, "{sink}; echo done"]
 """
 
 
@@ -707,6 +713,29 @@ def docker_engine_pids(container_ids: Collection[str]) -> list[int]:
         and any(f" -id {cid} " in f" {args} " for cid in container_ids)
     }
     return sorted(dockerd | under | shims)
+
+
+UPLOAD_DONE = b"done\n"
+
+
+def upload_exact(port: int, size: int) -> tuple[float, float]:
+    """Send ``size`` bytes to a local port whose service answers UPLOAD_DONE once it has read
+    them all: seconds to that answer (the pod has every byte) and to the end of the stream. No
+    half-close is needed, so neither side's handling of one is in the figure."""
+    block = memoryview(bytes(1 << 20))
+    start = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        for _ in range(size // len(block)):
+            s.sendall(block)
+        s.sendall(block[: size % len(block)])
+        answer = b""
+        while len(answer) < len(UPLOAD_DONE) and (chunk := s.recv(64)):
+            answer += chunk
+        last = time.perf_counter() - start
+        assert answer == UPLOAD_DONE, f"port-forward upload: the pod answered {answer!r}"
+        while s.recv(64):
+            pass
+        return last, time.perf_counter() - start
 
 
 def download_exact(port: int, size: int) -> tuple[float, float]:
@@ -1094,36 +1123,45 @@ class CriSideBySide:
         self._rows(what, version, transports, rates, rate_text)
 
     def _portforward(self, sides: tuple[CriSide, ...], version: str) -> None:
-        what = f"port-forward {CRI_PF_SIZE >> 20} MiB pod to client"
+        """One `kubectl port-forward` per side for both services; each run moves CRI_PF_SIZE
+        pod to client (DOWN) and then client to pod (UP) through each side in turn."""
+        directions = {
+            "pod to client": (DOWN, download_exact),
+            "client to pod": (UP, upload_exact),
+        }
         before = {side.name: side.sessions("portforward") for side in sides}
-        forwards: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        forwards: dict[str, tuple[subprocess.Popen[bytes], dict[int, int]]] = {}
         logs = []
+        names = [side.name for side in sides]
+        rates = {d: {n: list[float]() for n in names} for d in directions}
+        closes = {d: {n: list[float]() for n in names} for d in directions}
+        cpu = {d: {n: list[dict[str, float]]() for n in names} for d in directions}
+        walls = {d: {n: list[float]() for n in names} for d in directions}
         try:
             for side in sides:
                 log_path = self.tmp / f"pf-{version}-{side.gateway.state_dir.name}.log"
                 log = log_path.open("w")
                 logs.append(log)
                 proc = subprocess.Popen(
-                    side.kubectl(version, "port-forward", self.pod, f":{DOWN}"),
+                    side.kubectl(version, "port-forward", self.pod, f":{DOWN}", f":{UP}"),
                     stdout=log, stderr=subprocess.STDOUT,
                 )  # fmt: skip
-                forwards[side.name] = proc, 0
-                forwards[side.name] = proc, wait_forwarding(proc, log_path, [DOWN])[DOWN]
-            rates: dict[str, list[float]] = {side.name: [] for side in sides}
-            closes: dict[str, list[float]] = {side.name: [] for side in sides}
-            cpu: dict[str, list[dict[str, float]]] = {side.name: [] for side in sides}
-            walls: dict[str, list[float]] = {side.name: [] for side in sides}
+                forwards[side.name] = proc, {}
+                forwards[side.name] = proc, wait_forwarding(proc, log_path, [DOWN, UP])
             for _ in range(RUNS):
                 for side in sides:
-                    proc, port = forwards[side.name]
-                    parts = side.parts(own_cpu)
-                    parts["client"] = partial(lambda pid: cpu_seconds(pid) + own_cpu(), proc.pid)
-                    with CpuMeter(parts) as meter:
-                        last, end = download_exact(port, CRI_PF_SIZE)
-                    rates[side.name].append(CRI_PF_SIZE / last)
-                    closes[side.name].append(end - last)
-                    cpu[side.name].append(meter.spent)
-                    walls[side.name].append(last)
+                    proc, ports = forwards[side.name]
+                    for direction, (remote, move) in directions.items():
+                        parts = side.parts(own_cpu)
+                        parts["client"] = partial(
+                            lambda pid: cpu_seconds(pid) + own_cpu(), proc.pid
+                        )
+                        with CpuMeter(parts) as meter:
+                            last, end = move(ports[remote], CRI_PF_SIZE)
+                        rates[direction][side.name].append(CRI_PF_SIZE / last)
+                        closes[direction][side.name].append(end - last)
+                        cpu[direction][side.name].append(meter.spent)
+                        walls[direction][side.name].append(last)
         finally:
             for proc, _ in forwards.values():
                 proc.terminate()
@@ -1134,18 +1172,25 @@ class CriSideBySide:
         for side in sides:
             delta = self._settled(side, "portforward", before[side.name], 1)
             transports[side.name] = self._transport(delta, version, "portforward")
-            self.cpu_rows.append(cpu_row(
-                f"{what}, kubectl {version}, {side.name} ({transports[side.name]})",
-                cpu[side.name], walls[side.name], CRI_PF_SIZE,
-            ))  # fmt: skip
-        self._rows(what, version, transports, rates, rate_text)
-        self.notes.append(
-            f"Port-forward, kubectl {version}: from the last byte to the end of the forwarded "
-            f"connection (not in the rate) took {ms_text(closes[GO_NAME])} on the Go side "
-            f"(containerd waits up to 1 s for the other direction before it closes), "
-            + ", ".join(f"{ms_text(closes[n])} on {n}" for n in OUR_NAMES if n in closes)
-            + "."
-        )
+        for direction in directions:
+            what = f"port-forward {CRI_PF_SIZE >> 20} MiB {direction}"
+            for side in sides:
+                self.cpu_rows.append(cpu_row(
+                    f"{what}, kubectl {version}, {side.name} ({transports[side.name]})",
+                    cpu[direction][side.name], walls[direction][side.name], CRI_PF_SIZE,
+                ))  # fmt: skip
+            self._rows(what, version, transports, rates[direction], rate_text)
+            done = "the last byte" if direction == "pod to client" else "the pod's answer"
+            self.notes.append(
+                f"Port-forward {direction}, kubectl {version}: from {done} to the end of the "
+                f"forwarded connection (not in the rate) took "
+                f"{ms_text(closes[direction][GO_NAME])} on the Go side (containerd waits up to "
+                f"1 s for the other direction before it closes), "
+                + ", ".join(
+                    f"{ms_text(closes[direction][n])} on {n}" for n in OUR_NAMES if n in names
+                )
+                + "."
+            )
 
     def _latency(self, sides: tuple[CriSide, ...], version: str) -> None:
         before = {side.name: side.sessions("exec") for side in sides}
