@@ -988,6 +988,19 @@ class SpdyConnection:
                     if end - off < take:
                         buf += view[off:]
                         return events
+                    if len(buf) == 8 and not buf[0] & 0x80:
+                        # A DATA frame's header (parsed: _need is its size) and now all of its
+                        # payload, as the tunnel brings them (docs/protocol.md, §5b): the
+                        # payload is taken from the input, not copied through ``buf``.
+                        first, second = _HEADER.unpack_from(buf)
+                        buf.clear()
+                        self._need = 8
+                        payload: bytes | memoryview = view[off : off + take]
+                        if isinstance(data, bytes) and off == 0 and take == end:
+                            payload = data  # the message is the payload: not even a copy
+                        self._on_data(first, second >> 24, payload, events)
+                        off += take
+                        continue
                     buf += view[off : off + take]
                     off += take
                     with memoryview(buf) as held:
@@ -1054,15 +1067,21 @@ class SpdyConnection:
                 if stop > end:
                     self._need = 8 + length
                     return pos
-                state = self._streams.get(first)
-                if state is not None:
-                    if length and STREAM_TRANSITIONS[state, StreamInput.RECV_DATA][1]:
-                        events.append(DataReceived(first, bytes(view[start:stop])))
-                    if flags & FLAG_FIN:
-                        self._receive_fin(first, events)
+                self._on_data(first, flags, view[start:stop], events)
             pos = stop
         self._need = 8
         return pos
+
+    def _on_data(
+        self, stream_id: int, flags: int, payload: bytes | memoryview, events: list[Event]
+    ) -> None:
+        """A whole DATA frame (its header checked): ``payload`` is copied unless it is bytes."""
+        state = self._streams.get(stream_id)
+        if state is not None:
+            if payload and STREAM_TRANSITIONS[state, StreamInput.RECV_DATA][1]:
+                events.append(DataReceived(stream_id, bytes(payload)))
+            if flags & FLAG_FIN:
+                self._receive_fin(stream_id, events)
 
     def _receive(self, stream_id: int, inp: StreamInput) -> bool:
         """Apply a receive input; True if the frame is to be delivered."""

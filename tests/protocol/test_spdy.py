@@ -795,6 +795,33 @@ def test_data_payloads_are_bytes() -> None:
     assert event.data == b"payload"
 
 
+def test_a_data_frame_in_the_tunnels_pieces() -> None:
+    """kubectl's tunnel sends a DATA frame as three messages: 4 + 4 header bytes, then the
+    payload (docs/protocol.md, appendix "observed"). A payload message that completes the
+    frame is delivered as that very object; one with more after it is parsed as usual."""
+    p = Pair()
+    sid = p.open()
+    payload = bytes(range(256)) * 128
+    p.client.send_data(sid, payload, fin=True)
+    wire = bytes(p.client.data_to_send())
+    assert len(wire) == 8 + len(payload)
+    message = wire[8:]
+    assert p.server.receive_data(wire[:4]) == []
+    assert p.server.receive_data(wire[4:8]) == []
+    (event, ended) = p.server.receive_data(message)
+    assert isinstance(event, DataReceived) and event.data is message
+    assert ended == StreamEnded(sid)
+    # The payload and the next frame's header in one message, then the rest: all delivered.
+    sid2 = p.open()
+    p.client.send_data(sid2, b"first")
+    p.client.send_data(sid2, b"second", fin=True)
+    wire = bytes(p.client.data_to_send())
+    got = p.server.receive_data(wire[:8]) + p.server.receive_data(wire[8:19])
+    got += p.server.receive_data(wire[19:])
+    assert got == [DataReceived(sid2, b"first"), DataReceived(sid2, b"second"), StreamEnded(sid2)]
+    assert all(type(e.data) is bytes for e in got if isinstance(e, DataReceived))
+
+
 # ------------------------------------------------------------------------------ fatal input
 
 
