@@ -79,7 +79,7 @@ class EarlyData:
 
 class _Pair:
     __slots__ = (
-        "request_id", "port", "error", "data", "link", "task", "timer", "eof", "early",
+        "request_id", "port", "error", "data", "link", "task", "timer", "eof", "early", "pending",
     )  # fmt: skip
 
     def __init__(self, request_id: str, port: int) -> None:
@@ -92,6 +92,7 @@ class _Pair:
         self.timer: asyncio.TimerHandle | None = None
         self.eof = False  # the client half-closed the data stream before the dial finished
         self.early = EarlyData()
+        self.pending: list[bytes] = []  # client data for the pod, written at the next flush
 
 
 class _PodLink(asyncio.Protocol):
@@ -196,6 +197,7 @@ class SpdyForwarder:
         self.gone = Flag()
         self.read_pause = ReadPause()
         self.dials = asyncio.Semaphore(ctx.limits.max_dials_per_connection)
+        self._unflushed: list[_Pair] = []  # pairs with pending data, flushed once per loop turn
 
     def on_idle(self) -> None:
         self.ctx.metrics.refused["idle-timeout"] += 1
@@ -210,10 +212,11 @@ class SpdyForwarder:
                 pass
             elif pair.link is not None and pair.link.transport is not None:
                 self.account.input(event.data)
-                transport = pair.link.transport
-                transport.write(event.data)
-                if transport.get_write_buffer_size() > self.ctx.limits.read_buffer:
-                    self.read_pause.pause_until(self.session, pair.link.drain)
+                if not pair.pending:
+                    if not self._unflushed:
+                        asyncio.get_running_loop().call_soon(self._flush)
+                    self._unflushed.append(pair)
+                pair.pending.append(event.data)
             elif not pair.early.settled.is_set():
                 held = pair.early.keep(event.data)
                 if held > self.ctx.limits.read_buffer:
@@ -223,6 +226,7 @@ class SpdyForwarder:
             if pair is not None and event.stream_id == pair.data:
                 link = pair.link
                 if link is not None and link.transport is not None:
+                    self._write_pending(pair)  # what came before the half-close goes first
                     if link.transport.can_write_eof():
                         with contextlib.suppress(OSError):
                             link.transport.write_eof()  # the client's half-close, passed on
@@ -234,6 +238,35 @@ class SpdyForwarder:
                 self._drop(pair)
         elif isinstance(event, spdy.GoAwayReceived | spdy.ConnectionTerminated):
             self.gone.set()
+
+    def _flush(self) -> None:
+        """Write what each pair's client sent during this turn of the loop to its pod socket.
+
+        Data frames are not written one by one: kubectl sends 32 KiB each, and a send per frame
+        to the pod's socket cost more than the frames' parsing and decryption together
+        (docs/benchmarks.md, "client to pod"). One turn of the loop holds one read of the client
+        (plain SPDY) or the tunnel messages already received, so what waits here is bounded by
+        that, and nothing waits past the turn.
+        """
+        pairs, self._unflushed = self._unflushed, []
+        try:
+            for pair in pairs:
+                self._write_pending(pair)
+        except Exception:  # as in the session's dispatch: a bug of ours ends this session only
+            log.exception("port-forward: writing to a pod socket failed; ending the session")
+            self.session.fail(spdy.GoAwayStatus.INTERNAL_ERROR, "internal error")
+
+    def _write_pending(self, pair: _Pair) -> None:
+        if not pair.pending:
+            return
+        chunks, pair.pending = pair.pending, []
+        link = pair.link
+        if link is None or link.transport is None or link.transport.is_closing():
+            return  # the pair ended meanwhile: as a write to a closed transport, dropped
+        transport = link.transport
+        transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if transport.get_write_buffer_size() > self.ctx.limits.read_buffer:
+            self.read_pause.pause_until(self.session, link.drain)
 
     def _opened(self, event: spdy.StreamOpened) -> None:
         session, sid = self.session, event.stream_id
@@ -299,6 +332,7 @@ class SpdyForwarder:
 
     def _forget(self, pair: _Pair) -> None:
         pair.early.settle()
+        pair.pending.clear()
         if pair.timer is not None:
             pair.timer.cancel()
         if self.pairs.get(pair.request_id) is pair:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from streamsrv.protocol import spdy
 from streamsrv.server import PortForwardRequest, StreamServer
 from tests.conftest import stream_server
 from tests.test_remotecommand import FakeRuntime
@@ -70,5 +71,111 @@ async def test_data_sent_before_the_dial_finished_arrives_first_and_in_order(srv
         got = client.data.get(data, b"")
         assert len(got) == len(payload) and got == payload
         assert server.metrics.forwarded == 1
+    finally:
+        client.close()
+
+
+class CountingSocket(socket.socket):
+    """A pod socket that records the size of every ``send`` the server makes on it."""
+
+    sends: list[int]
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self.sends.append(len(data))
+        return super().send(data, flags)
+
+
+class CountingRuntime(FakeRuntime):
+    """Dials the echo service at once, through a CountingSocket."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.sockets: list[CountingSocket] = []
+
+    async def sandbox_ready(self, sandbox_id: str) -> bool:
+        return True
+
+    async def dial(self, sandbox_id: str, port: int) -> socket.socket:
+        plain = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        counted = CountingSocket(fileno=plain.detach())
+        counted.sends = []
+        self.sockets.append(counted)
+        return counted
+
+
+@pytest.fixture
+async def counted() -> AsyncIterator[tuple[StreamServer, TestServer, CountingRuntime]]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1 << 20):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    service = await asyncio.start_server(echo, "127.0.0.1", 0)
+    runtime = CountingRuntime(service.sockets[0].getsockname()[1])
+    async with stream_server(runtime) as (server, ts):
+        yield server, ts, runtime
+    service.close()
+    await service.wait_closed()
+
+
+async def _forwarded_pair(ts: TestServer, url: str) -> tuple[Client, int]:
+    """A connection with one pair whose data stream is replied to (the pod is dialled)."""
+    client, response = await Client.connect(ts, url, ["portforward.k8s.io"])
+    assert response.startswith(b"HTTP/1.1 101")
+    headers = {"port": "80", "requestid": "0"}
+    client.conn.open_stream({"streamtype": "error", **headers})
+    data = client.conn.open_stream({"streamtype": "data", **headers})
+    client.flush()
+    async with asyncio.timeout(10):
+        while not any(
+            isinstance(e, spdy.StreamReplied) and e.stream_id == data for e in await client.events()
+        ):
+            pass
+    return client, data
+
+
+async def test_data_frames_of_one_read_go_to_the_pod_in_one_write(counted: Any) -> None:
+    """kubectl sends 32 KiB DATA frames; the pod socket gets what one read of the client
+    carried in one send, not a send per frame (docs/benchmarks.md, "client to pod")."""
+    server, ts, runtime = counted
+    url = await server.get_port_forward(PortForwardRequest("sandbox"))
+    client, data = await _forwarded_pair(ts, url)
+    try:
+        frames = 6  # 192 KiB and their headers: within one 256 KiB read of the server
+        payload = b"".join(bytes([i + 1]) * 32768 for i in range(frames))
+        for i in range(0, len(payload), 32768):
+            client.conn.send_data(data, payload[i : i + 32768])
+        client.flush()  # one write of all six frames
+        async with asyncio.timeout(20):
+            while len(client.data.get(data, b"")) < len(payload):
+                await client.events()
+        assert client.data[data] == payload
+        (pod,) = runtime.sockets
+        assert sum(pod.sends) == len(payload)
+        assert len(pod.sends) < frames, pod.sends
+    finally:
+        client.close()
+
+
+async def test_data_and_the_half_close_of_one_read_reach_the_pod_in_order(counted: Any) -> None:
+    """Data frames and the FIN after them in one read: every byte is written to the pod
+    before its half-close (the echo service answers all of it, then closes)."""
+    server, ts, _ = counted
+    url = await server.get_port_forward(PortForwardRequest("sandbox"))
+    client, data = await _forwarded_pair(ts, url)
+    try:
+        payload = bytes(range(256)) * 512  # 128 KiB in four frames, the last one with FIN
+        for i in range(0, len(payload), 32768):
+            client.conn.send_data(data, payload[i : i + 32768])
+        client.conn.end_stream(data)
+        client.flush()
+        async with asyncio.timeout(20):
+            while data not in client.ended:
+                if any(isinstance(e, spdy.ConnectionTerminated) for e in await client.events()):
+                    break
+        assert client.data.get(data, b"") == payload
+        assert data in client.ended
     finally:
         client.close()
