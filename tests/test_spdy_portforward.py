@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -17,6 +18,7 @@ from tests.test_remotecommand import FakeRuntime
 from tests.test_spdy_remotecommand import Client
 
 DIAL_DELAY = 0.3
+RuntimeT = TypeVar("RuntimeT", bound=FakeRuntime)
 
 
 class SlowDialRuntime(FakeRuntime):
@@ -34,20 +36,41 @@ class SlowDialRuntime(FakeRuntime):
         return socket.create_connection(("127.0.0.1", self.port), timeout=5)
 
 
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    make: Callable[[int], RuntimeT],
+) -> AsyncIterator[tuple[StreamServer, TestServer, RuntimeT]]:
+    """A stream server on ``make(port)``, a runtime dialling a local echo service's port."""
+    service = await asyncio.start_server(_echo, "127.0.0.1", 0)
+    try:
+        runtime = make(service.sockets[0].getsockname()[1])
+        async with stream_server(runtime) as (server, ts):
+            yield server, ts, runtime
+    finally:
+        service.close()
+        await service.wait_closed()
+
+
 @pytest.fixture
 async def srv() -> AsyncIterator[tuple[StreamServer, TestServer]]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    service = await asyncio.start_server(echo, "127.0.0.1", 0)
-    runtime = SlowDialRuntime(service.sockets[0].getsockname()[1])
-    async with stream_server(runtime) as (server, ts):
+    async with _serving(SlowDialRuntime) as (server, ts, _):
         yield server, ts
-    service.close()
-    await service.wait_closed()
+
+
+def _send(client: Client, sid: int, payload: bytes, *, fin: bool = False) -> None:
+    """``payload`` as 32 KiB DATA frames (kubectl's size), then a FIN if asked, in one write."""
+    for i in range(0, len(payload), 32768):
+        client.conn.send_data(sid, payload[i : i + 32768])
+    if fin:
+        client.conn.end_stream(sid)
+    client.flush()
 
 
 async def test_data_sent_before_the_dial_finished_arrives_first_and_in_order(srv: Any) -> None:
@@ -61,10 +84,7 @@ async def test_data_sent_before_the_dial_finished_arrives_first_and_in_order(srv
         data = client.conn.open_stream({"streamtype": "data", **headers})
         # No wait for the data stream's reply (it comes after the dial): SPDY allows this.
         payload = b"".join(bytes([i]) * 70000 for i in range(20))  # 1.4 MB: past the high water
-        for i in range(0, len(payload), 32768):
-            client.conn.send_data(data, payload[i : i + 32768])
-        client.conn.end_stream(data)
-        client.flush()
+        _send(client, data, payload, fin=True)
         async with asyncio.timeout(20):
             while data not in client.ended:
                 await client.events()
@@ -106,18 +126,8 @@ class CountingRuntime(FakeRuntime):
 
 @pytest.fixture
 async def counted() -> AsyncIterator[tuple[StreamServer, TestServer, CountingRuntime]]:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(1 << 20):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    service = await asyncio.start_server(echo, "127.0.0.1", 0)
-    runtime = CountingRuntime(service.sockets[0].getsockname()[1])
-    async with stream_server(runtime) as (server, ts):
-        yield server, ts, runtime
-    service.close()
-    await service.wait_closed()
+    async with _serving(CountingRuntime) as served:
+        yield served
 
 
 async def _forwarded_pair(ts: TestServer, url: str) -> tuple[Client, int]:
@@ -145,9 +155,7 @@ async def test_data_frames_of_one_read_go_to_the_pod_in_one_write(counted: Any) 
     try:
         frames = 6  # 192 KiB and their headers: within one 256 KiB read of the server
         payload = b"".join(bytes([i + 1]) * 32768 for i in range(frames))
-        for i in range(0, len(payload), 32768):
-            client.conn.send_data(data, payload[i : i + 32768])
-        client.flush()  # one write of all six frames
+        _send(client, data, payload)  # one write of all six frames
         async with asyncio.timeout(20):
             while len(client.data.get(data, b"")) < len(payload):
                 await client.events()
@@ -167,10 +175,7 @@ async def test_data_and_the_half_close_of_one_read_reach_the_pod_in_order(counte
     client, data = await _forwarded_pair(ts, url)
     try:
         payload = bytes(range(256)) * 512  # 128 KiB in four frames, the last one with FIN
-        for i in range(0, len(payload), 32768):
-            client.conn.send_data(data, payload[i : i + 32768])
-        client.conn.end_stream(data)
-        client.flush()
+        _send(client, data, payload, fin=True)
         async with asyncio.timeout(20):
             while data not in client.ended:
                 if any(isinstance(e, spdy.ConnectionTerminated) for e in await client.events()):
