@@ -995,9 +995,11 @@ class SpdyConnection:
                         first, second = _HEADER.unpack_from(buf)
                         buf.clear()
                         self._need = 8
-                        payload: bytes | memoryview = view[off : off + take]
-                        if isinstance(data, bytes) and off == 0 and take == end:
-                            payload = data  # the message is the payload: not even a copy
+                        payload = (
+                            data  # the message is the payload: not even a copy
+                            if isinstance(data, bytes) and off == 0 and take == end
+                            else view[off : off + take]
+                        )
                         self._on_data(first, second >> 24, payload, events)
                         off += take
                         continue
