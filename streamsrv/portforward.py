@@ -46,7 +46,30 @@ PORTFORWARD_V1 = "portforward.k8s.io"
 CHUNK = 256 * 1024  # bytes per read from a pod socket: one SPDY frame or message each
 
 
-class EarlyData:
+class Held:
+    """Chunks of client data kept in order, with their total size."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def keep(self, data: bytes) -> int:
+        """Hold ``data``; the bytes held now."""
+        self.chunks.append(data)
+        self.size += len(data)
+        return self.size
+
+    def take(self) -> bytes:
+        """Everything held, in order, joined (one chunk is returned as it is); none is left."""
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        self.size = 0
+        return data
+
+
+class EarlyData(Held):
     """Client data for a pod port that came before the port was dialled, kept in order.
 
     Clients may send before the dial is done: SPDY lets a client send on a stream before its
@@ -55,24 +78,15 @@ class EarlyData:
     ``Limits.read_buffer``, until :attr:`settled`.
     """
 
-    __slots__ = ("chunks", "size", "settled")
+    __slots__ = ("settled",)
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-        self.size = 0
+        super().__init__()
         self.settled = asyncio.Event()  # dialled, failed or forgotten: no more early data
-
-    def keep(self, data: bytes) -> int:
-        """Hold ``data``; the bytes held now."""
-        self.chunks.append(data)
-        self.size += len(data)
-        return self.size
 
     def settle(self) -> bytes:
         """Everything held, in order (written first once dialled, dropped otherwise)."""
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        self.size = 0
+        data = self.take()
         self.settled.set()
         return data
 
@@ -92,7 +106,7 @@ class _Pair:
         self.timer: asyncio.TimerHandle | None = None
         self.eof = False  # the client half-closed the data stream before the dial finished
         self.early = EarlyData()
-        self.pending: list[bytes] = []  # client data for the pod, written at the next flush
+        self.pending = Held()  # client data for the pod, written at the next flush
 
 
 class _PodLink(asyncio.Protocol):
@@ -212,11 +226,12 @@ class SpdyForwarder:
                 pass
             elif pair.link is not None and pair.link.transport is not None:
                 self.account.input(event.data)
-                if not pair.pending:
+                if not pair.pending.size:
                     if not self._unflushed:
                         asyncio.get_running_loop().call_soon(self._flush)
-                    self._unflushed.append(pair)
-                pair.pending.append(event.data)
+                    self._unflushed.append(pair)  # again after a write below: a no-op then
+                if pair.pending.keep(event.data) > self.ctx.limits.read_buffer:
+                    self._write_pending(pair)  # the bound: past it, written (and waited on) now
             elif not pair.early.settled.is_set():
                 held = pair.early.keep(event.data)
                 if held > self.ctx.limits.read_buffer:
@@ -245,8 +260,8 @@ class SpdyForwarder:
         Data frames are not written one by one: kubectl sends 32 KiB each, and a send per frame
         to the pod's socket cost more than the frames' parsing and decryption together
         (docs/benchmarks.md, "client to pod"). One turn of the loop holds one read of the client
-        (plain SPDY) or the tunnel messages already received, so what waits here is bounded by
-        that, and nothing waits past the turn.
+        (plain SPDY) or the tunnel messages already received, and nothing waits past the turn.
+        A pair's pending data past ``Limits.read_buffer`` is written at once (``on_event``).
         """
         pairs, self._unflushed = self._unflushed, []
         try:
@@ -257,14 +272,14 @@ class SpdyForwarder:
             self.session.fail(spdy.GoAwayStatus.INTERNAL_ERROR, "internal error")
 
     def _write_pending(self, pair: _Pair) -> None:
-        if not pair.pending:
+        if not pair.pending.size:
             return
-        chunks, pair.pending = pair.pending, []
+        data = pair.pending.take()
         link = pair.link
         if link is None or link.transport is None or link.transport.is_closing():
             return  # the pair ended meanwhile: as a write to a closed transport, dropped
         transport = link.transport
-        transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        transport.write(data)
         if transport.get_write_buffer_size() > self.ctx.limits.read_buffer:
             self.read_pause.pause_until(self.session, link.drain)
 
@@ -332,7 +347,7 @@ class SpdyForwarder:
 
     def _forget(self, pair: _Pair) -> None:
         pair.early.settle()
-        pair.pending.clear()
+        pair.pending.take()
         if pair.timer is not None:
             pair.timer.cancel()
         if self.pairs.get(pair.request_id) is pair:

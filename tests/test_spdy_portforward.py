@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp.test_utils import TestServer
 
+from streamsrv.limits import Limits
 from streamsrv.protocol import spdy
 from streamsrv.server import PortForwardRequest, StreamServer
 from tests.conftest import stream_server
@@ -45,13 +46,13 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 @contextlib.asynccontextmanager
 async def _serving(
-    make: Callable[[int], RuntimeT],
+    make: Callable[[int], RuntimeT], limits: Limits | None = None
 ) -> AsyncIterator[tuple[StreamServer, TestServer, RuntimeT]]:
     """A stream server on ``make(port)``, a runtime dialling a local echo service's port."""
     service = await asyncio.start_server(_echo, "127.0.0.1", 0)
     try:
         runtime = make(service.sockets[0].getsockname()[1])
-        async with stream_server(runtime) as (server, ts):
+        async with stream_server(runtime, limits) as (server, ts):
             yield server, ts, runtime
     finally:
         service.close()
@@ -146,25 +147,34 @@ async def _forwarded_pair(ts: TestServer, url: str) -> tuple[Client, int]:
     return client, data
 
 
-async def test_data_frames_of_one_read_go_to_the_pod_in_one_write(counted: Any) -> None:
-    """kubectl sends 32 KiB DATA frames; the pod socket gets what one read of the client
-    carried in one send, not a send per frame (docs/benchmarks.md, "client to pod")."""
-    server, ts, runtime = counted
+async def _pod_sends(
+    server: StreamServer, ts: TestServer, runtime: CountingRuntime, frames: int
+) -> list[int]:
+    """Send ``frames`` 32 KiB DATA frames in one write through a forwarded pair; once the echo
+    service has sent all of it back, the sizes of the server's sends to the pod."""
     url = await server.get_port_forward(PortForwardRequest("sandbox"))
     client, data = await _forwarded_pair(ts, url)
     try:
-        frames = 6  # 192 KiB and their headers: within one 256 KiB read of the server
         payload = b"".join(bytes([i + 1]) * 32768 for i in range(frames))
-        _send(client, data, payload)  # one write of all six frames
+        _send(client, data, payload)
         async with asyncio.timeout(20):
             while len(client.data.get(data, b"")) < len(payload):
                 await client.events()
         assert client.data[data] == payload
         (pod,) = runtime.sockets
         assert sum(pod.sends) == len(payload)
-        assert len(pod.sends) < frames, pod.sends
+        return pod.sends
     finally:
         client.close()
+
+
+async def test_data_frames_of_one_read_go_to_the_pod_in_one_write(counted: Any) -> None:
+    """kubectl sends 32 KiB DATA frames; the pod socket gets what one read of the client
+    carried in one send, not a send per frame (docs/benchmarks.md, "client to pod")."""
+    frames = 6  # 192 KiB and their headers: within one 256 KiB read of the server
+    server, ts, runtime = counted
+    sends = await _pod_sends(server, ts, runtime, frames)
+    assert len(sends) < frames, sends
 
 
 async def test_data_and_the_half_close_of_one_read_reach_the_pod_in_order(counted: Any) -> None:
@@ -184,3 +194,13 @@ async def test_data_and_the_half_close_of_one_read_reach_the_pod_in_order(counte
         assert data in client.ended
     finally:
         client.close()
+
+
+async def test_pending_pod_data_past_read_buffer_is_written_at_once() -> None:
+    """What waits for the end of the loop's turn is bounded by ``Limits.read_buffer``: with a
+    16 KiB read_buffer, every 32 KiB frame crosses it and goes to the pod at once, so no send
+    is larger than read_buffer plus that frame, however much one read of the client held."""
+    limits = Limits(read_buffer=16 * 1024)
+    async with _serving(CountingRuntime, limits) as (server, ts, runtime):
+        sends = await _pod_sends(server, ts, runtime, 32)  # 1 MiB in one write
+    assert max(sends) <= limits.read_buffer + 32768, sends
