@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from streamsrv.limits import Limits
 from streamsrv.protocol import spdy
 from streamsrv.server import PortForwardRequest, StreamServer
+from streamsrv.transport import DATA_FRAME_SIZE
 from tests.conftest import stream_server
 from tests.test_remotecommand import FakeRuntime
 from tests.test_spdy_remotecommand import Client
@@ -175,6 +176,31 @@ async def test_data_frames_of_one_read_go_to_the_pod_in_one_write(counted: Any) 
     server, ts, runtime = counted
     sends = await _pod_sends(server, ts, runtime, frames)
     assert len(sends) < frames, sends
+
+
+async def test_a_read_of_the_pod_goes_to_the_client_as_one_data_frame(counted: Any) -> None:
+    """The echo service writes back 64 KiB at a time: the server's reads of it go to the client
+    as DATA frames of up to DATA_FRAME_SIZE, not cut at 32 KiB as Go's server writes them
+    (kubectl reads each frame on its own; docs/benchmarks.md, "DATA frames of one read")."""
+    server, ts, _ = counted
+    url = await server.get_port_forward(PortForwardRequest("sandbox"))
+    client, data = await _forwarded_pair(ts, url)
+    try:
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        _send(client, data, payload)
+        frames: list[int] = []
+        async with asyncio.timeout(20):
+            while len(client.data.get(data, b"")) < len(payload):
+                frames += [
+                    len(e.data)
+                    for e in await client.events()
+                    if isinstance(e, spdy.DataReceived) and e.stream_id == data
+                ]
+        assert client.data[data] == payload
+        assert max(frames) > 32768, frames
+        assert max(frames) <= DATA_FRAME_SIZE, frames
+    finally:
+        client.close()
 
 
 async def test_data_and_the_half_close_of_one_read_reach_the_pod_in_order(counted: Any) -> None:
