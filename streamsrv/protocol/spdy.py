@@ -977,6 +977,11 @@ class SpdyConnection:
             self._buf = bytearray(self._arena[self._lo : self._hi])
             self._lo = self._hi = 0
         buf = self._buf
+        if len(buf) + len(data) < self._need:
+            # Still short of the frame (or header) being held: kubectl's tunnel brings each
+            # DATA header as two 4-byte messages (docs/protocol.md, §5b). Nothing to parse.
+            buf += data
+            return []
         events: list[Event] = []
         try:
             with memoryview(data) as view:
