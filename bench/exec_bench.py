@@ -727,7 +727,8 @@ def upload_exact(port: int, size: int) -> tuple[float, float]:
     with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
         for _ in range(size // len(block)):
             s.sendall(block)
-        s.sendall(block[: size % len(block)])
+        if rest := size % len(block):
+            s.sendall(block[:rest])
         answer = b""
         while len(answer) < len(UPLOAD_DONE) and (chunk := s.recv(64)):
             answer += chunk
