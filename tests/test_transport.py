@@ -27,7 +27,7 @@ from streamsrv.protocol.spdy import Role, SpdyConnection
 from streamsrv.runtime.base import Resizes
 from streamsrv.server import ExecRequest, StreamServer
 from streamsrv.spdy_remotecommand import _finish
-from streamsrv.transport import SpdySession, StreamWebSocket, _OneSendFrames
+from streamsrv.transport import DATA_FRAME_SIZE, SpdySession, StreamWebSocket, _OneSendFrames
 from tests.conftest import stream_server
 from tests.test_remotecommand import FakeRuntime, collect
 from tests.test_spdy_remotecommand import Client
@@ -122,6 +122,27 @@ def make_session(
 def peer_events(data: bytes) -> list[spdy.Event]:
     client = SpdyConnection(Role.CLIENT)
     return client.receive_data(data)
+
+
+async def test_data_goes_out_in_frames_of_data_frame_size() -> None:
+    """A read of the pod or an output FIFO (at most 256 KiB) is one DATA frame; more is cut
+    at DATA_FRAME_SIZE (docs/benchmarks.md, "DATA frames of one read")."""
+    session, transport, handler = make_session()
+    client = SpdyConnection(Role.CLIENT)
+    sid = client.open_stream({"streamtype": "stdout"})
+    session.data_received(client.data_to_send())
+    assert handler.replied == {sid: True}
+    payload = bytes(range(256)) * 2400  # 600 KiB
+    assert session.send_data(sid, payload)
+    events = client.receive_data(bytes(transport.out))
+    data = [e.data for e in events if isinstance(e, spdy.DataReceived)]
+    assert DATA_FRAME_SIZE == 256 * 1024
+    assert [len(d) for d in data] == [
+        DATA_FRAME_SIZE,
+        DATA_FRAME_SIZE,
+        600 * 1024 - 2 * DATA_FRAME_SIZE,
+    ]
+    assert b"".join(data) == payload
 
 
 async def test_syn_stream_and_rst_stream_in_one_read_raise_nothing() -> None:
