@@ -268,8 +268,9 @@ class SpdyForwarder:
             for pair in pairs:
                 self._write_pending(pair)
         except Exception:  # as in the session's dispatch: a bug of ours ends this session only
-            log.exception("port-forward: writing to a pod socket failed; ending the session")
-            self.session.fail(spdy.GoAwayStatus.INTERNAL_ERROR, "internal error")
+            self.session.fail_on_bug(
+                "port-forward: writing to a pod socket failed; ending the session"
+            )
 
     def _write_pending(self, pair: _Pair) -> None:
         if not pair.pending.size:

@@ -219,9 +219,7 @@ class SpdySession(asyncio.BufferedProtocol):
             try:
                 self.handler.on_event(event)
             except Exception:
-                # A bug of ours in one handler ends that one session, never the server.
-                log.exception("a SPDY session handler failed on %s; ending the session", event)
-                self.fail(spdy.GoAwayStatus.INTERNAL_ERROR, "internal error")
+                self.fail_on_bug("a SPDY session handler failed on %s; ending the session", event)
                 return
 
     def _admit(self, event: spdy.StreamOpened) -> bool:
@@ -306,6 +304,12 @@ class SpdySession(asyncio.BufferedProtocol):
         self.flush()  # also while dispatching: the GOAWAY goes before the close
         self.close()
 
+    def fail_on_bug(self, message: str, *args: object) -> None:
+        """A bug of ours (a handler raised; call it from the ``except``): log it with its
+        traceback and end this one session with GOAWAY(INTERNAL_ERROR), never the server."""
+        log.exception(message, *args)
+        self.fail(spdy.GoAwayStatus.INTERNAL_ERROR, "internal error")
+
     def flush(self) -> None:
         out = self.conn.data_to_send()
         transport = self.transport
@@ -359,8 +363,7 @@ class SpdySession(asyncio.BufferedProtocol):
         try:
             self.handler.on_idle()
         except Exception:
-            log.exception("a SPDY session handler failed on idle")
-            self.fail(spdy.GoAwayStatus.INTERNAL_ERROR, "internal error")
+            self.fail_on_bug("a SPDY session handler failed on idle")
 
     def _watch_progress(self) -> None:
         """A partial frame must grow at least once every ``progress_timeout``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -12,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from streamsrv.limits import Limits
+from streamsrv.portforward import SpdyForwarder
 from streamsrv.protocol import spdy
 from streamsrv.server import PortForwardRequest, StreamServer
 from streamsrv.transport import DATA_FRAME_SIZE
@@ -199,6 +201,41 @@ async def test_a_read_of_the_pod_goes_to_the_client_as_one_data_frame(counted: A
         assert client.data[data] == payload
         assert max(frames) > 32768, frames
         assert max(frames) <= DATA_FRAME_SIZE, frames
+    finally:
+        client.close()
+
+
+async def test_a_failing_flush_ends_its_session_only(
+    counted: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug of ours while a turn's client data is written to the pod (``_flush``) ends that
+    session with GOAWAY(INTERNAL_ERROR) and one log line; the server serves the next one."""
+    server, ts, _ = counted
+
+    def broken(self: SpdyForwarder, pair: Any) -> None:
+        raise RuntimeError("a bug of ours")
+
+    client, data = await _forwarded_pair(ts, await server.get_port_forward(PortForwardRequest("s")))
+    try:
+        with monkeypatch.context() as patched, caplog.at_level(logging.ERROR):
+            patched.setattr(SpdyForwarder, "_write_pending", broken)
+            _send(client, data, b"x" * 1000)  # below read_buffer: written by the flush only
+            goaway: list[spdy.GoAwayReceived] = []
+            async with asyncio.timeout(10):
+                while not goaway:
+                    events = await client.events()
+                    goaway = [e for e in events if isinstance(e, spdy.GoAwayReceived)]
+                    assert not any(isinstance(e, spdy.ConnectionTerminated) for e in events)
+        assert goaway[0].status == spdy.GoAwayStatus.INTERNAL_ERROR
+        assert "writing to a pod socket failed" in caplog.text
+    finally:
+        client.close()
+    client, data = await _forwarded_pair(ts, await server.get_port_forward(PortForwardRequest("s")))
+    try:
+        _send(client, data, b"still served")
+        async with asyncio.timeout(10):
+            while client.data.get(data, b"") != b"still served":
+                await client.events()
     finally:
         client.close()
 
