@@ -116,6 +116,14 @@ def _labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> boo
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def _kept(listings: dict[str, _Listing], records: Mapping[str, object]) -> dict[str, _Listing]:
+    """``listings`` without those of records that are gone, once it holds twice as many as
+    there are records (and 64 more): bounded by the records, without a hook on every drop."""
+    if len(listings) <= 2 * len(records) + 64:
+        return listings
+    return {oid: listing for oid, listing in listings.items() if oid in records}
+
+
 _NAMESPACE_MODES = {pb.POD: "pod", pb.CONTAINER: "container", pb.NODE: "node"}
 
 
@@ -157,6 +165,26 @@ class NetworkStatus:
     message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What the list calls need of one record, made once from its config (docs/cri.md, "List
+    calls"): its labels, for the selector, and its list item without the state, which each
+    call copies and completes. ``config`` is the record's config it was made from: a record
+    with another config object gets a new listing."""
+
+    config: bytes
+    labels: dict[str, str]
+    item: Any  # pb.PodSandbox or pb.Container
+
+
+#: A runtime's container state, as the CRI names it.
+_CONTAINER_STATES: dict[str, pb.ContainerState] = {
+    "created": pb.CONTAINER_CREATED,
+    "running": pb.CONTAINER_RUNNING,
+    "exited": pb.CONTAINER_EXITED,
+}
+
+
 @dataclass
 class CriService:
     """Both CRI services on one runtime, its image store and an embedded stream server."""
@@ -172,6 +200,9 @@ class CriService:
     #: id, name, attempt): reserved without holding a lock across the runtime's call, so one
     #: slow create never holds up the others, and two creates of one name cannot both run.
     _making: set[tuple[str, ...]] = field(default_factory=set)
+    #: Listings of sandboxes and of containers by record id (:class:`_Listing`).
+    _sandbox_listings: dict[str, _Listing] = field(default_factory=dict)
+    _container_listings: dict[str, _Listing] = field(default_factory=dict)
 
     # ------------------------------------------------------------------------------ lookup
 
@@ -396,32 +427,46 @@ class CriService:
     async def list_pod_sandbox(self, req: pb.ListPodSandboxRequest) -> pb.ListPodSandboxResponse:
         f = req.filter
         states = await self._sandbox_states()
-        items = []
         wanted = None
         if f.id:
             wanted = self.store.resolve(self.store.sandboxes, f.id)
             if wanted is None:
                 return pb.ListPodSandboxResponse()
+        selector = dict(f.label_selector)
+        state_wanted = f.state.state if f.HasField("state") else None
+        out = pb.ListPodSandboxResponse()
         for rec in sorted(self.store.sandboxes.values(), key=lambda r: r.created_at):
             if wanted is not None and rec.id != wanted:
                 continue
-            status = self._sandbox_status(rec, states.get(rec.id))
-            if f.HasField("state") and status.state != f.state.state:
+            listing = self._sandbox_listing(rec)
+            if not _labels_match(listing.labels, selector):
                 continue
-            if not _labels_match(status.labels, f.label_selector):
+            state = states.get(rec.id)
+            ready = state is not None and state.ready and not rec.stopped
+            code = pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY
+            if state_wanted is not None and code != state_wanted:
                 continue
-            items.append(
-                pb.PodSandbox(
-                    id=status.id,
-                    metadata=status.metadata,
-                    state=status.state,
-                    created_at=status.created_at,
-                    labels=status.labels,
-                    annotations=status.annotations,
-                    runtime_handler=status.runtime_handler,
-                )
+            item = out.items.add()
+            item.CopyFrom(listing.item)
+            item.state = code
+        return out
+
+    def _sandbox_listing(self, rec: SandboxRecord) -> _Listing:
+        listing = self._sandbox_listings.get(rec.id)
+        if listing is None or listing.config is not rec.config:
+            cfg = self._sandbox_config(rec)
+            item = pb.PodSandbox(
+                id=rec.id,
+                metadata=cfg.metadata,
+                created_at=rec.created_at,
+                labels=cfg.labels,
+                annotations=cfg.annotations,
+                runtime_handler=rec.runtime_handler,
             )
-        return pb.ListPodSandboxResponse(items=items)
+            listing = _Listing(rec.config, dict(cfg.labels), item)
+            self._sandbox_listings = _kept(self._sandbox_listings, self.store.sandboxes)
+            self._sandbox_listings[rec.id] = listing
+        return listing
 
     # ------------------------------------------------------------------------------ containers
 
@@ -546,11 +591,7 @@ class CriService:
     ) -> pb.ContainerStatus:
         cfg = self._container_config(rec)
         kind = "unknown" if state is None else state.state
-        code = {
-            "created": pb.CONTAINER_CREATED,
-            "running": pb.CONTAINER_RUNNING,
-            "exited": pb.CONTAINER_EXITED,
-        }.get(kind, pb.CONTAINER_UNKNOWN)
+        code = _CONTAINER_STATES.get(kind, pb.CONTAINER_UNKNOWN)
         status = pb.ContainerStatus(
             id=rec.id,
             metadata=cfg.metadata,
@@ -592,31 +633,48 @@ class CriService:
             sandbox = self.store.resolve(self.store.sandboxes, f.pod_sandbox_id)
             if sandbox is None:
                 return pb.ListContainersResponse()
-        items = []
+        selector = dict(f.label_selector)
+        state_wanted = f.state.state if f.HasField("state") else None
+        out = pb.ListContainersResponse()
         for rec in sorted(self.store.containers.values(), key=lambda r: r.created_at):
             if (wanted is not None and rec.id != wanted) or (
                 sandbox is not None and rec.sandbox_id != sandbox
             ):
                 continue
-            status = self._container_status(rec, states.get(rec.id))
-            if f.HasField("state") and status.state != f.state.state:
+            listing = self._container_listing(rec)
+            if not _labels_match(listing.labels, selector):
                 continue
-            if not _labels_match(status.labels, f.label_selector):
-                continue
-            items.append(
-                pb.Container(
-                    id=rec.id,
-                    pod_sandbox_id=rec.sandbox_id,
-                    metadata=status.metadata,
-                    image=status.image,
-                    image_ref=status.image_ref,
-                    state=status.state,
-                    created_at=status.created_at,
-                    labels=status.labels,
-                    annotations=status.annotations,
-                )
+            state = states.get(rec.id)
+            code = (
+                pb.CONTAINER_UNKNOWN
+                if state is None
+                else _CONTAINER_STATES.get(state.state, pb.CONTAINER_UNKNOWN)
             )
-        return pb.ListContainersResponse(containers=items)
+            if state_wanted is not None and code != state_wanted:
+                continue
+            item = out.containers.add()
+            item.CopyFrom(listing.item)
+            item.state = code
+        return out
+
+    def _container_listing(self, rec: ContainerRecord) -> _Listing:
+        listing = self._container_listings.get(rec.id)
+        if listing is None or listing.config is not rec.config:
+            cfg = self._container_config(rec)
+            item = pb.Container(
+                id=rec.id,
+                pod_sandbox_id=rec.sandbox_id,
+                metadata=cfg.metadata,
+                image=cfg.image,
+                image_ref=rec.image_ref,
+                created_at=rec.created_at,
+                labels=cfg.labels,
+                annotations=cfg.annotations,
+            )
+            listing = _Listing(rec.config, dict(cfg.labels), item)
+            self._container_listings = _kept(self._container_listings, self.store.containers)
+            self._container_listings[rec.id] = listing
+        return listing
 
     # ------------------------------------------------------------------------------ streaming
 
