@@ -3,10 +3,11 @@
 
 :class:`Http2Connection` holds what a client connection and a server connection share:
 frames in and out, SETTINGS, PING, WINDOW_UPDATE, PRIORITY, header blocks with their
-CONTINUATIONs decoded by the ``hpack`` package (RFC 7541, with its Huffman code and dynamic
-table), flow control of what we send, and a GOAWAY saying why when the peer breaks the
-protocol. The gRPC pieces both ends use are here too: the 5-byte message prefix, status codes,
-``grpc-timeout`` and ``grpc-message`` (``PROTOCOL-HTTP2.md`` in grpc/grpc).
+CONTINUATIONs decoded by :mod:`~streamsrv.rpc.hpackdec` (RFC 7541, with its dynamic table and
+the ``hpack`` package's Huffman code), flow control of what we send, and a GOAWAY saying why
+when the peer breaks the protocol. The gRPC pieces both ends use are here too: the 5-byte
+message prefix, status codes, ``grpc-timeout`` and ``grpc-message`` (``PROTOCOL-HTTP2.md`` in
+grpc/grpc).
 
 The header blocks we send are literals without indexing, never Huffman-coded, so we keep no
 encoder state and the peer's table size does not matter to us.
@@ -22,8 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-import hpack
-import hpack.exceptions
+from .hpackdec import DecodeError, HeaderDecoder, HeaderListTooLarge
 
 #: Each stream's receive window, and the connection's.
 WINDOW: Final = 1 << 20
@@ -199,8 +199,7 @@ class Http2Connection:
         self._out: list[bytes] = []
         self._in = bytearray()
         self._settings_seen = False  # the peer's first SETTINGS has arrived
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = max_header_list
+        self._decoder = HeaderDecoder(max_header_list)
         self._max_header_list = max_header_list
         self._streams: dict[int, Stream] = {}
         self._continuing: tuple[int, int, bytearray] | None = None  # sid, flags, block so far
@@ -320,10 +319,10 @@ class Http2Connection:
         """A header block's fields (every block must be decoded: HPACK's table depends on
         it)."""
         try:
-            return dict(self._decoder.decode(block, raw=True))
-        except hpack.exceptions.OversizedHeaderListError as exc:
+            return dict(self._decoder.decode(block))
+        except HeaderListTooLarge as exc:
             raise Failed(ENHANCE_YOUR_CALM, f"headers over the limit: {exc}") from None
-        except hpack.exceptions.HPACKError as exc:
+        except DecodeError as exc:
             raise Failed(COMPRESSION_ERROR, f"undecodable headers: {exc}") from None
 
     def _on_settings(self, flags: int, sid: int, payload: bytes) -> None:
