@@ -7,7 +7,7 @@ code (the ``hpack`` package's Huffman decoder is used), a header list over the l
 written for the blocks gRPC clients send: ours are literals without indexing (each name and
 value a plain string), grpc-go's mostly indexed fields. The package's decoder cost 21 us per
 block of ours; one loop over the block with no object per field costs a quarter of that
-(docs/benchmarks.md, "2026-12-05 (07 UTC): CRI list calls").
+(docs/benchmarks.md, "2026-12-05 (06 UTC): CRI list calls").
 
 Only the decoder: the blocks we send are literals without indexing, which need no state.
 """
