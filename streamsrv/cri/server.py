@@ -116,12 +116,18 @@ def _labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> boo
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _kept(listings: dict[str, _Listing], records: Mapping[str, object]) -> dict[str, _Listing]:
-    """``listings`` without those of records that are gone, once it holds twice as many as
-    there are records (and 64 more): bounded by the records, without a hook on every drop."""
-    if len(listings) <= 2 * len(records) + 64:
-        return listings
-    return {oid: listing for oid, listing in listings.items() if oid in records}
+def _keep(
+    listings: dict[str, _Listing], records: Mapping[str, object], oid: str, config: bytes, item: Any
+) -> _Listing:
+    """Keep the listing of record ``oid`` (made from ``config``: ``item``, whose labels the
+    selector is matched against). Once ``listings`` holds twice as many as there are records
+    (and 64 more), those of records that are gone are dropped first: bounded by the records,
+    without a hook on every drop."""
+    if len(listings) > 2 * len(records) + 64:
+        for gone in [k for k in listings if k not in records]:
+            del listings[gone]
+    listing = listings[oid] = _Listing(config, dict(item.labels), item)
+    return listing
 
 
 _NAMESPACE_MODES = {pb.POD: "pod", pb.CONTAINER: "container", pb.NODE: "node"}
@@ -463,9 +469,7 @@ class CriService:
                 annotations=cfg.annotations,
                 runtime_handler=rec.runtime_handler,
             )
-            listing = _Listing(rec.config, dict(cfg.labels), item)
-            self._sandbox_listings = _kept(self._sandbox_listings, self.store.sandboxes)
-            self._sandbox_listings[rec.id] = listing
+            listing = _keep(self._sandbox_listings, self.store.sandboxes, rec.id, rec.config, item)
         return listing
 
     # ------------------------------------------------------------------------------ containers
@@ -671,9 +675,9 @@ class CriService:
                 labels=cfg.labels,
                 annotations=cfg.annotations,
             )
-            listing = _Listing(rec.config, dict(cfg.labels), item)
-            self._container_listings = _kept(self._container_listings, self.store.containers)
-            self._container_listings[rec.id] = listing
+            listing = _keep(
+                self._container_listings, self.store.containers, rec.id, rec.config, item
+            )
         return listing
 
     # ------------------------------------------------------------------------------ streaming

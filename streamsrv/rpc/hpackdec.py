@@ -84,13 +84,8 @@ class HeaderDecoder:
                 index = first & 0x3F
                 if index == 0x3F:
                     index, pos = _integer(data, pos, index)
-                if index:
-                    name = self._field(index)[0]
-                else:
-                    name, pos = _string(data, pos)
-                value, pos = _string(data, pos)
-                field = (name, value)
-                self._add(name, value)
+                field, pos = self._literal(data, pos, index)
+                self._add(*field)
             elif first & 0x20:  # a dynamic table size update (6.3)
                 if fields:
                     raise DecodeError("a table size update after a header field")
@@ -108,17 +103,22 @@ class HeaderDecoder:
                 index = first & 0x0F
                 if index == 0x0F:
                     index, pos = _integer(data, pos, index)
-                if index:
-                    name = self._field(index)[0]
-                else:
-                    name, pos = _string(data, pos)
-                value, pos = _string(data, pos)
-                field = (name, value)
+                field, pos = self._literal(data, pos, index)
             size += ENTRY_OVERHEAD + len(field[0]) + len(field[1])
             if size > limit:
                 raise HeaderListTooLarge(f"a header list over {limit} bytes")
             fields.append(field)
         return fields
+
+    def _literal(self, data: bytes, pos: int, index: int) -> tuple[tuple[bytes, bytes], int]:
+        """A literal field at ``pos``: its name the entry at ``index``, or a string when that is
+        0, then its value; and where it ends."""
+        if index:
+            name = self._field(index)[0]
+        else:
+            name, pos = _string(data, pos)
+        value, pos = _string(data, pos)
+        return (name, value), pos
 
     def _field(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index < _FIRST_DYNAMIC:
