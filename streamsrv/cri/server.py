@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -116,18 +116,41 @@ def _labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> boo
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def _keep(
-    listings: dict[str, _Listing], records: Mapping[str, object], oid: str, config: bytes, item: Any
+#: A record the list calls keep a listing of.
+_R = TypeVar("_R", SandboxRecord, ContainerRecord)
+
+
+def _listing_of(
+    listings: dict[str, _Listing],
+    records: Mapping[str, _R],
+    rec: _R,
+    make_item: Callable[[_R], Any],
 ) -> _Listing:
-    """Keep the listing of record ``oid`` (made from ``config``: ``item``, whose labels the
-    selector is matched against). Once ``listings`` holds twice as many as there are records
+    """The listing of ``rec``, made by ``make_item`` the first time and again for a record
+    with another config object. Once ``listings`` holds twice as many as there are records
     (and 64 more), those of records that are gone are dropped first: bounded by the records,
     without a hook on every drop."""
-    if len(listings) > 2 * len(records) + 64:
-        for gone in [k for k in listings if k not in records]:
-            del listings[gone]
-    listing = listings[oid] = _Listing(config, dict(item.labels), item)
+    listing = listings.get(rec.id)
+    if listing is None or listing.config is not rec.config:
+        if len(listings) > 2 * len(records) + 64:
+            for gone in [k for k in listings if k not in records]:
+                del listings[gone]
+        item = make_item(rec)
+        listing = listings[rec.id] = _Listing(rec.config, dict(item.labels), item)
     return listing
+
+
+def _sandbox_code(rec: SandboxRecord, state: SandboxState | None) -> pb.PodSandboxState:
+    """READY while the runtime says so and StopPodSandbox was not called."""
+    ready = state is not None and state.ready and not rec.stopped
+    return pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY
+
+
+def _container_code(state: ContainerState | None) -> pb.ContainerState:
+    """The runtime's container state as the CRI names it (UNKNOWN when it has none)."""
+    if state is None:
+        return pb.CONTAINER_UNKNOWN
+    return _CONTAINER_STATES.get(state.state, pb.CONTAINER_UNKNOWN)
 
 
 _NAMESPACE_MODES = {pb.POD: "pod", pb.CONTAINER: "container", pb.NODE: "node"}
@@ -404,12 +427,11 @@ class CriService:
         self, rec: SandboxRecord, state: SandboxState | None
     ) -> pb.PodSandboxStatus:
         cfg = self._sandbox_config(rec)
-        ready = state is not None and state.ready and not rec.stopped
         ns = cfg.linux.security_context.namespace_options
         status = pb.PodSandboxStatus(
             id=rec.id,
             metadata=cfg.metadata,
-            state=pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY,
+            state=_sandbox_code(rec, state),
             created_at=rec.created_at,
             labels=cfg.labels,
             annotations=cfg.annotations,
@@ -444,12 +466,12 @@ class CriService:
         for rec in sorted(self.store.sandboxes.values(), key=lambda r: r.created_at):
             if wanted is not None and rec.id != wanted:
                 continue
-            listing = self._sandbox_listing(rec)
+            listing = _listing_of(
+                self._sandbox_listings, self.store.sandboxes, rec, self._sandbox_item
+            )
             if not _labels_match(listing.labels, selector):
                 continue
-            state = states.get(rec.id)
-            ready = state is not None and state.ready and not rec.stopped
-            code = pb.SANDBOX_READY if ready else pb.SANDBOX_NOTREADY
+            code = _sandbox_code(rec, states.get(rec.id))
             if state_wanted is not None and code != state_wanted:
                 continue
             item = out.items.add()
@@ -457,20 +479,17 @@ class CriService:
             item.state = code
         return out
 
-    def _sandbox_listing(self, rec: SandboxRecord) -> _Listing:
-        listing = self._sandbox_listings.get(rec.id)
-        if listing is None or listing.config is not rec.config:
-            cfg = self._sandbox_config(rec)
-            item = pb.PodSandbox(
-                id=rec.id,
-                metadata=cfg.metadata,
-                created_at=rec.created_at,
-                labels=cfg.labels,
-                annotations=cfg.annotations,
-                runtime_handler=rec.runtime_handler,
-            )
-            listing = _keep(self._sandbox_listings, self.store.sandboxes, rec.id, rec.config, item)
-        return listing
+    def _sandbox_item(self, rec: SandboxRecord) -> pb.PodSandbox:
+        """The sandbox's list item without its state (:class:`_Listing`)."""
+        cfg = self._sandbox_config(rec)
+        return pb.PodSandbox(
+            id=rec.id,
+            metadata=cfg.metadata,
+            created_at=rec.created_at,
+            labels=cfg.labels,
+            annotations=cfg.annotations,
+            runtime_handler=rec.runtime_handler,
+        )
 
     # ------------------------------------------------------------------------------ containers
 
@@ -594,12 +613,10 @@ class CriService:
         self, rec: ContainerRecord, state: ContainerState | None
     ) -> pb.ContainerStatus:
         cfg = self._container_config(rec)
-        kind = "unknown" if state is None else state.state
-        code = _CONTAINER_STATES.get(kind, pb.CONTAINER_UNKNOWN)
         status = pb.ContainerStatus(
             id=rec.id,
             metadata=cfg.metadata,
-            state=code,
+            state=_container_code(state),
             created_at=rec.created_at,
             image=cfg.image,
             image_ref=rec.image_ref,
@@ -645,15 +662,12 @@ class CriService:
                 sandbox is not None and rec.sandbox_id != sandbox
             ):
                 continue
-            listing = self._container_listing(rec)
+            listing = _listing_of(
+                self._container_listings, self.store.containers, rec, self._container_item
+            )
             if not _labels_match(listing.labels, selector):
                 continue
-            state = states.get(rec.id)
-            code = (
-                pb.CONTAINER_UNKNOWN
-                if state is None
-                else _CONTAINER_STATES.get(state.state, pb.CONTAINER_UNKNOWN)
-            )
+            code = _container_code(states.get(rec.id))
             if state_wanted is not None and code != state_wanted:
                 continue
             item = out.containers.add()
@@ -661,24 +675,19 @@ class CriService:
             item.state = code
         return out
 
-    def _container_listing(self, rec: ContainerRecord) -> _Listing:
-        listing = self._container_listings.get(rec.id)
-        if listing is None or listing.config is not rec.config:
-            cfg = self._container_config(rec)
-            item = pb.Container(
-                id=rec.id,
-                pod_sandbox_id=rec.sandbox_id,
-                metadata=cfg.metadata,
-                image=cfg.image,
-                image_ref=rec.image_ref,
-                created_at=rec.created_at,
-                labels=cfg.labels,
-                annotations=cfg.annotations,
-            )
-            listing = _keep(
-                self._container_listings, self.store.containers, rec.id, rec.config, item
-            )
-        return listing
+    def _container_item(self, rec: ContainerRecord) -> pb.Container:
+        """The container's list item without its state (:class:`_Listing`)."""
+        cfg = self._container_config(rec)
+        return pb.Container(
+            id=rec.id,
+            pod_sandbox_id=rec.sandbox_id,
+            metadata=cfg.metadata,
+            image=cfg.image,
+            image_ref=rec.image_ref,
+            created_at=rec.created_at,
+            labels=cfg.labels,
+            annotations=cfg.annotations,
+        )
 
     # ------------------------------------------------------------------------------ streaming
 
